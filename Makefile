@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is a helper.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint typecheck fmt bench redis-server clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Tests start their own redis-server processes; install the Debian package if it is missing.
+redis-server:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "redis-server not found: installing the Debian package redis-server"; \
+	  (apt-get update -qq && apt-get install -y -qq redis-server) >/dev/null || { \
+	    echo "ERROR: redis-server is missing and could not be installed (need root and apt)." >&2; \
+	    echo "Install it (Debian/Ubuntu: apt-get install redis-server) and run make test again." >&2; \
+	    exit 1; }; }
+	@command -v redis-cli >/dev/null 2>&1 || { echo "ERROR: redis-cli is missing" >&2; exit 1; }
+
+demo: venv
+	$(PY) scripts/demo.py
+
+test: venv redis-server
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fmt: venv
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: venv redis-server
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

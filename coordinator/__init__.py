@@ -1,0 +1,76 @@
+"""coordinator: one consistent, failure-aware view of AI-provider credentials for many replicas.
+
+All shared state lives in Redis and every decision is one Lua script on the Redis clock.
+Start with :func:`connect` and :class:`AuthProfileManager`.
+"""
+
+from __future__ import annotations
+
+from .config import AuthConfig, CooldownPolicy, Strategy
+from .errors import (
+    AllProfilesUnavailableError,
+    ConfigError,
+    CoordinatorError,
+    CorruptStateError,
+    CredentialNotFoundError,
+    DecryptionError,
+    MissingSecretError,
+    NoProfileAvailableError,
+    NotFoundError,
+    OAuthAuthorizationError,
+    OAuthError,
+    OAuthProviderError,
+    OAuthStateError,
+    ProfileNotFoundError,
+    ReauthRequiredError,
+    RefreshInProgressError,
+    SecretError,
+    StoreUnavailableError,
+)
+from .events import Event, EventHub
+from .failures import FailureKind
+from .profile_types import AuthProfile, CooldownResult, ProfileStatus
+from .profiles import AuthProfileManager, get_auth_profile_manager, reset_auth_profile_manager
+from .secrets import Secret, SecretBox, generate_key
+from .store import Store, connect
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AllProfilesUnavailableError",
+    "AuthConfig",
+    "AuthProfile",
+    "AuthProfileManager",
+    "ConfigError",
+    "CooldownPolicy",
+    "CooldownResult",
+    "CoordinatorError",
+    "CorruptStateError",
+    "CredentialNotFoundError",
+    "DecryptionError",
+    "Event",
+    "EventHub",
+    "FailureKind",
+    "MissingSecretError",
+    "NoProfileAvailableError",
+    "NotFoundError",
+    "OAuthAuthorizationError",
+    "OAuthError",
+    "OAuthProviderError",
+    "OAuthStateError",
+    "ProfileNotFoundError",
+    "ProfileStatus",
+    "ReauthRequiredError",
+    "RefreshInProgressError",
+    "Secret",
+    "SecretBox",
+    "SecretError",
+    "Store",
+    "StoreUnavailableError",
+    "Strategy",
+    "__version__",
+    "connect",
+    "generate_key",
+    "get_auth_profile_manager",
+    "reset_auth_profile_manager",
+]

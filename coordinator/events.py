@@ -1,0 +1,181 @@
+"""Events: transitions written by the Lua scripts to capped Redis streams, fanned out locally.
+
+Every transition (``profile:failed``, ``profile:cooldown``, ``profile:recovered``, ...) is
+appended to its pool's stream by the very script that makes it, so each happens exactly once
+across all replicas. An :class:`EventHub` reads those streams (started lazily, on the first
+subscriber) and hands each event to local callbacks and async iterators; events that only
+concern this process (``profile:selected``) are delivered locally without touching Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .errors import CoordinatorError
+from .store import Store
+
+__all__ = ["Event", "EventCallback", "EventHub"]
+
+log = logging.getLogger("coordinator.events")
+
+EventCallback = Callable[["Event"], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One transition. ``ts_ms`` is Redis time; ``data`` never holds a secret."""
+
+    type: str
+    profile_id: str
+    source: str
+    ts_ms: int
+    data: dict[str, Any] = field(default_factory=dict)
+    stream_id: str | None = None
+
+    @classmethod
+    def from_stream(cls, source: str, stream_id: str, fields: dict[str, str]) -> Event:
+        """Decode one stream entry; an entry edited into garbage decodes with empty data."""
+        try:
+            data = orjson.loads(fields.get("data", "{}"))
+            if not isinstance(data, dict):
+                data = {}
+        except orjson.JSONDecodeError:
+            data = {}
+        try:
+            ts = int(fields.get("ts", "0"))
+        except ValueError:
+            ts = 0
+        return cls(
+            type=fields.get("type", "unknown"),
+            profile_id=fields.get("profile", ""),
+            source=source,
+            ts_ms=ts,
+            data=data,
+            stream_id=stream_id,
+        )
+
+
+StreamSource = Callable[[], Awaitable[dict[str, str]]]
+
+
+class EventHub:
+    """Local fan-out of the events of a set of streams.
+
+    ``streams`` returns ``{stream key: source name}`` and is asked again on every poll, so
+    pools created later (by any replica) are followed too.
+    """
+
+    def __init__(self, store: Store, streams: StreamSource, *, poll_interval_s: float) -> None:
+        self._store = store
+        self._streams = streams
+        self._poll_interval_s = poll_interval_s
+        self._callbacks: dict[str, list[EventCallback]] = {}
+        self._queues: list[tuple[frozenset[str] | None, asyncio.Queue[Event]]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._last_ids: dict[str, str] = {}
+        self._start_id = "0-0"
+        self._closed = False
+
+    def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for every event of ``event_type`` (``*`` for all).
+
+        Returns a function that unsubscribes. The callback may be sync or async; an exception
+        it raises is logged and does not stop delivery.
+        """
+        self._callbacks.setdefault(event_type, []).append(callback)
+        self._ensure_started()
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._callbacks.get(event_type, []).remove(callback)
+
+        return unsubscribe
+
+    async def subscribe(
+        self, *event_types: str, max_queue: int = 10_000
+    ) -> AsyncIterator[Event]:
+        """Iterate over events (of the given types, or all) as they arrive, from now on."""
+        queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_queue)
+        entry = (frozenset(event_types) or None, queue)
+        self._queues.append(entry)
+        self._ensure_started()
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(entry)
+
+    async def wait_started(self) -> None:
+        """Wait until the reader has fixed its starting point (events after it are seen)."""
+        self._ensure_started()
+        while self._start_id == "0-0" and not self._closed:
+            await asyncio.sleep(0.005)
+
+    async def emit_local(self, event: Event) -> None:
+        """Deliver an event that does not go through Redis (e.g. ``profile:selected``)."""
+        await self._dispatch(event)
+
+    @property
+    def has_subscribers(self) -> bool:
+        """Whether anything listens (lets callers skip building local events)."""
+        return bool(self._queues) or any(self._callbacks.values())
+
+    def _ensure_started(self) -> None:
+        if self._task is None and not self._closed:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        now = await self._store.time_ms() - self._store.time_offset_ms
+        self._start_id = f"{now}-0"
+        while not self._closed:
+            try:
+                delivered = await self._poll_once()
+            except CoordinatorError as exc:
+                log.warning("event reader: %s", exc)
+                delivered = 0
+            if not delivered:
+                await asyncio.sleep(self._poll_interval_s)
+
+    async def _poll_once(self) -> int:
+        streams = await self._streams()
+        delivered = 0
+        for key, source in streams.items():
+            last = self._last_ids.get(key, self._start_id)
+            async with self._store.guard("XREAD events"):
+                reply = await self._store.client.xread({key: last}, count=500)
+            for _stream, entries in reply or []:
+                for stream_id, fields in entries:
+                    self._last_ids[key] = stream_id
+                    await self._dispatch(Event.from_stream(source, stream_id, fields))
+                    delivered += 1
+        return delivered
+
+    async def _dispatch(self, event: Event) -> None:
+        for callback in [*self._callbacks.get(event.type, []), *self._callbacks.get("*", [])]:
+            try:
+                result = callback(event)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("event callback for %s failed", event.type)
+        for types, queue in self._queues:
+            if types is None or event.type in types:
+                if queue.full():
+                    queue.get_nowait()  # keep the newest: a slow reader loses the oldest
+                queue.put_nowait(event)
+
+    async def close(self) -> None:
+        """Stop reading streams."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task

@@ -1,0 +1,142 @@
+"""Every Redis key shape, in one place.
+
+Keys are ``<namespace>:{<hash tag>}:<name>``. Everything one Lua script touches shares one hash
+tag, so each script runs unchanged on Redis Cluster:
+
+* ``{pool:<provider>}``: one credential pool (profiles, state, rotation, cooldowns, sessions,
+  events).
+* ``{index}``: the locator of profile ids and the list of pools (plain commands, no scripts).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+__all__ = ["IndexKeys", "PoolKeys", "validate_id", "validate_name"]
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def validate_id(value: object, field: str = "id") -> str:
+    """Check a profile or credential id: 1–128 of ``A-Z a-z 0-9 . _ : @ + -``."""
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
+        raise ConfigError(
+            field, f"{value!r} is not a valid id (1-128 of A-Z a-z 0-9 . _ : @ + -, no leading sign)"
+        )
+    return value
+
+
+def validate_name(value: object, field: str = "provider") -> str:
+    """Check a provider / pool / namespace name: 1–64 of lowercase ``a-z 0-9 . _ -``."""
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
+        raise ConfigError(field, f"{value!r} is not a valid name (1-64 of a-z 0-9 . _ -)")
+    return value
+
+
+def validate_session_id(value: object) -> str:
+    """Check a session id: 1–256 printable characters without whitespace."""
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= 256
+        or not value.isprintable()
+        or any(c.isspace() for c in value)
+    ):
+        raise ConfigError("session_id", "must be 1-256 printable characters without whitespace")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class PoolKeys:
+    """The keys of one credential pool (all in hash tag ``{pool:<provider>}``)."""
+
+    namespace: str
+    provider: str
+
+    @property
+    def prefix(self) -> str:
+        """``<ns>:{pool:<provider>}``, the start of every key of this pool."""
+        return f"{self.namespace}:{{pool:{self.provider}}}"
+
+    @property
+    def profiles(self) -> str:
+        """HASH id -> profile definition (JSON; the secret is ciphertext)."""
+        return f"{self.prefix}:profiles"
+
+    @property
+    def state(self) -> str:
+        """HASH id -> health state (JSON: counters, cooldown, last error, usage)."""
+        return f"{self.prefix}:state"
+
+    @property
+    def ready(self) -> str:
+        """ZSET id -> rotation sequence; only profiles that are not cooling down."""
+        return f"{self.prefix}:ready"
+
+    @property
+    def ranked(self) -> str:
+        """ZSET (lex) ``<inverse priority>|<type rank>|<sequence>|<id>`` of ready profiles."""
+        return f"{self.prefix}:ranked"
+
+    @property
+    def cooling(self) -> str:
+        """ZSET id -> cooldown end (ms, Redis time)."""
+        return f"{self.prefix}:cooling"
+
+    @property
+    def model_cooling(self) -> str:
+        """ZSET ``<id>|<model>`` -> cooldown end of one (profile, model) pair."""
+        return f"{self.prefix}:model_cooling"
+
+    @property
+    def model_state(self) -> str:
+        """HASH ``<id>|<model>`` -> JSON counters of one (profile, model) pair."""
+        return f"{self.prefix}:model_state"
+
+    @property
+    def meta(self) -> str:
+        """HASH of pool counters: ``seq`` (rotation), ``gen`` (profile generations)."""
+        return f"{self.prefix}:meta"
+
+    @property
+    def events(self) -> str:
+        """STREAM of this pool's transitions (capped)."""
+        return f"{self.prefix}:events"
+
+    def session(self, session_id: str) -> str:
+        """STRING ``<id>\\t<generation>\\t<expires ms>`` with a TTL: one sticky session."""
+        return f"{self.prefix}:session:{session_id}"
+
+    def all_static(self) -> list[str]:
+        """The keys every pool script receives, in the order the scripts expect them."""
+        return [
+            self.profiles,
+            self.state,
+            self.ready,
+            self.ranked,
+            self.cooling,
+            self.model_cooling,
+            self.model_state,
+            self.meta,
+            self.events,
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class IndexKeys:
+    """Locator keys (hash tag ``{index}``), written with plain commands, never in scripts."""
+
+    namespace: str
+
+    @property
+    def profiles(self) -> str:
+        """HASH profile id -> provider, to find a profile's pool from its id."""
+        return f"{self.namespace}:{{index}}:profiles"
+
+    @property
+    def pools(self) -> str:
+        """SET of providers that have (or had) a pool."""
+        return f"{self.namespace}:{{index}}:pools"

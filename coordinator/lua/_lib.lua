@@ -1,0 +1,31 @@
+-- _lib.lua: helpers shared by every operation; prepended to each script at load time.
+-- Every operation receives the test clock offset (ms, zero in production) as ARGV[1].
+-- A script that needs more shared code names it on a line of its own: --!include _pool.lua
+
+local OFFSET_MS = tonumber(ARGV[1]) or 0
+local EVENTS_MAXLEN = 10000
+
+-- Redis TIME in ms plus the test offset: the only clock any decision uses.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + OFFSET_MS
+end
+
+-- Integers as decimal text without exponent (Lua 5.1 in Redis, 5.4 in the embedded backend).
+local function int(x)
+  return string.format('%d', math.floor(tonumber(x)))
+end
+
+-- Decode a JSON object; nil for anything else (a value edited by hand must not raise).
+local function decode(text)
+  if not text then return nil end
+  local ok, value = pcall(cjson.decode, text)
+  if ok and type(value) == 'table' then return value end
+  return nil
+end
+
+-- Append one event to a capped stream, in the script that makes the transition.
+local function emit_to(stream, etype, subject, data, now)
+  redis.call('XADD', stream, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+    'type', etype, 'profile', subject, 'ts', int(now), 'data', cjson.encode(data or {}))
+end

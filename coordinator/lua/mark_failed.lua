@@ -1,0 +1,115 @@
+-- mark_failed.lua: record a failure and, unless it is the caller's fault, cool the profile down.
+-- KEYS[1..9]  the static pool keys (see _pool.lua)
+-- ARGV[1] clock offset ms  ARGV[2] profile id  ARGV[3] kind: rate_limit | billing | auth |
+--   server | timeout | unknown | caller   ARGV[4] error text (already redacted)
+-- ARGV[5] retry-after ms ('' for none)  ARGV[6] model ('' for none)
+-- ARGV[7] base ms  ARGV[8] multiplier  ARGV[9] cap ms            (ordinary failures)
+-- ARGV[10] billing base ms  ARGV[11] billing multiplier  ARGV[12] billing cap ms
+-- ARGV[13] failure window ms  ARGV[14] longest honoured retry-after ms
+-- Returns {'missing'} | {'ignored'} | {'corrupt', field}
+--      | {'cooling', until ms, duration ms, failure count, scope ('profile' or 'model')}
+-- Rules: cooldown = min(cap, base * multiplier^(n-1)) with n the failure count of its kind
+-- (billing has its own counter); counts reset after a failure-free window; a retry-after can
+-- only lengthen it; a new failure never moves an existing deadline earlier; a report that
+-- arrives while a cooldown of the same class runs lengthens it at most, without escalating. With a model, a
+-- rate limit cools only that (profile, model) pair; every other kind benches the whole profile.
+--!include _pool.lua
+
+local id, kind, message = ARGV[2], ARGV[3], ARGV[4]
+local retry_after = tonumber(ARGV[5])
+local model = ARGV[6]
+local window = tonumber(ARGV[13])
+
+local now = now_ms()
+sweep(now)
+
+local def = load_def(id)
+if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
+if kind == 'caller' then return {'ignored'} end
+
+local state, broken = load_state(id)
+if not state then return {'corrupt', broken} end
+
+local base, mult, cap
+local count
+local billing = (kind == 'billing')
+if billing then
+  base, mult, cap = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+else
+  base, mult, cap = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+end
+
+local pair_scope = (model ~= '' and kind == 'rate_limit')
+local pair = id .. '|' .. model
+local existing
+if pair_scope then
+  existing = tonumber(redis.call('ZSCORE', K_MCOOLING, pair) or '0')
+else
+  existing = tonumber(redis.call('ZSCORE', K_COOLING, id) or '0')
+end
+-- A report for a cooldown of the same class that is still running (a call that was in flight
+-- when another replica's failure started it) may lengthen it but does not escalate it.
+local active_kind = state.cooldown_kind
+local same_class = pair_scope or ((active_kind == 'billing') == billing)
+local duplicate = existing > now and same_class
+
+local pair_state = nil
+if pair_scope then
+  pair_state = decode(redis.call('HGET', K_MSTATE, pair)) or {}
+  local last = tonumber(pair_state.last_failure_ms) or 0
+  if now - last > window then pair_state.failures = 0 end
+  count = tonumber(pair_state.failures) or 0
+  if not duplicate or count == 0 then count = count + 1 end
+  pair_state.failures = count
+  pair_state.last_failure_ms = now
+elseif billing then
+  if now - (state.last_billing_ms or 0) > window then state.billing_failures = 0 end
+  count = state.billing_failures or 0
+  if not duplicate or count == 0 then count = count + 1 end
+  state.billing_failures = count
+  state.last_billing_ms = now
+else
+  if now - (state.last_failure_ms or 0) > window then state.failures = 0 end
+  count = state.failures or 0
+  if not duplicate or count == 0 then count = count + 1 end
+  state.failures = count
+  state.last_failure_ms = now
+end
+
+local duration = math.min(cap, base * (mult ^ (count - 1)))
+if retry_after and retry_after > duration then
+  duration = math.min(retry_after, math.max(tonumber(ARGV[14]), duration))
+end
+duration = math.floor(duration)
+local until_ms = now + duration
+
+state.failures_total = (state.failures_total or 0) + 1
+state.last_error = message
+state.last_error_kind = kind
+state.last_error_ms = now
+
+local event = {kind = kind, error = message, failures = count}
+if pair_scope then event.model = model end
+emit('profile:failed', id, event, now)
+
+if pair_scope then
+  if existing > until_ms then until_ms = existing end
+  redis.call('ZADD', K_MCOOLING, until_ms, pair)
+  redis.call('HSET', K_MSTATE, pair, cjson.encode(pair_state))
+  save_state(id, state)
+  emit('profile:cooldown', id,
+    {kind = kind, model = model, until_ms = until_ms, duration_ms = until_ms - now}, now)
+  return {'cooling', until_ms, until_ms - now, count, 'model'}
+end
+
+local kept = existing >= until_ms
+if kept then until_ms = existing end
+if existing == 0 then dequeue(id, def) end
+redis.call('ZADD', K_COOLING, until_ms, id)
+state.cooldown_until_ms = until_ms
+-- The kind shown is the one whose deadline is in force.
+if not kept or not state.cooldown_kind then state.cooldown_kind = kind end
+save_state(id, state)
+emit('profile:cooldown', id,
+  {kind = kind, until_ms = until_ms, duration_ms = until_ms - now}, now)
+return {'cooling', until_ms, until_ms - now, count, 'profile'}

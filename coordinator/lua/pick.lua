@@ -1,0 +1,138 @@
+-- pick.lua: choose the next profile of a pool, honouring stickiness, cooldowns and exclusions.
+-- KEYS[1..9]  the static pool keys (see _pool.lua); KEYS[10] the session key (optional)
+-- ARGV[1] clock offset ms   ARGV[2] strategy: round-robin | priority | random
+-- ARGV[3] model ('' for none)   ARGV[4] session TTL ms   ARGV[5] count of excluded ids
+-- ARGV[6..] excluded profile ids
+-- Returns {1, id, definition JSON, reason, now}   reason: sticky | rotation
+--      or {0, soonest recovery in ms (-1 if none is cooling), now}
+-- Cost: O(log n) plus the profiles it has to skip (excluded, model-cooled, broken).
+--!include _pool.lua
+
+local strategy = ARGV[2]
+local model = ARGV[3]
+local session_ttl = tonumber(ARGV[4])
+local excluded = {}
+for i = 1, tonumber(ARGV[5]) do excluded[ARGV[5 + i]] = true end
+local session_key = KEYS[10]
+
+local now = now_ms()
+sweep(now)
+
+local soonest = nil
+local function consider_until(t)
+  if t and (soonest == nil or t < soonest) then soonest = t end
+end
+
+-- A ready profile is usable when not excluded, its records are sound and, for a model, the
+-- (profile, model) pair is not cooling down. Returns def, raw definition, state.
+local function usable(id)
+  if excluded[id] then return nil end
+  local def, raw = load_def(id)
+  if not def then return nil end
+  local state = load_state(id)
+  if not state then return nil end
+  if model ~= '' then
+    local pair_until = redis.call('ZSCORE', K_MCOOLING, id .. '|' .. model)
+    if pair_until and tonumber(pair_until) > now then
+      consider_until(tonumber(pair_until))
+      return nil
+    end
+  end
+  return def, raw, state
+end
+
+local chosen, chosen_def, chosen_raw, chosen_state, reason = nil, nil, nil, nil, 'rotation'
+
+-- Sticky session: keep the bound profile while it is ready, of the same generation, unexpired.
+if session_key then
+  local binding = redis.call('GET', session_key)
+  if binding then
+    local id, gen, expires = string.match(binding, '^([^\t]*)\t([^\t]*)\t([^\t]*)$')
+    local ok = id and tonumber(expires) and tonumber(expires) > now
+      and redis.call('ZSCORE', K_READY, id)
+    if ok then
+      local def, raw, state = usable(id)
+      if def and int(def.gen) == gen then
+        chosen, chosen_def, chosen_raw, chosen_state, reason = id, def, raw, state, 'sticky'
+      end
+    end
+  end
+end
+
+local PAGE = 16
+if not chosen and strategy == 'random' then
+  local count = redis.call('ZCARD', K_READY)
+  if count > 0 then
+    local sample = redis.call('ZRANDMEMBER', K_READY, math.min(count, 8))
+    for _, id in ipairs(sample) do
+      local def, raw, state = usable(id)
+      if def then chosen, chosen_def, chosen_raw, chosen_state = id, def, raw, state; break end
+    end
+  end
+end
+
+if not chosen and strategy == 'priority' then
+  local offset = 0
+  while not chosen do
+    local page = redis.call('ZRANGEBYLEX', K_RANKED, '-', '+', 'LIMIT', offset, PAGE)
+    if #page == 0 then break end
+    for _, member in ipairs(page) do
+      local id = id_of_member(member)
+      local seq = id and redis.call('ZSCORE', K_READY, id)
+      local def, raw, state = nil, nil, nil
+      if seq then def, raw, state = usable(id) end
+      if def and rank_member(def, tonumber(seq), id) ~= member then
+        -- Stale entry (priority or type edited by hand): re-index it where it now belongs.
+        redis.call('ZREM', K_RANKED, member)
+        redis.call('ZADD', K_RANKED, 0, rank_member(def, tonumber(seq), id))
+        def = nil
+      elseif not seq then
+        redis.call('ZREM', K_RANKED, member)
+      end
+      if def then chosen, chosen_def, chosen_raw, chosen_state = id, def, raw, state; break end
+    end
+    offset = offset + PAGE
+  end
+end
+
+-- round-robin, and the fallback of random when its sample held nothing usable.
+if not chosen and strategy ~= 'priority' then
+  local offset = 0
+  while not chosen do
+    local page = redis.call('ZRANGE', K_READY, offset, offset + PAGE - 1)
+    if #page == 0 then break end
+    for _, id in ipairs(page) do
+      local def, raw, state = usable(id)
+      if def then chosen, chosen_def, chosen_raw, chosen_state = id, def, raw, state; break end
+    end
+    offset = offset + PAGE
+  end
+end
+
+if not chosen then
+  local first = redis.call('ZRANGE', K_COOLING, 0, 0, 'WITHSCORES')
+  if first[2] then consider_until(tonumber(first[2])) end
+  if soonest == nil then return {0, -1, now} end
+  return {0, math.max(0, soonest - now), now}
+end
+
+-- Rotation: a pick (not a sticky hit) moves the profile to the end of its rotation.
+if reason == 'rotation' then
+  local old_seq = redis.call('ZSCORE', K_READY, chosen)
+  redis.call('ZREM', K_RANKED, rank_member(chosen_def, tonumber(old_seq), chosen))
+  local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+  redis.call('ZADD', K_READY, seq, chosen)
+  redis.call('ZADD', K_RANKED, 0, rank_member(chosen_def, seq, chosen))
+end
+
+chosen_state.last_used_ms = now
+chosen_state.uses = (chosen_state.uses or 0) + 1
+save_state(chosen, chosen_state)
+
+if session_key and session_ttl > 0 then
+  local binding = chosen .. '\t' .. int(chosen_def.gen) .. '\t' .. int(now + session_ttl)
+  -- The key's own TTL only collects garbage; validity is decided on Redis time above.
+  redis.call('SET', session_key, binding, 'PX', int(session_ttl + 60000))
+end
+
+return {1, chosen, chosen_raw, reason, now}

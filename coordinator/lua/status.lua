@@ -1,0 +1,29 @@
+-- status.lua: every profile of a pool with its health, on Redis time.
+-- KEYS[1..9]  the static pool keys (see _pool.lua)
+-- ARGV[1] clock offset ms  ARGV[2] failure window ms
+-- Returns {now, {id, definition JSON or '', state JSON or '', cooling until ms or '',
+--   ready 0|1, effective failures, effective billing failures}..., {pair, until}...}
+--   where the last element lists (profile|model) cooldowns as a flat array.
+-- Recoveries that are due are applied first (and announced once), as in every pool script.
+--!include _pool.lua
+
+local window = tonumber(ARGV[2])
+local now = now_ms()
+sweep(now)
+local rows = {}
+local ids = redis.call('HKEYS', K_PROFILES)
+for _, id in ipairs(ids) do
+  local raw_def = redis.call('HGET', K_PROFILES, id) or ''
+  local raw_state = redis.call('HGET', K_STATE, id) or ''
+  local cooling = redis.call('ZSCORE', K_COOLING, id) or ''
+  local ready = redis.call('ZSCORE', K_READY, id) and 1 or 0
+  local state = load_state(id)
+  local failures, billing = 0, 0
+  if state then
+    if now - (state.last_failure_ms or 0) <= window then failures = state.failures or 0 end
+    if now - (state.last_billing_ms or 0) <= window then billing = state.billing_failures or 0 end
+  end
+  rows[#rows + 1] = {id, raw_def, raw_state, cooling, ready, failures, billing}
+end
+local pairs_cooling = redis.call('ZRANGE', K_MCOOLING, 0, -1, 'WITHSCORES')
+return {now, rows, pairs_cooling}

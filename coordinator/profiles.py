@@ -1,0 +1,591 @@
+"""AuthProfileManager: pools of credentials per provider, shared by every replica.
+
+All state lives in Redis under ``<ns>:{pool:<provider>}:*`` and every decision is one Lua
+script (``coordinator/lua``) on Redis time: selection, cooldowns, recovery and sticky sessions
+behave the same whichever replica asks. This module validates input, passes keys and
+arguments, decodes replies and raises clear errors; it decides nothing on its own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from .config import AuthConfig
+from .errors import ConfigError, CorruptStateError, NoProfileAvailableError, ProfileNotFoundError
+from .events import Event, EventCallback, EventHub
+from .failures import FailureKind
+from .keys import IndexKeys, PoolKeys, validate_id, validate_name, validate_session_id
+from .profile_types import AuthProfile, CooldownResult, ProfileStatus
+from .secrets import redact
+from .store import Store
+
+__all__ = [
+    "AuthProfileManager",
+    "get_auth_profile_manager",
+    "reset_auth_profile_manager",
+]
+
+_SNAPSHOT_FORMAT = 1
+_PARSE_CACHE_LIMIT = 4096
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def _pairs(flat: Sequence[Any]) -> list[tuple[Any, Any]]:
+    return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
+class AuthProfileManager:
+    """Credential pools with rotation, sticky sessions and cooldowns, shared through Redis.
+
+    ``sleep`` is what :meth:`acquire` waits with (tests pass one that moves the store's clock
+    offset instead of sleeping).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: AuthConfig | None = None,
+        *,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.config = config or AuthConfig()
+        self._index = IndexKeys(store.namespace)
+        self._pool_keys: dict[str, PoolKeys] = {}
+        self._pool_of: dict[str, str] = {}
+        self._parsed: dict[str, AuthProfile] = {}
+        self._sleep = sleep
+        self._policy_args = self._build_policy_args()
+        self.events = EventHub(
+            store, self._event_streams, poll_interval_s=self.config.event_poll_interval_s
+        )
+
+    def __repr__(self) -> str:
+        return f"AuthProfileManager(store={self.store!r})"
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _build_policy_args(self) -> list[Any]:
+        c = self.config
+        return [
+            c.cooldown.base_ms,
+            c.cooldown.multiplier,
+            c.cooldown.cap_ms,
+            c.billing_cooldown.base_ms,
+            c.billing_cooldown.multiplier,
+            c.billing_cooldown.cap_ms,
+            c.failure_window_ms,
+            c.max_retry_after_ms,
+        ]
+
+    def _keys(self, provider: str) -> PoolKeys:
+        keys = self._pool_keys.get(provider)
+        if keys is None:
+            keys = self._pool_keys[provider] = PoolKeys(self.store.namespace, provider)
+        return keys
+
+    async def _providers(self) -> list[str]:
+        members = await self.store.command("SMEMBERS", self._index.pools)
+        return sorted(members)
+
+    async def _event_streams(self) -> dict[str, str]:
+        return {self._keys(p).events: p for p in await self._providers()}
+
+    async def _locate(self, profile_id: str, *, refresh: bool = False) -> str | None:
+        """The provider (pool) of a profile id: cached, else from the index."""
+        if not refresh:
+            cached = self._pool_of.get(profile_id)
+            if cached is not None:
+                return cached
+        provider = await self.store.command("HGET", self._index.profiles, profile_id)
+        if provider is None:
+            self._pool_of.pop(profile_id, None)
+            return None
+        self._pool_of[profile_id] = provider
+        return str(provider)
+
+    def _profile_from_raw(self, raw: str) -> AuthProfile:
+        profile = self._parsed.get(raw)
+        if profile is None:
+            profile = AuthProfile.from_record(raw, self.store.box)
+            if len(self._parsed) >= _PARSE_CACHE_LIMIT:
+                self._parsed.clear()
+            self._parsed[raw] = profile
+            self._pool_of[profile.id] = profile.provider
+        return profile
+
+    async def _run_for_profile(
+        self, script: str, profile_id: str, args: Sequence[Any]
+    ) -> tuple[str | None, Any]:
+        """Run a pool script about one profile; retries once if the locator cache was stale."""
+        validate_id(profile_id, "profile_id")
+        provider = await self._locate(profile_id)
+        if provider is None:
+            return None, None
+        reply = await self.store.run(script, self._keys(provider).all_static(), [profile_id, *args])
+        if _is_missing(reply):
+            fresh = await self._locate(profile_id, refresh=True)
+            if fresh is not None and fresh != provider:
+                provider = fresh
+                reply = await self.store.run(
+                    script, self._keys(provider).all_static(), [profile_id, *args]
+                )
+        return provider, reply
+
+    # -- profiles ------------------------------------------------------------------------
+
+    async def add_profile(self, profile: AuthProfile | Mapping[str, Any]) -> AuthProfile:
+        """Create or update a profile. An update keeps its counters and cooldowns.
+
+        A profile id belongs to one provider: reusing it for another is a ``ConfigError``.
+        """
+        if not isinstance(profile, AuthProfile):
+            profile = AuthProfile.from_mapping(profile)
+        record = profile.to_record(self.store.box)
+        owner = await self._locate(profile.id, refresh=True)
+        if owner is not None and owner != profile.provider:
+            raise ConfigError(
+                "id", f"{profile.id!r} already belongs to provider {owner!r}; remove it first"
+            )
+        # The locator is written first: if we die before the pool script, it points at a pool
+        # without the profile, which every operation treats as "unknown" (harmless).
+        async with self.store.guard("index profile"):
+            pipe = self.store.client.pipeline(transaction=False)
+            pipe.hset(self._index.profiles, profile.id, profile.provider)
+            pipe.sadd(self._index.pools, profile.provider)
+            await pipe.execute()
+        keys = self._keys(profile.provider)
+        await self.store.run("add_profile", keys.all_static(), [profile.id, orjson.dumps(record)])
+        self._pool_of[profile.id] = profile.provider
+        return profile
+
+    async def remove_profile(self, profile_id: str) -> bool:
+        """Delete a profile (its sessions are unbound at once). Returns whether it existed."""
+        provider, reply = await self._run_for_profile("remove_profile", profile_id, [])
+        if provider is None:
+            return False
+        await self.store.command("HDEL", self._index.profiles, profile_id)
+        self._pool_of.pop(profile_id, None)
+        return bool(reply)
+
+    async def get_profile(self, profile_id: str) -> AuthProfile:
+        """The profile with this id; ``ProfileNotFoundError`` if there is none."""
+        validate_id(profile_id, "profile_id")
+        provider = await self._locate(profile_id)
+        raw = None
+        if provider is not None:
+            raw = await self.store.command("HGET", self._keys(provider).profiles, profile_id)
+            if raw is None:
+                provider = await self._locate(profile_id, refresh=True)
+                if provider is not None:
+                    raw = await self.store.command(
+                        "HGET", self._keys(provider).profiles, profile_id
+                    )
+        if raw is None:
+            raise ProfileNotFoundError(profile_id)
+        return self._profile_from_raw(raw)
+
+    async def list_profiles(self, provider: str | None = None) -> list[AuthProfile]:
+        """All profiles (of one provider), sorted by provider and id. Corrupt ones are skipped;
+        :meth:`get_status` names them."""
+        providers = [validate_name(provider)] if provider else await self._providers()
+        out: list[AuthProfile] = []
+        for name in providers:
+            raw_map = await self.store.command("HGETALL", self._keys(name).profiles)
+            for _id, raw in sorted(_pairs(raw_map) if isinstance(raw_map, list) else raw_map.items()):
+                try:
+                    out.append(self._profile_from_raw(raw))
+                except CorruptStateError:
+                    continue
+        return out
+
+    # -- selection -----------------------------------------------------------------------
+
+    async def get_next_profile(
+        self,
+        provider: str,
+        session_id: str | None = None,
+        model: str | None = None,
+        exclude: Iterable[str] = (),
+    ) -> AuthProfile | None:
+        """Pick the profile to use now (one round trip), or ``None`` if none is usable."""
+        profile, _retry_in = await self._pick(provider, session_id, model, exclude)
+        return profile
+
+    async def acquire(
+        self,
+        provider: str,
+        session_id: str | None = None,
+        model: str | None = None,
+        exclude: Iterable[str] = (),
+        *,
+        wait_s: float = 0.0,
+    ) -> AuthProfile:
+        """Like :meth:`get_next_profile`, but raise :class:`NoProfileAvailableError` (with the
+        time until the soonest recovery) when nothing is usable, or wait up to ``wait_s`` for
+        that recovery first."""
+        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or wait_s < 0:
+            raise ConfigError("wait_s", "must be a number >= 0")
+        excluded = tuple(exclude)
+        budget_ms = wait_s * 1000.0
+        while True:
+            profile, retry_in = await self._pick(provider, session_id, model, excluded)
+            if profile is not None:
+                return profile
+            if retry_in is None or retry_in > budget_ms:
+                raise NoProfileAvailableError(provider, retry_in)
+            pause_ms = max(retry_in, 1)
+            budget_ms -= pause_ms
+            await self._sleep(pause_ms / 1000.0)
+
+    async def _pick(
+        self,
+        provider: str,
+        session_id: str | None,
+        model: str | None,
+        exclude: Iterable[str],
+    ) -> tuple[AuthProfile | None, int | None]:
+        validate_name(provider)
+        keys = self._keys(provider)
+        excluded = list(exclude)
+        script_keys = keys.all_static()
+        ttl_ms = 0
+        if session_id is not None and self.config.session_sticky:
+            script_keys.append(keys.session(validate_session_id(session_id)))
+            ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
+        reply = await self.store.run(
+            "pick",
+            script_keys,
+            [
+                self.config.strategy_for(provider),
+                model or "",
+                ttl_ms,
+                len(excluded),
+                *excluded,
+            ],
+        )
+        if int(reply[0]) == 0:
+            retry_in = int(reply[1])
+            return None, (retry_in if retry_in >= 0 else None)
+        profile = self._profile_from_raw(reply[2])
+        if self.events.has_subscribers:
+            await self.events.emit_local(
+                Event(
+                    type="profile:selected",
+                    profile_id=profile.id,
+                    source=provider,
+                    ts_ms=int(reply[4]),
+                    data={"reason": reply[3], "session": session_id, "model": model},
+                )
+            )
+        return profile, None
+
+    # -- sessions ------------------------------------------------------------------------
+
+    async def get_profile_for_session(
+        self, session_id: str, provider: str | None = None
+    ) -> AuthProfile | None:
+        """The profile a session is bound to, if the binding holds (profile healthy and
+        unchanged). A binding that no longer holds is dropped."""
+        validate_session_id(session_id)
+        providers = [validate_name(provider)] if provider else await self._providers()
+        for name in providers:
+            keys = self._keys(name)
+            bound = await self.store.run(
+                "session_get", [*keys.all_static(), keys.session(session_id)], []
+            )
+            if bound:
+                try:
+                    return await self.get_profile(bound)
+                except ProfileNotFoundError:
+                    return None
+        return None
+
+    async def release_session(self, session_id: str, provider: str | None = None) -> bool:
+        """Forget a session's binding (in one pool, or all). Returns whether one existed."""
+        validate_session_id(session_id)
+        providers = [validate_name(provider)] if provider else await self._providers()
+        removed = 0
+        for name in providers:
+            removed += int(await self.store.command("DEL", self._keys(name).session(session_id)))
+        return removed > 0
+
+    # -- health reports ------------------------------------------------------------------
+
+    async def mark_failed(
+        self,
+        profile_id: str,
+        error: BaseException | str | None = None,
+        kind: FailureKind | str = FailureKind.UNKNOWN,
+        retry_after_s: float | None = None,
+        model: str | None = None,
+    ) -> CooldownResult:
+        """Record a failure (one round trip) and cool the profile down by the rules of
+        ``kind``. A profile another replica removed meanwhile is reported as ``missing``."""
+        failure = FailureKind.parse(kind)
+        retry_ms: str | int = ""
+        if retry_after_s is not None:
+            if (
+                isinstance(retry_after_s, bool)
+                or not isinstance(retry_after_s, int | float)
+                or math.isnan(retry_after_s)
+                or retry_after_s < 0
+            ):
+                raise ConfigError("retry_after_s", "must be a number >= 0")
+            retry_ms = math.ceil(min(retry_after_s, 10 * 365 * 86400) * 1000)
+        text = error if isinstance(error, str) else _describe(error)
+        _provider, reply = await self._run_for_profile(
+            "mark_failed",
+            profile_id,
+            [failure.value, redact(text), retry_ms, model or "", *self._policy_args],
+        )
+        if reply is None or _is_missing(reply):
+            return CooldownResult("missing")
+        status = reply[0]
+        if status == "ignored":
+            return CooldownResult("ignored")
+        if status == "corrupt":
+            raise CorruptStateError(profile_id, str(reply[1]))
+        return CooldownResult(
+            "cooling",
+            until_ms=int(reply[1]),
+            duration_ms=int(reply[2]),
+            failures=int(reply[3]),
+            scope=reply[4],
+        )
+
+    async def mark_success(self, profile_id: str, model: str | None = None) -> bool:
+        """Record a success (one round trip): failure counters reset. Returns ``False`` if
+        the profile no longer exists."""
+        _provider, reply = await self._run_for_profile("mark_success", profile_id, [model or ""])
+        if reply is None or _is_missing(reply):
+            return False
+        if reply[0] == "corrupt":
+            raise CorruptStateError(profile_id, str(reply[1]))
+        return True
+
+    async def clear_cooldown(self, profile_id: str) -> bool:
+        """End a profile's cooldowns now and reset its counters (also repairs a corrupt state
+        record). Returns whether it was cooling down. Unknown id: ``ProfileNotFoundError``."""
+        _provider, reply = await self._run_for_profile("clear_cooldown", profile_id, [])
+        if reply is None or _is_missing(reply):
+            raise ProfileNotFoundError(profile_id)
+        return bool(int(reply[1]))
+
+    # -- status and snapshots --------------------------------------------------------------
+
+    async def get_status(self, provider: str | None = None) -> list[ProfileStatus]:
+        """Health of every profile (of one provider), computed on Redis time."""
+        providers = [validate_name(provider)] if provider else await self._providers()
+        out: list[ProfileStatus] = []
+        for name in providers:
+            reply = await self.store.run(
+                "status", self._keys(name).all_static(), [self.config.failure_window_ms]
+            )
+            now = int(reply[0])
+            pair_cooldowns: dict[str, dict[str, int]] = {}
+            for pair, until in _pairs(reply[2]):
+                pid, _, model = pair.partition("|")
+                pair_cooldowns.setdefault(pid, {})[model] = max(0, int(float(until)) - now)
+            for row in reply[1]:
+                out.append(_status_row(name, now, row, pair_cooldowns.get(row[0], {})))
+        return out
+
+    async def export_state(self) -> dict[str, Any]:
+        """A JSON-able snapshot of every pool: profiles (keys stay encrypted), counters and
+        cooldowns. Sessions are not included."""
+        pools: dict[str, Any] = {}
+        exported_at = 0
+        for name in await self._providers():
+            reply = await self.store.run("export_pool", self._keys(name).all_static(), [])
+            exported_at = int(reply[0])
+            pools[name] = {
+                "profiles": dict(_pairs(reply[1])),
+                "state": dict(_pairs(reply[2])),
+                "ready": [[k, int(float(v))] for k, v in _pairs(reply[3])],
+                "cooling": [[k, int(float(v))] for k, v in _pairs(reply[4])],
+                "model_cooling": [[k, int(float(v))] for k, v in _pairs(reply[5])],
+                "model_state": dict(_pairs(reply[6])),
+                "meta": {k: int(v) for k, v in _pairs(reply[7])},
+            }
+        return {
+            "format": _SNAPSHOT_FORMAT,
+            "namespace": self.store.namespace,
+            "exported_at_ms": exported_at,
+            "pools": pools,
+        }
+
+    async def import_state(self, snapshot: Mapping[str, Any]) -> int:
+        """Replace the pools named in ``snapshot`` (from :meth:`export_state`). Returns the
+        number of profiles imported. Keys decrypt only with the same secret key."""
+        if not isinstance(snapshot, Mapping) or snapshot.get("format") != _SNAPSHOT_FORMAT:
+            raise ConfigError("snapshot", f"expected an export with format {_SNAPSHOT_FORMAT}")
+        pools = snapshot.get("pools")
+        if not isinstance(pools, Mapping):
+            raise ConfigError("snapshot.pools", "must be a mapping of provider to pool")
+        total = 0
+        for name, pool in pools.items():
+            validate_name(name, "snapshot.pools")
+            if not isinstance(pool, Mapping) or not isinstance(pool.get("profiles"), Mapping):
+                raise ConfigError(f"snapshot.pools.{name}", "malformed pool")
+            for pid, raw in pool["profiles"].items():
+                validate_id(pid, f"snapshot.pools.{name}.profiles")
+                AuthProfile.from_record(raw, self.store.box)  # refuse garbage before writing
+            total += int(
+                await self.store.run(
+                    "import_pool", self._keys(name).all_static(), [orjson.dumps(dict(pool))]
+                )
+            )
+            async with self.store.guard("index import"):
+                pipe = self.store.client.pipeline(transaction=False)
+                pipe.sadd(self._index.pools, name)
+                for pid in pool["profiles"]:
+                    pipe.hset(self._index.profiles, pid, name)
+                await pipe.execute()
+            for pid in pool["profiles"]:
+                self._pool_of[pid] = name
+        return total
+
+    # -- events --------------------------------------------------------------------------
+
+    def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for each event of this type (``*``: all) from any replica.
+        Returns an unsubscribe function."""
+        return self.events.on(event_type, callback)
+
+    def subscribe(self, *event_types: str) -> AsyncIterator[Event]:
+        """Async iterator over events (of the given types) from every replica, from now on."""
+        return self.events.subscribe(*event_types)
+
+    async def close(self) -> None:
+        """Stop the event reader (the store stays open; it may be shared)."""
+        await self.events.close()
+
+
+def _is_missing(reply: Any) -> bool:
+    if isinstance(reply, list) and reply and reply[0] == "missing":
+        return True
+    return reply == 0 and not isinstance(reply, bool)
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _status_row(
+    provider: str, now: int, row: Sequence[Any], model_cooldowns: Mapping[str, int]
+) -> ProfileStatus:
+    pid, raw_def, raw_state, cooling, ready, failures, billing = row
+    broken: str | None = None
+    definition: dict[str, Any] = {}
+    state: dict[str, Any] = {}
+    try:
+        parsed = orjson.loads(raw_def)
+        if not isinstance(parsed, dict):
+            raise TypeError
+        definition = parsed
+        for field_name, typ in (("priority", int), ("type", str), ("credential", dict)):
+            if not isinstance(definition.get(field_name), typ):
+                broken = field_name
+    except (orjson.JSONDecodeError, TypeError):
+        broken = "definition"
+    if raw_state:
+        try:
+            parsed_state = orjson.loads(raw_state)
+            if not isinstance(parsed_state, dict):
+                raise TypeError
+            state = parsed_state
+            for key in ("failures", "billing_failures", "cooldown_until_ms", "last_used_ms",
+                        "uses", "successes", "last_failure_ms", "last_billing_ms"):
+                value = state.get(key)
+                if value is not None and (not isinstance(value, int | float) or value < 0):
+                    broken = broken or key
+        except (orjson.JSONDecodeError, TypeError):
+            broken = broken or "state"
+    until = int(float(cooling)) if cooling not in ("", None) else None
+    remaining = max(0, until - now) if until is not None else 0
+    in_cooldown = remaining > 0
+    return ProfileStatus(
+        id=pid,
+        provider=provider,
+        type=definition.get("type") if isinstance(definition.get("type"), str) else None,
+        priority=definition.get("priority") if isinstance(definition.get("priority"), int) else None,
+        healthy=bool(int(ready)) and not in_cooldown and broken is None,
+        in_cooldown=in_cooldown,
+        cooldown_remaining_ms=remaining,
+        cooldown_until_ms=until,
+        cooldown_kind=state.get("cooldown_kind") if in_cooldown else None,
+        failures=int(failures),
+        billing_failures=int(billing),
+        last_error=state.get("last_error"),
+        last_error_kind=state.get("last_error_kind"),
+        last_used_ms=_int_or_none(state.get("last_used_ms")),
+        uses=_int_or_none(state.get("uses")) or 0,
+        successes=_int_or_none(state.get("successes")) or 0,
+        model_cooldowns=dict(model_cooldowns),
+        broken_field=broken,
+    )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and value >= 0 else None
+
+
+# -- one manager per process ---------------------------------------------------------------
+
+_instance: AuthProfileManager | None = None
+_instance_args: tuple[Any, ...] | None = None
+_instance_lock = asyncio.Lock()
+
+
+async def get_auth_profile_manager(
+    url: str | None = None,
+    *,
+    config: AuthConfig | None = None,
+    namespace: str = "coord",
+    store: Store | None = None,
+) -> AuthProfileManager:
+    """The process-wide manager, created (and connected) on first call.
+
+    A later call asking for a different URL, namespace, store or configuration raises
+    ``ConfigError`` rather than silently returning a manager configured otherwise.
+    """
+    global _instance, _instance_args
+    from .store import connect
+
+    config = config or AuthConfig()
+    args = (url, namespace, id(store) if store else None, config)
+    async with _instance_lock:
+        if _instance is not None:
+            if args != _instance_args:
+                raise ConfigError(
+                    "config",
+                    "get_auth_profile_manager() was already called with another configuration; "
+                    "call reset_auth_profile_manager() first",
+                )
+            return _instance
+        store = store or await connect(url, namespace=namespace)
+        _instance = AuthProfileManager(store, config)
+        _instance_args = args
+        return _instance
+
+
+async def reset_auth_profile_manager() -> None:
+    """Forget the process-wide manager (closing its event reader and the store it opened)."""
+    global _instance, _instance_args
+    async with _instance_lock:
+        if _instance is not None:
+            await _instance.close()
+            if _instance_args is not None and _instance_args[2] is None:
+                await _instance.store.close()
+        _instance = None
+        _instance_args = None

@@ -1,0 +1,326 @@
+"""The store: one connection to Redis (or the embedded backend) that every manager shares.
+
+:func:`connect` understands::
+
+    redis://[user:password@]host:port/db     rediss://...  (TLS)
+    unix:///path/to/redis.sock
+    redis+sentinel://host:port[,host:port]/service_name[/db]
+    redis+cluster://host:port[,host:port]    (redis-py's cluster client)
+    memory://                                 embedded: fakeredis running the same Lua scripts
+    memory:///path/state.json                 embedded, kept across restarts (file mode 0600)
+
+Every redis exception is translated here into :class:`StoreUnavailableError` with the cause
+kept; nothing above this module sees a raw redis error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as rexc
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.commands.core import AsyncScript
+
+from . import scripts
+from .errors import ConfigError, StoreUnavailableError
+from .keys import validate_name
+from .secrets import SecretBox
+
+__all__ = ["Backend", "Store", "connect"]
+
+Backend = Literal["redis", "sentinel", "cluster", "memory"]
+ENV_URL = "COORDINATOR_REDIS_URL"
+ENV_SECRET_KEY = "COORDINATOR_SECRET_KEY"
+
+_UNAVAILABLE = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.BusyLoadingError,
+    rexc.ClusterError,
+    rexc.ResponseError,
+    rexc.DataError,
+    rexc.RedisError,
+    OSError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    backend: Backend
+    url: str
+    path: str | None = None
+
+
+def _parse_url(url: str) -> _Target:
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("redis", "rediss", "unix"):
+        return _Target("redis", url)
+    if scheme == "redis+cluster":
+        return _Target("cluster", url)
+    if scheme == "redis+sentinel":
+        return _Target("sentinel", url)
+    if scheme == "memory":
+        path = unquote(urlsplit(url).path) or None
+        return _Target("memory", url, path)
+    raise ConfigError(
+        "url",
+        f"unsupported scheme {scheme or '(none)'!r}; use redis://, rediss://, unix://, "
+        "redis+sentinel://, redis+cluster:// or memory://",
+    )
+
+
+def _hosts(netloc: str) -> list[tuple[str, int]]:
+    auth, _, hosts = netloc.rpartition("@")
+    del auth
+    out: list[tuple[str, int]] = []
+    for part in hosts.split(","):
+        host, _, port = part.strip().rpartition(":")
+        if not host:
+            host, port = port, "6379"
+        try:
+            out.append((host.strip("[]"), int(port)))
+        except ValueError:
+            raise ConfigError("url", f"invalid host:port {part!r}") from None
+    if not out:
+        raise ConfigError("url", "no host given")
+    return out
+
+
+def _credentials(netloc: str) -> tuple[str | None, str | None]:
+    if "@" not in netloc:
+        return None, None
+    auth = netloc.rpartition("@")[0]
+    user, sep, password = auth.partition(":")
+    if not sep:
+        return None, unquote(user) or None
+    return unquote(user) or None, unquote(password) or None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ``****`` (for logs and errors)."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+class Store:
+    """A connection to Redis plus the Lua scripts; shared by every manager of a process.
+
+    Use :func:`connect` to make one. ``time_offset_ms`` is added to Redis ``TIME`` inside
+    every script: it is zero in production and lets tests move time forward without sleeping.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        backend: Backend,
+        url: str,
+        namespace: str,
+        box: SecretBox | None,
+        persist_path: str | None = None,
+    ) -> None:
+        self._client = client
+        self.backend: Backend = backend
+        self.url = redact_url(url)
+        self.namespace = namespace
+        self.box = box
+        self.time_offset_ms = 0
+        self._scripts: dict[str, AsyncScript] = {
+            name: client.register_script(scripts.script_source(name))
+            for name in scripts.script_names()
+        }
+        self._persist_path = persist_path
+        self._persist_task: asyncio.Task[None] | None = None
+        self._persist_interval_s = 0.2
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"Store(backend={self.backend!r}, url={self.url!r}, namespace={self.namespace!r}, "
+            f"encryption={'on' if self.box else 'off'})"
+        )
+
+    @property
+    def client(self) -> Any:
+        """The underlying redis-py client (for plain commands; wrap calls in :meth:`guard`)."""
+        return self._client
+
+    @property
+    def persistent(self) -> bool:
+        """Whether values written here outlive this process (any backend but plain memory://)."""
+        return self.backend != "memory" or self._persist_path is not None
+
+    @contextlib.asynccontextmanager
+    async def guard(self, what: str) -> AsyncIterator[None]:
+        """Translate redis errors raised inside the block into :class:`StoreUnavailableError`."""
+        try:
+            yield
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(
+                f"{what} failed on {self.url}: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from exc
+
+    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run one Lua operation (EVALSHA, reloaded on NOSCRIPT) in one round trip."""
+        script = self._scripts[name]
+        async with self.guard(f"script {name}"):
+            result = await script(keys=list(keys), args=[self.time_offset_ms, *args])
+        self._schedule_persist()
+        return result
+
+    async def command(self, *args: Any) -> Any:
+        """Run one plain Redis command, with errors translated."""
+        async with self.guard(f"command {args[0]}"):
+            result = await self._client.execute_command(*args)
+        self._schedule_persist()
+        return result
+
+    async def time_ms(self) -> int:
+        """Redis ``TIME`` in milliseconds, plus the test offset."""
+        async with self.guard("TIME"):
+            seconds, micros = await self._client.time()
+        return int(seconds) * 1000 + int(micros) // 1000 + self.time_offset_ms
+
+    async def ping(self) -> None:
+        """Check that the store answers; raises :class:`StoreUnavailableError` if not."""
+        async with self.guard("PING"):
+            await self._client.ping()
+
+    async def flush_script_cache(self) -> None:
+        """``SCRIPT FLUSH`` everywhere (tests use it to prove NOSCRIPT reloads)."""
+        async with self.guard("SCRIPT FLUSH"):
+            await self._client.script_flush()
+
+    def _schedule_persist(self) -> None:
+        if self._persist_path is None or self._closed:
+            return
+        if self._persist_task is None or self._persist_task.done():
+            self._persist_task = asyncio.get_running_loop().create_task(self._persist_later())
+
+    async def _persist_later(self) -> None:
+        await asyncio.sleep(self._persist_interval_s)
+        await self.persist()
+
+    async def persist(self) -> None:
+        """Write the embedded state to its file now (no-op for other backends)."""
+        if self._persist_path is None:
+            return
+        from ._snapshot import dump_to_file
+
+        await dump_to_file(self._client, self._persist_path)
+
+    async def close(self) -> None:
+        """Flush embedded state (if persisted) and close the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._persist_task is not None and not self._persist_task.done():
+            self._persist_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._persist_task
+        if self._persist_path is not None:
+            await self.persist()
+        with contextlib.suppress(Exception):
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+def _make_client(target: _Target) -> Any:
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": 5.0,
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 30,
+    }
+    if target.backend == "redis":
+        return aioredis.Redis.from_url(target.url, **options)
+    parts = urlsplit(target.url)
+    user, password = _credentials(parts.netloc)
+    if target.backend == "cluster":
+        nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc)]
+        return RedisCluster(
+            startup_nodes=nodes,
+            username=user,
+            password=password,
+            decode_responses=True,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+        )
+    if target.backend == "sentinel":
+        segments = [s for s in parts.path.split("/") if s]
+        if not segments:
+            raise ConfigError("url", "redis+sentinel:// needs a service name: .../mymaster[/db]")
+        service = segments[0]
+        db = int(segments[1]) if len(segments) > 1 else 0
+        query = parse_qs(parts.query)
+        sentinel_password = query.get("sentinel_password", [None])[0]
+        sentinel = Sentinel(
+            _hosts(parts.netloc),
+            sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
+            socket_timeout=5.0,
+        )
+        return sentinel.master_for(
+            service, db=db, username=user, password=password, decode_responses=True
+        )
+    raise AssertionError(target.backend)
+
+
+async def connect(
+    url: str | None = None,
+    *,
+    namespace: str = "coord",
+    secret_key: str | None = None,
+) -> Store:
+    """Connect to the store every manager uses.
+
+    ``url`` defaults to ``$COORDINATOR_REDIS_URL``, else ``memory://``. ``secret_key`` (default
+    ``$COORDINATOR_SECRET_KEY``) encrypts secrets at rest: ``key[,older_key...]``, each 32 bytes
+    as url-safe base64 or hex. Without a key, the plain embedded backend uses a random
+    per-process key; every other backend refuses to store secrets (profiles may still name an
+    environment variable instead).
+    """
+    url = url or os.environ.get(ENV_URL) or "memory://"
+    validate_name(namespace, "namespace")
+    target = _parse_url(url)
+    key_text = secret_key if secret_key is not None else os.environ.get(ENV_SECRET_KEY)
+    box = SecretBox.from_text(key_text) if key_text else None
+    if target.backend == "memory":
+        from ._snapshot import load_from_file, new_memory_client
+
+        client = new_memory_client()
+        if target.path:
+            await load_from_file(client, target.path)
+        elif box is None:
+            box = SecretBox.ephemeral()
+    else:
+        client = _make_client(target)
+    store = Store(
+        client,
+        backend=target.backend,
+        url=url,
+        namespace=namespace,
+        box=box,
+        persist_path=target.path,
+    )
+    try:
+        await store.ping()
+    except StoreUnavailableError:
+        await store.close()
+        raise
+    return store
