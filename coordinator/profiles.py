@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -266,6 +267,7 @@ class AuthProfileManager:
                 self.config.strategy_for(provider),
                 model or "",
                 ttl_ms,
+                random.random(),
                 len(excluded),
                 *excluded,
             ],

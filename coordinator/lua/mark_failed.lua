@@ -77,6 +77,8 @@ else
 end
 
 local duration = math.min(cap, base * (mult ^ (count - 1)))
+-- A duplicate report keeps the running deadline; only a provider's retry-after may extend it.
+if duplicate then duration = 0 end
 if retry_after and retry_after > duration then
   duration = math.min(retry_after, math.max(tonumber(ARGV[14]), duration))
 end

@@ -1,8 +1,10 @@
 -- pick.lua: choose the next profile of a pool, honouring stickiness, cooldowns and exclusions.
 -- KEYS[1..9]  the static pool keys (see _pool.lua); KEYS[10] the session key (optional)
 -- ARGV[1] clock offset ms   ARGV[2] strategy: round-robin | priority | random
--- ARGV[3] model ('' for none)   ARGV[4] session TTL ms   ARGV[5] count of excluded ids
--- ARGV[6..] excluded profile ids
+-- ARGV[3] model ('' for none)   ARGV[4] session TTL ms
+-- ARGV[5] a uniform random fraction in [0, 1) from the caller (used by the random strategy:
+--   entropy is not shared state, and Redis seeds the Lua generator identically every call)
+-- ARGV[6] count of excluded ids   ARGV[7..] excluded profile ids
 -- Returns {1, id, definition JSON, reason, now}   reason: sticky | rotation
 --      or {0, soonest recovery in ms (-1 if none is cooling), now}
 -- Cost: O(log n) plus the profiles it has to skip (excluded, model-cooled, broken).
@@ -11,8 +13,9 @@
 local strategy = ARGV[2]
 local model = ARGV[3]
 local session_ttl = tonumber(ARGV[4])
+local fraction = tonumber(ARGV[5]) or 0
 local excluded = {}
-for i = 1, tonumber(ARGV[5]) do excluded[ARGV[5 + i]] = true end
+for i = 1, tonumber(ARGV[6]) do excluded[ARGV[6 + i]] = true end
 local session_key = KEYS[10]
 
 local now = now_ms()
@@ -60,14 +63,20 @@ if session_key then
 end
 
 local PAGE = 16
+-- random: start at a random rank and take the first usable profile from there (wrapping).
 if not chosen and strategy == 'random' then
   local count = redis.call('ZCARD', K_READY)
-  if count > 0 then
-    local sample = redis.call('ZRANDMEMBER', K_READY, math.min(count, 8))
-    for _, id in ipairs(sample) do
+  local start = math.min(count - 1, math.floor(fraction * count))
+  local offset = 0
+  while not chosen and offset < count do
+    local first = (start + offset) % count
+    local page = redis.call('ZRANGE', K_READY, first, math.min(first + PAGE, count) - 1)
+    if #page == 0 then break end
+    for _, id in ipairs(page) do
       local def, raw, state = usable(id)
       if def then chosen, chosen_def, chosen_raw, chosen_state = id, def, raw, state; break end
     end
+    offset = offset + #page
   end
 end
 
@@ -95,8 +104,8 @@ if not chosen and strategy == 'priority' then
   end
 end
 
--- round-robin, and the fallback of random when its sample held nothing usable.
-if not chosen and strategy ~= 'priority' then
+-- round-robin (and any unknown strategy name): the least recently picked usable profile.
+if not chosen and strategy ~= 'priority' and strategy ~= 'random' then
   local offset = 0
   while not chosen do
     local page = redis.call('ZRANGE', K_READY, offset, offset + PAGE - 1)
