@@ -7,6 +7,7 @@ renamed over the old one, so a crash leaves either the old or the new snapshot, 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from typing import Any
@@ -53,6 +54,10 @@ async def _dump(client: Any) -> dict[str, Any]:
 async def dump_to_file(client: Any, path: str) -> None:
     """Write the whole embedded keyspace to ``path`` atomically, mode 0600."""
     data = orjson.dumps(await _dump(client))
+    await asyncio.to_thread(_write_atomically, path, data)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".coordinator-", suffix=".tmp", dir=folder)
@@ -72,8 +77,7 @@ async def dump_to_file(client: Any, path: str) -> None:
 async def load_from_file(client: Any, path: str) -> None:
     """Restore a snapshot written by :func:`dump_to_file` (a missing file is an empty store)."""
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read()
+        raw = await asyncio.to_thread(_read, path)
     except FileNotFoundError:
         return
     except OSError as exc:
@@ -86,6 +90,11 @@ async def load_from_file(client: Any, path: str) -> None:
             await _restore(client, entry)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptStateError(path, "snapshot", str(exc)[:200]) from exc
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 async def _restore(client: Any, entry: dict[str, Any]) -> None:

@@ -82,6 +82,7 @@ class EventHub:
         self._task: asyncio.Task[None] | None = None
         self._last_ids: dict[str, str] = {}
         self._start_id = "0-0"
+        self._started = asyncio.Event()
         self._closed = False
 
     def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
@@ -99,9 +100,7 @@ class EventHub:
 
         return unsubscribe
 
-    async def subscribe(
-        self, *event_types: str, max_queue: int = 10_000
-    ) -> AsyncIterator[Event]:
+    async def subscribe(self, *event_types: str, max_queue: int = 10_000) -> AsyncIterator[Event]:
         """Iterate over events (of the given types, or all) as they arrive, from now on."""
         queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=max_queue)
         entry = (frozenset(event_types) or None, queue)
@@ -116,8 +115,7 @@ class EventHub:
     async def wait_started(self) -> None:
         """Wait until the reader has fixed its starting point (events after it are seen)."""
         self._ensure_started()
-        while self._start_id == "0-0" and not self._closed:
-            await asyncio.sleep(0.005)
+        await self._started.wait()
 
     async def emit_local(self, event: Event) -> None:
         """Deliver an event that does not go through Redis (e.g. ``profile:selected``)."""
@@ -135,6 +133,7 @@ class EventHub:
     async def _run(self) -> None:
         now = await self._store.time_ms() - self._store.time_offset_ms
         self._start_id = f"{now}-0"
+        self._started.set()
         while not self._closed:
             try:
                 delivered = await self._poll_once()

@@ -199,7 +199,9 @@ class AuthProfileManager:
         out: list[AuthProfile] = []
         for name in providers:
             raw_map = await self.store.command("HGETALL", self._keys(name).profiles)
-            for _id, raw in sorted(_pairs(raw_map) if isinstance(raw_map, list) else raw_map.items()):
+            for _id, raw in sorted(
+                _pairs(raw_map) if isinstance(raw_map, list) else raw_map.items()
+            ):
                 try:
                     out.append(self._profile_from_raw(raw))
                 except CorruptStateError:
@@ -486,33 +488,11 @@ def _describe(error: BaseException | None) -> str:
 def _status_row(
     provider: str, now: int, row: Sequence[Any], model_cooldowns: Mapping[str, int]
 ) -> ProfileStatus:
-    pid, raw_def, raw_state, cooling, ready, failures, billing = row
-    broken: str | None = None
-    definition: dict[str, Any] = {}
-    state: dict[str, Any] = {}
-    try:
-        parsed = orjson.loads(raw_def)
-        if not isinstance(parsed, dict):
-            raise TypeError
-        definition = parsed
-        for field_name, typ in (("priority", int), ("type", str), ("credential", dict)):
-            if not isinstance(definition.get(field_name), typ):
-                broken = field_name
-    except (orjson.JSONDecodeError, TypeError):
-        broken = "definition"
-    if raw_state:
-        try:
-            parsed_state = orjson.loads(raw_state)
-            if not isinstance(parsed_state, dict):
-                raise TypeError
-            state = parsed_state
-            for key in ("failures", "billing_failures", "cooldown_until_ms", "last_used_ms",
-                        "uses", "successes", "last_failure_ms", "last_billing_ms"):
-                value = state.get(key)
-                if value is not None and (not isinstance(value, int | float) or value < 0):
-                    broken = broken or key
-        except (orjson.JSONDecodeError, TypeError):
-            broken = broken or "state"
+    pid, raw_def, raw_state, cooling, ready, failures, billing, broken_field = row
+    # Validation of stored values is the scripts' (load_def/load_state); here we only read.
+    broken = broken_field or None
+    definition = _json_object(raw_def)
+    state = _json_object(raw_state)
     until = int(float(cooling)) if cooling not in ("", None) else None
     remaining = max(0, until - now) if until is not None else 0
     in_cooldown = remaining > 0
@@ -520,7 +500,9 @@ def _status_row(
         id=pid,
         provider=provider,
         type=definition.get("type") if isinstance(definition.get("type"), str) else None,
-        priority=definition.get("priority") if isinstance(definition.get("priority"), int) else None,
+        priority=definition.get("priority")
+        if isinstance(definition.get("priority"), int)
+        else None,
         healthy=bool(int(ready)) and not in_cooldown and broken is None,
         in_cooldown=in_cooldown,
         cooldown_remaining_ms=remaining,
@@ -536,6 +518,14 @@ def _status_row(
         model_cooldowns=dict(model_cooldowns),
         broken_field=broken,
     )
+
+
+def _json_object(raw: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw) if raw else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -197,6 +197,13 @@ class Store:
         async with self.guard("PING"):
             await self._client.ping()
 
+    async def load_scripts(self) -> None:
+        """``SCRIPT LOAD`` every operation now, so that a Lua error shows at connect time and
+        the first call of each operation is one round trip (NOSCRIPT still reloads later)."""
+        async with self.guard("SCRIPT LOAD"):
+            for name in scripts.script_names():
+                await self._client.script_load(scripts.script_source(name))
+
     async def flush_script_cache(self) -> None:
         """``SCRIPT FLUSH`` everywhere (tests use it to prove NOSCRIPT reloads)."""
         async with self.guard("SCRIPT FLUSH"):
@@ -270,7 +277,7 @@ def _make_client(target: _Target) -> Any:
         db = int(segments[1]) if len(segments) > 1 else 0
         query = parse_qs(parts.query)
         sentinel_password = query.get("sentinel_password", [None])[0]
-        sentinel = Sentinel(
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
             _hosts(parts.netloc),
             sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
             socket_timeout=5.0,
@@ -320,6 +327,7 @@ async def connect(
     )
     try:
         await store.ping()
+        await store.load_scripts()
     except StoreUnavailableError:
         await store.close()
         raise

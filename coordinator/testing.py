@@ -40,9 +40,10 @@ def free_port(*, cluster_bus: bool = False) -> int:
             port = int(sock.getsockname()[1])
         if not cluster_bus:
             return port
-        if port + 10000 <= 65535 or (port := port - 20000) > 1024:
-            if _is_free(port) and _is_free(port + 10000):
-                return port
+        if port + 10000 > 65535:
+            port -= 20000
+        if port > 1024 and _is_free(port) and _is_free(port + 10000):
+            return port
     raise RuntimeError("no free port pair for a cluster node")
 
 
@@ -125,7 +126,10 @@ class RedisServer:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 
@@ -188,6 +192,9 @@ class RedisCluster:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()

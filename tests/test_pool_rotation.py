@@ -49,8 +49,9 @@ async def test_oauth_profiles_come_before_api_keys_at_equal_priority(store: Stor
     manager = manager_for(store, strategy="priority")
     await add_keys(manager, 1, prefix="api", priority=5)
     await manager.add_profile(
-        AuthProfile(id="oauth-1", provider="openai", type="oauth", oauth_credential_id="cred-1",
-                    priority=5)
+        AuthProfile(
+            id="oauth-1", provider="openai", type="oauth", oauth_credential_id="cred-1", priority=5
+        )
     )
     picks = [(await manager.get_next_profile("openai")).id for _ in range(3)]  # type: ignore[union-attr]
     assert picks == ["oauth-1", "oauth-1", "oauth-1"]
@@ -65,7 +66,9 @@ async def test_priority_change_by_update_reranks(store: Store) -> None:
     first = await manager.get_next_profile("openai")
     assert first is not None and first.id == "key-0"
     await manager.add_profile(
-        AuthProfile(id="key-1", provider="openai", api_key="sk-test-updated-0123456789", priority=50)
+        AuthProfile(
+            id="key-1", provider="openai", api_key="sk-test-updated-0123456789", priority=50
+        )
     )
     picks = {(await manager.get_next_profile("openai")).id for _ in range(3)}  # type: ignore[union-attr]
     assert picks == {"key-1"}

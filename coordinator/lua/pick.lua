@@ -85,22 +85,27 @@ if not chosen and strategy == 'priority' then
   while not chosen do
     local page = redis.call('ZRANGEBYLEX', K_RANKED, '-', '+', 'LIMIT', offset, PAGE)
     if #page == 0 then break end
+    local restart = false
     for _, member in ipairs(page) do
       local id = id_of_member(member)
       local seq = id and redis.call('ZSCORE', K_READY, id)
       local def, raw, state = nil, nil, nil
       if seq then def, raw, state = usable(id) end
-      if def and rank_member(def, tonumber(seq), id) ~= member then
-        -- Stale entry (priority or type edited by hand): re-index it where it now belongs.
+      if not seq then
+        redis.call('ZREM', K_RANKED, member)  -- left behind by a removal: drop it
+      elseif def and rank_member(def, tonumber(seq), id) ~= member then
+        -- Priority or type edited by hand: re-index it and walk again from the top, since
+        -- its new place may come earlier. Each stale entry is repaired once.
         redis.call('ZREM', K_RANKED, member)
         redis.call('ZADD', K_RANKED, 0, rank_member(def, tonumber(seq), id))
-        def = nil
-      elseif not seq then
-        redis.call('ZREM', K_RANKED, member)
+        restart = true
+        break
+      elseif def then
+        chosen, chosen_def, chosen_raw, chosen_state = id, def, raw, state
+        break
       end
-      if def then chosen, chosen_def, chosen_raw, chosen_state = id, def, raw, state; break end
     end
-    offset = offset + PAGE
+    if restart then offset = 0 elseif not chosen then offset = offset + PAGE end
   end
 end
 

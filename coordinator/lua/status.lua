@@ -2,7 +2,8 @@
 -- KEYS[1..9]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] failure window ms
 -- Returns {now, {id, definition JSON or '', state JSON or '', cooling until ms or '',
---   ready 0|1, effective failures, effective billing failures}..., {pair, until}...}
+--   ready 0|1, effective failures, effective billing failures, broken field or ''}...,
+--   {pair, until}...}   (the broken field names the first invalid stored value, if any)
 --   where the last element lists (profile|model) cooldowns as a flat array.
 -- Recoveries that are due are applied first (and announced once), as in every pool script.
 --!include _pool.lua
@@ -17,13 +18,15 @@ for _, id in ipairs(ids) do
   local raw_state = redis.call('HGET', K_STATE, id) or ''
   local cooling = redis.call('ZSCORE', K_COOLING, id) or ''
   local ready = redis.call('ZSCORE', K_READY, id) and 1 or 0
-  local state = load_state(id)
+  local _def, _raw, def_broken = load_def(id)
+  local state, state_broken = load_state(id)
   local failures, billing = 0, 0
   if state then
     if now - (state.last_failure_ms or 0) <= window then failures = state.failures or 0 end
     if now - (state.last_billing_ms or 0) <= window then billing = state.billing_failures or 0 end
   end
-  rows[#rows + 1] = {id, raw_def, raw_state, cooling, ready, failures, billing}
+  rows[#rows + 1] = {id, raw_def, raw_state, cooling, ready, failures, billing,
+    def_broken or state_broken or ''}
 end
 local pairs_cooling = redis.call('ZRANGE', K_MCOOLING, 0, -1, 'WITHSCORES')
 return {now, rows, pairs_cooling}

@@ -1,0 +1,226 @@
+"""Contract tests: events across replicas, status, corrupt values, snapshots, secrets at rest."""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+import pytest
+
+from coordinator import (
+    AuthProfile,
+    ConfigError,
+    CorruptStateError,
+    Event,
+    Store,
+    connect,
+)
+from coordinator.testing import advance_time
+
+from .conftest import unique_namespace
+from .helpers import MINUTE_MS, add_keys, manager_for
+
+
+async def _collect_until(events: list[Event], predicate: object, timeout: float = 10.0) -> None:
+    async def wait() -> None:
+        while not any(predicate(e) for e in events):  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(wait(), timeout)
+
+
+async def test_subscribers_on_any_replica_see_every_transition(store: Store) -> None:
+    writer, reader = manager_for(store), manager_for(store)
+    seen: list[Event] = []
+    reader.on("*", seen.append)
+    await reader.events.wait_started()
+    await add_keys(writer, 2)
+    await writer.mark_failed("key-0", "429 for sk-secretsecretsecret1234", kind="rate_limit")
+    advance_time(store, MINUTE_MS + 1)
+    await writer.get_next_profile("openai")
+    await writer.remove_profile("key-1")
+    await _collect_until(seen, lambda e: e.type == "profile:removed")
+    types = [e.type for e in seen]
+    assert types == [
+        "profile:added",
+        "profile:added",
+        "profile:failed",
+        "profile:cooldown",
+        "profile:recovered",
+        "profile:removed",
+    ]
+    failed = seen[2]
+    assert failed.profile_id == "key-0" and failed.source == "openai"
+    assert failed.data["kind"] == "rate_limit"
+    assert "secretsecret" not in orjson.dumps([e.data for e in seen]).decode()
+    await reader.close()
+
+
+async def test_selected_is_local_only(store: Store) -> None:
+    picker, other = manager_for(store), manager_for(store)
+    await add_keys(picker, 1)
+    local: list[Event] = []
+    remote: list[Event] = []
+    picker.on("profile:selected", local.append)
+    other.on("profile:selected", remote.append)
+    await other.events.wait_started()
+    await picker.get_next_profile("openai", session_id="s")
+    assert [e.profile_id for e in local] == ["key-0"]
+    assert local[0].data["session"] == "s"
+    # Give the stream reader several polls: nothing is written to Redis for a selection.
+    await picker.mark_failed("key-0", "x", kind="server")
+    seen_other: list[Event] = []
+    other.on("*", seen_other.append)
+    await _collect_until(seen_other, lambda e: e.type == "profile:cooldown")
+    assert remote == []
+    await picker.close()
+    await other.close()
+
+
+async def test_async_iterator_yields_events(store: Store) -> None:
+    manager = manager_for(store)
+    iterator = manager.subscribe("profile:cooldown")
+    first = asyncio.ensure_future(iterator.__anext__())
+    await manager.events.wait_started()
+    await add_keys(manager, 1)
+    await manager.mark_failed("key-0", "x", kind="timeout")
+    event = await asyncio.wait_for(first, 10)
+    assert event.type == "profile:cooldown" and event.data["duration_ms"] == MINUTE_MS
+    await iterator.aclose()  # type: ignore[attr-defined]
+    await manager.close()
+
+
+async def test_status_reports_health_and_masks_secrets(store: Store) -> None:
+    manager = manager_for(store)
+    await add_keys(manager, 2)
+    await manager.get_next_profile("openai")
+    await manager.mark_failed(
+        "key-1", "Incorrect API key provided: sk-proj-abcdefghijklmnop", kind="auth"
+    )
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["key-0"].healthy and status["key-0"].uses == 1
+    assert status["key-0"].last_used_ms is not None
+    cooling = status["key-1"]
+    assert not cooling.healthy and cooling.in_cooldown and cooling.cooldown_kind == "auth"
+    assert 0 < cooling.cooldown_remaining_ms <= MINUTE_MS
+    assert cooling.last_error is not None and "abcdefghijklmnop" not in cooling.last_error
+    assert cooling.last_error_kind == "auth"
+
+
+async def test_hand_edited_garbage_never_breaks_selection(store: Store) -> None:
+    manager = manager_for(store, strategy="priority")
+    await add_keys(manager, 4)
+    keys = manager._keys("openai")
+    await store.client.hset(keys.state, "key-0", "{not json")
+    await store.client.hset(keys.state, "key-1", orjson.dumps({"failures": "many"}).decode())
+    await store.client.hset(keys.profiles, "key-2", '{"id":"key-2","type":"api-key"}')
+    picks = {(await manager.get_next_profile("openai")).id for _ in range(4)}  # type: ignore[union-attr]
+    assert picks == {"key-3"}
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["key-0"].broken_field == "state" and not status["key-0"].healthy
+    assert status["key-1"].broken_field == "failures"
+    assert status["key-2"].broken_field == "priority"
+    assert status["key-3"].broken_field is None
+    with pytest.raises(CorruptStateError) as info:
+        await manager.mark_failed("key-1", "x", kind="server")
+    assert info.value.field == "failures" and "key-1" in str(info.value)
+    # An operator repairs the state record with clear_cooldown.
+    await manager.clear_cooldown("key-1")
+    assert (await manager.mark_failed("key-1", "x", kind="server")).status == "cooling"
+    # list_profiles skips the broken definition instead of failing.
+    assert "key-2" not in [p.id for p in await manager.list_profiles()]
+
+
+async def test_priority_edited_by_hand_is_reindexed(store: Store) -> None:
+    manager = manager_for(store, strategy="priority")
+    await add_keys(manager, 2)
+    keys = manager._keys("openai")
+    raw = orjson.loads(await store.client.hget(keys.profiles, "key-1"))
+    raw["priority"] = 99
+    await store.client.hset(keys.profiles, "key-1", orjson.dumps(raw).decode())
+    picks = [(await manager.get_next_profile("openai")).id for _ in range(3)]  # type: ignore[union-attr]
+    assert picks[1:] == ["key-1", "key-1"]
+
+
+async def test_export_and_import_round_trip(
+    store: Store, backend_url: str, secret_key: str
+) -> None:
+    manager = manager_for(store)
+    await add_keys(manager, 3)
+    await manager.mark_failed("key-0", "429", kind="rate_limit")
+    await manager.mark_failed("key-1", "402", kind="billing")
+    snapshot = await manager.export_state()
+    text = orjson.dumps(snapshot).decode()
+    assert "sk-test" not in text
+    target_store = await connect(backend_url, namespace=unique_namespace(), secret_key=secret_key)
+    try:
+        target_store.time_offset_ms = store.time_offset_ms
+        target = manager_for(target_store)
+        assert await target.import_state(snapshot) == 3
+        status = {s.id: s for s in await target.get_status()}
+        assert status["key-0"].in_cooldown and status["key-0"].failures == 1
+        assert status["key-1"].cooldown_kind == "billing" and status["key-1"].billing_failures == 1
+        picked = await target.get_next_profile("openai")
+        assert picked is not None and picked.id == "key-2"
+        secret = picked.secret()
+        assert secret is not None and secret.reveal().startswith("sk-test-openai")
+        with pytest.raises(ConfigError):
+            await target.import_state({"format": 99})
+    finally:
+        await target_store.close()
+
+
+async def test_api_keys_are_encrypted_at_rest(store: Store) -> None:
+    manager = manager_for(store)
+    await add_keys(manager, 2)
+    await manager.get_next_profile("openai", session_id="s")
+    await manager.mark_failed("key-0", "bad key sk-test-openai-key-0-0123456789abcdef", kind="auth")
+    dump = []
+    async for key in store.client.scan_iter(match=f"{store.namespace}:*"):
+        kind = await store.client.type(key)
+        if kind == "hash":
+            dump.append(str(await store.client.hgetall(key)))
+        elif kind == "string":
+            dump.append(str(await store.client.get(key)))
+        elif kind == "stream":
+            dump.append(str(await store.client.xrange(key)))
+    assert dump and all("sk-test" not in entry for entry in dump)
+
+
+async def test_a_ciphertext_moved_to_another_profile_does_not_decrypt(store: Store) -> None:
+    from coordinator import DecryptionError
+
+    manager = manager_for(store)
+    await add_keys(manager, 2)
+    keys = manager._keys("openai")
+    first = orjson.loads(await store.client.hget(keys.profiles, "key-0"))
+    second = orjson.loads(await store.client.hget(keys.profiles, "key-1"))
+    second["credential"] = first["credential"]
+    await store.client.hset(keys.profiles, "key-1", orjson.dumps(second).decode())
+    stolen = (await manager.get_profile("key-1")).secret()
+    assert stolen is not None
+    with pytest.raises(DecryptionError):
+        stolen.reveal()
+
+
+async def test_invalid_profiles_name_the_field() -> None:
+    cases = [
+        ({"id": "", "provider": "openai", "api_key": "k"}, "id"),
+        ({"id": "a b", "provider": "openai", "api_key": "k"}, "id"),
+        ({"id": "a", "provider": "Open AI", "api_key": "k"}, "provider"),
+        ({"id": "a", "provider": "openai"}, "credential"),
+        ({"id": "a", "provider": "openai", "api_key": "k", "api_key_env": "K"}, "credential"),
+        ({"id": "a", "provider": "openai", "type": "token", "api_key": "k"}, "type"),
+        ({"id": "a", "provider": "openai", "api_key": "k", "priority": "high"}, "priority"),
+        ({"id": "a", "provider": "openai", "api_key_env": "1X"}, "api_key_env"),
+        ({"id": "a", "provider": "openai", "type": "oauth", "api_key": "k"}, "oauth_credential_id"),
+        (
+            {"id": "a", "provider": "openai", "api_key": "k", "metadata": {"x": object()}},
+            "metadata",
+        ),
+        ({"id": "a", "provider": "openai", "api_key": "k", "colour": "red"}, "colour"),
+    ]
+    for data, field in cases:
+        with pytest.raises(ConfigError) as info:
+            AuthProfile.from_mapping(data)
+        assert info.value.field == field, data

@@ -1,0 +1,171 @@
+"""The store: URLs, errors at the boundary, NOSCRIPT reloads, round trips, persistence."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+import coordinator
+from coordinator import (
+    AuthProfile,
+    AuthProfileManager,
+    ConfigError,
+    StoreUnavailableError,
+    connect,
+)
+from coordinator.testing import RedisServer, free_port
+
+from .conftest import unique_namespace
+from .helpers import add_keys, manager_for
+
+
+async def test_unsupported_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        await connect("mysql://localhost/db")
+    assert info.value.field == "url"
+
+
+async def test_unreachable_redis_is_store_unavailable_with_cause() -> None:
+    port = free_port()
+    with pytest.raises(StoreUnavailableError) as info:
+        await connect(f"redis://:hunter2secret@127.0.0.1:{port}/0")
+    assert info.value.__cause__ is not None
+    assert "hunter2secret" not in str(info.value)
+
+
+async def test_default_url_comes_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COORDINATOR_REDIS_URL", raising=False)
+    store = await connect()
+    assert store.backend == "memory"
+    await store.close()
+
+
+async def test_invalid_secret_key_is_a_config_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        await connect("memory://", secret_key="too-short")
+    assert info.value.field == "secret_key"
+
+
+async def test_storing_a_key_on_redis_without_secret_key_is_refused(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COORDINATOR_SECRET_KEY", raising=False)
+    store = await connect(redis_server.url, namespace=unique_namespace())
+    try:
+        manager = AuthProfileManager(store)
+        with pytest.raises(ConfigError) as info:
+            await manager.add_profile(AuthProfile(id="k", provider="openai", api_key="sk-plain"))
+        assert info.value.field == "secret_key"
+        # Naming an environment variable needs no key: no secret reaches Redis.
+        await manager.add_profile(AuthProfile(id="e", provider="openai", api_key_env="OPENAI_KEY"))
+        assert [p.id for p in await manager.list_profiles()] == ["e"]
+    finally:
+        await store.close()
+
+
+async def test_scripts_reload_after_the_script_cache_is_flushed(store: coordinator.Store) -> None:
+    manager = manager_for(store)
+    await add_keys(manager, 2)
+    assert await manager.get_next_profile("openai") is not None
+    await store.flush_script_cache()
+    assert await manager.get_next_profile("openai") is not None
+    assert (await manager.mark_failed("key-0", "x", kind="server")).status == "cooling"
+    assert await manager.mark_success("key-1")
+
+
+async def test_redis_going_away_is_store_unavailable(secret_key: str) -> None:
+    with RedisServer() as server:
+        store = await connect(server.url, namespace=unique_namespace(), secret_key=secret_key)
+        manager = AuthProfileManager(store)
+        await add_keys(manager, 1)
+        server.stop()
+        with pytest.raises(StoreUnavailableError) as info:
+            await manager.get_next_profile("openai")
+        assert info.value.__cause__ is not None
+        await store.close()
+
+
+async def test_hot_operations_are_one_round_trip_each(store: coordinator.Store) -> None:
+    manager = manager_for(store)
+    await add_keys(manager, 3)
+    await manager.get_next_profile("openai")  # warm: scripts loaded, locator cached
+    await manager.mark_failed("key-2", "x", kind="server")
+    await manager.clear_cooldown("key-2")
+    sent: list[str] = []
+    original = store.client.execute_command
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        sent.append(str(args[0]))
+        return await original(*args, **kwargs)
+
+    store.client.execute_command = counting
+    try:
+        operations = {
+            "get_next_profile": lambda: manager.get_next_profile(
+                "openai", session_id="s", model="m", exclude=["x"]
+            ),
+            "mark_success": lambda: manager.mark_success("key-0"),
+            "mark_failed": lambda: manager.mark_failed(
+                "key-1", "x", kind="rate_limit", retry_after_s=3
+            ),
+        }
+        for name, operation in operations.items():
+            sent.clear()
+            await operation()
+            assert sent == ["EVALSHA"], name
+    finally:
+        del store.client.execute_command
+
+
+async def test_embedded_state_survives_a_restart_in_a_0600_file(
+    tmp_path: Path, secret_key: str
+) -> None:
+    path = tmp_path / "state" / "coordinator.json"
+    url = f"memory://{path}"
+    store = await connect(url, secret_key=secret_key)
+    manager = AuthProfileManager(store)
+    await add_keys(manager, 2)
+    cooling = await manager.mark_failed("key-0", "429", kind="rate_limit", retry_after_s=600)
+    await manager.get_next_profile("openai", session_id="s")
+    await store.close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert "sk-test" not in path.read_text()
+
+    store = await connect(url, secret_key=secret_key)
+    manager = AuthProfileManager(store)
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["key-0"].in_cooldown and status["key-0"].cooldown_until_ms == cooling.until_ms
+    assert status["key-0"].failures == 1
+    profile = await manager.get_next_profile("openai", session_id="s")
+    assert profile is not None and profile.id == "key-1"
+    secret = profile.secret()
+    assert secret is not None and secret.reveal().startswith("sk-test-openai")
+    await store.close()
+
+
+async def test_persisted_embedded_store_needs_a_secret_key_for_api_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COORDINATOR_SECRET_KEY", raising=False)
+    store = await connect(f"memory://{tmp_path / 's.json'}")
+    with pytest.raises(ConfigError):
+        await AuthProfileManager(store).add_profile(
+            AuthProfile(id="k", provider="openai", api_key="sk-plain")
+        )
+    await store.close()
+
+
+async def test_corrupt_snapshot_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    path.write_text("{garbage")
+    with pytest.raises(coordinator.CorruptStateError):
+        await connect(f"memory://{path}")
+
+
+def test_repr_hides_passwords() -> None:
+    from coordinator.store import redact_url
+
+    assert redact_url("redis://user:pw123@host:6379/0") == "redis://user:****@host:6379/0"
