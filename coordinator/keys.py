@@ -5,6 +5,7 @@ tag, so each script runs unchanged on Redis Cluster:
 
 * ``{pool:<provider>}``: one credential pool (profiles, state, rotation, cooldowns, sessions,
   events).
+* ``{models}``: every model profile, its circuit breaker, sticky sessions and events.
 * ``{index}``: the locator of profile ids and the list of pools (plain commands, no scripts).
 """
 
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["IndexKeys", "PoolKeys", "validate_id", "validate_name"]
+__all__ = ["IndexKeys", "ModelKeys", "PoolKeys", "validate_id", "validate_name"]
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -140,3 +141,48 @@ class IndexKeys:
     def pools(self) -> str:
         """SET of providers that have (or had) a pool."""
         return f"{self.namespace}:{{index}}:pools"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelKeys:
+    """The keys of the model profiles (all in hash tag ``{models}``)."""
+
+    namespace: str
+
+    @property
+    def prefix(self) -> str:
+        """``<ns>:{models}``, the start of every model key."""
+        return f"{self.namespace}:{{models}}"
+
+    @property
+    def profiles(self) -> str:
+        """HASH id -> model profile definition (JSON; an API key is ciphertext)."""
+        return f"{self.prefix}:profiles"
+
+    @property
+    def breakers(self) -> str:
+        """HASH id -> circuit breaker state (JSON: state, epoch, streak, window, permits)."""
+        return f"{self.prefix}:breakers"
+
+    @property
+    def ranked(self) -> str:
+        """ZSET id -> minus priority, of enabled profiles (selection order)."""
+        return f"{self.prefix}:ranked"
+
+    @property
+    def meta(self) -> str:
+        """HASH of counters (``probe_seq``: probe permit tokens)."""
+        return f"{self.prefix}:meta"
+
+    @property
+    def events(self) -> str:
+        """STREAM of model profile transitions (capped)."""
+        return f"{self.prefix}:events"
+
+    def session(self, session_id: str) -> str:
+        """STRING profile id with a TTL: one sticky session."""
+        return f"{self.prefix}:session:{session_id}"
+
+    def all_static(self) -> list[str]:
+        """The keys every model script receives, in the order the scripts expect them."""
+        return [self.profiles, self.breakers, self.ranked, self.meta, self.events]

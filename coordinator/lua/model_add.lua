@@ -1,0 +1,29 @@
+-- model_add.lua: create or update a model profile. Its circuit breaker is left as it is, so
+-- re-adding a profile never closes an open breaker.
+-- KEYS[1..5]  the static {models} keys (see _model.lua)
+-- ARGV[1] clock offset ms   ARGV[2..13] breaker configuration (unused)
+-- ARGV[14] profile id   ARGV[15] definition JSON (validated by the caller)
+-- ARGV[16] priority   ARGV[17] enabled: 1 | 0
+-- Returns {'created' | 'updated', breaker state}
+--!include _model.lua
+
+local id, body = ARGV[MARG], ARGV[MARG + 1]
+local priority, enabled = tonumber(ARGV[MARG + 2]), ARGV[MARG + 3] == '1'
+local now = now_ms()
+local existed = redis.call('HEXISTS', K_PROFILES, id) == 1
+redis.call('HSET', K_PROFILES, id, body)
+if enabled then
+  redis.call('ZADD', K_RANKED, -priority, id)
+else
+  redis.call('ZREM', K_RANKED, id)
+end
+local b = load_breaker(id)
+local state = 'corrupt'
+if b then
+  if refresh(id, b, now) then save_breaker(id, b) end
+  state = b.state
+end
+emit('profile:added', id, {priority = priority, enabled = enabled, updated = existed,
+  breaker = state}, now)
+if existed then return {'updated', state} end
+return {'created', state}

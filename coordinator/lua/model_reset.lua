@@ -1,0 +1,29 @@
+-- model_reset.lua: an operator closes a profile's breaker and ends its cooldown now.
+-- KEYS[1..5]  the static {models} keys (see _model.lua)
+-- ARGV[1] clock offset ms   ARGV[2..13] breaker configuration   ARGV[14] profile id
+-- Returns {'missing'} | {previous state ('corrupt' if the record was broken)}
+-- A corrupt breaker record is replaced by a fresh closed one (the repair for a hand edit).
+--!include _model.lua
+
+local id = ARGV[MARG]
+local now = now_ms()
+if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
+local b = load_breaker(id)
+local previous = 'corrupt'
+local epoch = 0
+if b then
+  previous = b.state
+  epoch = b.epoch
+end
+local fresh = {state = 'closed', epoch = epoch + 1, window = '', streak = {}, permits = {}}
+if b then
+  fresh.failures_total = b.failures_total
+  fresh.successes_total = b.successes_total
+  fresh.last_error = b.last_error
+  fresh.last_error_kind = b.last_error_kind
+end
+save_breaker(id, fresh)
+if previous ~= 'closed' then
+  emit('profile:circuit-closed', id, {epoch = fresh.epoch, reason = 'reset'}, now)
+end
+return {previous}

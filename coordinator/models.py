@@ -1,0 +1,746 @@
+"""ModelProfileManager: model profiles with circuit breakers shared by every replica.
+
+A model profile is one way to serve a model (a provider, its endpoint, its credential, the
+models it serves, a priority). Its circuit breaker lives in Redis under ``<ns>:{models}:*`` and
+every decision is one Lua script on Redis time (``coordinator/lua/model_*.lua``):
+
+* :meth:`ModelProfileManager.select_profile`: one round trip (``model_select``);
+* :meth:`ModelProfileManager.get_next_available_profile`: records the failure and picks the
+  next profile in the same round trip (``model_report`` with a pick);
+* :meth:`ModelProfileManager.execute`: a success costs two round trips (select + report), each
+  failover hop one more. A profile backed by an AuthProfileManager pool costs one more round
+  trip before the call (the pool lives in another hash tag, ``{pool:<provider>}``, that a
+  ``{models}`` script cannot touch on a cluster), and its key report runs concurrently with the
+  model report.
+
+This module validates input, passes keys and arguments, decodes replies, obtains secrets and
+raises clear errors; it decides nothing on its own clock. (The local clock only turns a
+provider's absolute reset timestamps into durations, see :mod:`coordinator.classify`.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, Literal, TypeVar, cast
+
+import httpx
+import orjson
+
+from .breaker_config import ModelConfig
+from .classify import Classification, classify, classify_exception
+from .errors import (
+    AllProfilesUnavailableError,
+    ConfigError,
+    CorruptStateError,
+    MissingSecretError,
+    NoProfileAvailableError,
+    OAuthError,
+    ProfileNotFoundError,
+)
+from .events import Event, EventCallback, EventHub
+from .failures import FailureKind
+from .keys import ModelKeys, validate_id, validate_session_id
+from .model_defaults import default_model_profiles
+from .model_types import (
+    BreakerState,
+    ModelAttempt,
+    ModelCall,
+    ModelProfile,
+    ModelProfileStatus,
+    ModelSelection,
+    ReportResult,
+    SelectionReason,
+    TokenSource,
+)
+from .profiles import AuthProfileManager
+from .secrets import Secret, redact
+from .store import Store
+
+__all__ = ["ModelProfileManager"]
+
+log = logging.getLogger("coordinator.models")
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+Clock = Callable[[], float]
+Outcome = Literal["success", "failure", "release", "unusable"]
+
+_PARSE_CACHE_LIMIT = 1024
+_RETRY_CAP_S = 10 * 365 * 86400
+# Failure kinds that concern one key of a pool, not the provider: for a pool-backed profile
+# they cool the key down in its pool and do not count against the model profile's breaker.
+_KEY_LEVEL = frozenset({FailureKind.AUTH, FailureKind.BILLING, FailureKind.RATE_LIMIT})
+
+
+class _Unusable(Exception):
+    """The selected profile's credential cannot be obtained on this replica now."""
+
+    def __init__(self, kind: FailureKind, message: str, outcome: Outcome, cooldown_ms: int | None):
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.outcome = outcome
+        self.cooldown_ms = cooldown_ms
+
+
+def _retry_ms(retry_after_s: float | None) -> int | str:
+    if retry_after_s is None:
+        return ""
+    if (
+        isinstance(retry_after_s, bool)
+        or not isinstance(retry_after_s, int | float)
+        or math.isnan(retry_after_s)
+        or retry_after_s < 0
+    ):
+        raise ConfigError("retry_after_s", "must be a number >= 0")
+    return math.ceil(min(float(retry_after_s), _RETRY_CAP_S) * 1000)
+
+
+def _describe(error: BaseException | str | None) -> str:
+    if error is None:
+        return ""
+    if isinstance(error, str):
+        return redact(error)
+    text = str(error)
+    return redact(f"{type(error).__name__}: {text}" if text else type(error).__name__)
+
+
+class ModelProfileManager:
+    """Model profiles, circuit breakers and failover across providers, shared through Redis.
+
+    * ``auth_manager``: the :class:`~coordinator.profiles.AuthProfileManager` whose pools
+      back profiles with ``ModelAuth.pool(...)``.
+    * ``token_source``: supplies access tokens of profiles with ``ModelAuth.oauth(...)`` (the
+      OAuth manager satisfies :class:`~coordinator.model_types.TokenSource`).
+    * ``sleep``: what :meth:`execute` waits with (tests pass one that moves the store's clock).
+    * ``clock``: Unix seconds, only to turn a provider's absolute reset times into durations.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        config: ModelConfig | None = None,
+        *,
+        auth_manager: AuthProfileManager | None = None,
+        token_source: TokenSource | None = None,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.time,
+    ) -> None:
+        if config is not None and not isinstance(config, ModelConfig):
+            raise ConfigError("config", "must be a ModelConfig")
+        self.store = store
+        self.config = config or ModelConfig()
+        self.auth_manager = auth_manager
+        self.token_source = token_source
+        self.keys = ModelKeys(store.namespace)
+        self._static = self.keys.all_static()
+        self._cfg_args = self.config.script_args()
+        self._session_ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
+        self._sleep = sleep
+        self._clock = clock
+        self._parsed: dict[str, ModelProfile] = {}
+        self._reported_broken: set[str] = set()
+        self.events = EventHub(
+            store, self._event_streams, poll_interval_s=self.config.event_poll_interval_s
+        )
+
+    def __repr__(self) -> str:
+        return f"ModelProfileManager(store={self.store!r})"
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    async def _event_streams(self) -> dict[str, str]:
+        return {self.keys.events: "models"}
+
+    async def _run(self, script: str, args: Sequence[Any], keys: Sequence[str] = ()) -> Any:
+        return await self.store.run(script, [*self._static, *keys], [*self._cfg_args, *args])
+
+    def _profile_from_raw(self, raw: str) -> ModelProfile:
+        profile = self._parsed.get(raw)
+        if profile is None:
+            profile = ModelProfile.from_record(raw, self.store.box)
+            if len(self._parsed) >= _PARSE_CACHE_LIMIT:
+                self._parsed.clear()
+            self._parsed[raw] = profile
+        return profile
+
+    def _selection_args(
+        self, model: str | None, session_id: str | None, exclude: Iterable[str]
+    ) -> tuple[list[Any], list[str]]:
+        if model is not None and (not isinstance(model, str) or not model):
+            raise ConfigError("model", "must be a non-empty string or None")
+        excluded = [validate_id(e, "exclude") for e in exclude]
+        keys: list[str] = []
+        ttl = 0
+        if session_id is not None:
+            validate_session_id(session_id)
+            if self.config.session_sticky:
+                keys.append(self.keys.session(session_id))
+                ttl = self._session_ttl_ms
+        return [model or "", ttl, len(excluded), *excluded], keys
+
+    def _note_broken(self, broken: Any) -> None:
+        for item in broken or []:
+            text = str(item)
+            if text not in self._reported_broken:
+                self._reported_broken.add(text)
+                profile_id, _, field_name = text.partition(":")
+                log.warning(
+                    "model profile %r skipped: corrupt stored value %r (see get_status)",
+                    profile_id,
+                    field_name,
+                )
+
+    def _decode_selection(self, reply: Any) -> tuple[ModelSelection | None, int | None]:
+        """(selection, None) or (None, ms until the soonest recovery, None if none)."""
+        if int(reply[0]) == 0:
+            self._note_broken(reply[3] if len(reply) > 3 else None)
+            retry_in = int(reply[1])
+            return None, (retry_in if retry_in >= 0 else None)
+        self._note_broken(reply[9] if len(reply) > 9 else None)
+        try:
+            profile = self._profile_from_raw(reply[2])
+        except CorruptStateError:
+            # The script checked the fields it needs; Python found another one broken. Report
+            # it; the caller sees no selection rather than an exception about one profile.
+            self._note_broken([f"{reply[1]}:definition"])
+            return None, None
+        token = str(reply[6])
+        return (
+            ModelSelection(
+                profile=profile,
+                model=str(reply[3]) or None,
+                reason=cast(SelectionReason, str(reply[4])),
+                epoch=int(reply[5]),
+                permit=token or None,
+                selected_at_ms=int(reply[7]),
+                sticky=bool(int(reply[8])),
+            ),
+            None,
+        )
+
+    # -- profiles ------------------------------------------------------------------------
+
+    async def add_profile(self, profile: ModelProfile | Mapping[str, Any]) -> ModelProfile:
+        """Create or update a model profile. Its breaker is kept: re-adding a profile never
+        closes an open breaker."""
+        if not isinstance(profile, ModelProfile):
+            profile = ModelProfile.from_mapping(profile)
+        record = profile.to_record(self.store.box)
+        await self._run(
+            "model_add",
+            [profile.id, orjson.dumps(record), profile.priority, 1 if profile.enabled else 0],
+        )
+        return profile
+
+    async def load_defaults(
+        self, env: Mapping[str, str] | None = None, *, path: str | None = None
+    ) -> list[ModelProfile]:
+        """Add the default profiles (see :mod:`coordinator.model_defaults`) and return them."""
+        profiles = default_model_profiles(env, path=path)
+        for profile in profiles:
+            await self.add_profile(profile)
+        return profiles
+
+    async def remove_profile(self, profile_id: str) -> bool:
+        """Delete a profile. Returns whether it existed. An open breaker record is kept, so
+        removing and re-adding the profile does not reset it."""
+        validate_id(profile_id, "profile_id")
+        return bool(await self._run("model_remove", [profile_id]))
+
+    async def _set_enabled(self, profile_id: str, enabled: bool) -> bool:
+        validate_id(profile_id, "profile_id")
+        reply = await self._run("model_set_enabled", [profile_id, 1 if enabled else 0])
+        if reply[0] == "missing":
+            raise ProfileNotFoundError(profile_id)
+        if reply[0] == "corrupt":
+            raise CorruptStateError(profile_id, str(reply[1]))
+        return bool(reply[0] == "changed")
+
+    async def enable_profile(self, profile_id: str) -> bool:
+        """Enable a profile; returns whether it changed. Unknown id: ``ProfileNotFoundError``."""
+        return await self._set_enabled(profile_id, True)
+
+    async def disable_profile(self, profile_id: str) -> bool:
+        """Disable a profile; returns whether it changed. Unknown id: ``ProfileNotFoundError``."""
+        return await self._set_enabled(profile_id, False)
+
+    async def get_profile(self, profile_id: str) -> ModelProfile:
+        """The profile with this id; ``ProfileNotFoundError`` if there is none."""
+        validate_id(profile_id, "profile_id")
+        raw = await self.store.command("HGET", self.keys.profiles, profile_id)
+        if raw is None:
+            raise ProfileNotFoundError(profile_id)
+        return self._profile_from_raw(raw)
+
+    async def list_profiles(self) -> list[ModelProfile]:
+        """All profiles, highest priority first (then by id). Corrupt ones are skipped;
+        :meth:`get_status` names them."""
+        raw_map = await self.store.command("HGETALL", self.keys.profiles)
+        items = (
+            list(zip(raw_map[0::2], raw_map[1::2], strict=True))
+            if isinstance(raw_map, list)
+            else list(raw_map.items())
+        )
+        out: list[ModelProfile] = []
+        for _id, raw in items:
+            try:
+                out.append(self._profile_from_raw(raw))
+            except CorruptStateError:
+                continue
+        out.sort(key=lambda p: (-p.priority, p.id))
+        return out
+
+    # -- selection and reports -----------------------------------------------------------
+
+    async def _select(
+        self, model: str | None, session_id: str | None, exclude: Iterable[str]
+    ) -> tuple[ModelSelection | None, int | None]:
+        args, keys = self._selection_args(model, session_id, exclude)
+        reply = await self._run("model_select", args, keys)
+        return self._decode_selection(reply)
+
+    async def select_profile(
+        self,
+        preferred_model: str | None = None,
+        session_id: str | None = None,
+        exclude: Iterable[str] = (),
+    ) -> ModelSelection | None:
+        """Choose the profile to call now (one round trip), or ``None`` if none is usable.
+
+        Highest priority first among enabled profiles that serve the model, whose breaker
+        admits the call (closed, or half-open with a probe permit left) and that are not
+        cooling down. A session keeps its profile while that profile's breaker is closed.
+        """
+        selection, _retry_in = await self._select(preferred_model, session_id, exclude)
+        return selection
+
+    async def _report(
+        self,
+        target: ModelSelection | str,
+        outcome: Outcome,
+        kind: FailureKind | None,
+        message: str,
+        retry_ms: int | str,
+        *,
+        pick_next: bool = False,
+        model: str | None = None,
+        session_id: str | None = None,
+        exclude: Iterable[str] = (),
+    ) -> tuple[ReportResult, ModelSelection | None, int | None]:
+        if isinstance(target, ModelSelection):
+            profile_id, epoch, token = target.profile_id, str(target.epoch), target.permit or ""
+        else:
+            profile_id, epoch, token = validate_id(target, "profile_id"), "", ""
+        select_args: list[Any] = []
+        keys: list[str] = []
+        if pick_next:
+            select_args, keys = self._selection_args(model, session_id, exclude)
+        reply = await self._run(
+            "model_report",
+            [
+                profile_id,
+                outcome,
+                kind.value if kind is not None else "",
+                message,
+                retry_ms,
+                epoch,
+                token,
+                1 if pick_next else 0,
+                *select_args,
+            ],
+            keys,
+        )
+        head = reply[0]
+        status = str(head[0])
+        state = str(head[1]) or None
+        result = ReportResult(
+            status=cast(Any, status),
+            state=cast(BreakerState | None, state),
+            epoch=int(head[2]) if int(head[2]) >= 0 else None,
+            broken_field=str(head[3]) or None,
+        )
+        if status == "corrupt":
+            self._note_broken([f"{profile_id}:{head[3]}"])
+        if not pick_next or reply[1] == 0:
+            return result, None, None
+        selection, retry_in = self._decode_selection(reply[1])
+        return result, selection, retry_in
+
+    async def record_success(
+        self, selection: ModelSelection | str, *, retry_after_s: float | None = None
+    ) -> ReportResult:
+        """Record a successful call (one round trip). ``retry_after_s``: the response said a
+        quota is exhausted; the profile cools down that long even though the call worked."""
+        result, _sel, _retry = await self._report(
+            selection, "success", None, "", _retry_ms(retry_after_s)
+        )
+        return result
+
+    async def record_failure(
+        self,
+        selection: ModelSelection | str,
+        kind: FailureKind | str | None = None,
+        *,
+        error: BaseException | str | None = None,
+        retry_after_s: float | None = None,
+    ) -> ReportResult:
+        """Record a failed call (one round trip). Without ``kind``, an exception ``error`` is
+        classified (else ``unknown``). Pass the selection, not just the id, so that a report
+        for a call selected before the breaker changed state is recognised as late."""
+        failure, retry = self._failure_of(kind, error, retry_after_s)
+        result, _sel, _retry = await self._report(
+            selection, "failure", failure, _describe(error), _retry_ms(retry)
+        )
+        return result
+
+    async def release(self, selection: ModelSelection) -> ReportResult:
+        """Give back a selection that was not used (frees a half-open probe permit at once)."""
+        result, _sel, _retry = await self._report(selection, "release", None, "", "")
+        return result
+
+    def _failure_of(
+        self,
+        kind: FailureKind | str | None,
+        error: BaseException | str | None,
+        retry_after_s: float | None,
+    ) -> tuple[FailureKind, float | None]:
+        if kind is not None:
+            return FailureKind.parse(kind), retry_after_s
+        if isinstance(error, BaseException):
+            verdict = classify_exception(error, now=self._clock())
+            failure = verdict.kind or FailureKind.UNKNOWN
+            return failure, retry_after_s if retry_after_s is not None else verdict.retry_after_s
+        return FailureKind.UNKNOWN, retry_after_s
+
+    async def get_next_available_profile(
+        self,
+        failed: ModelSelection | str,
+        preferred_model: str | None = None,
+        error: BaseException | str | None = None,
+        kind: FailureKind | str | None = None,
+        *,
+        retry_after_s: float | None = None,
+        session_id: str | None = None,
+        exclude: Iterable[str] = (),
+    ) -> ModelSelection | None:
+        """Record the failure of ``failed`` and pick the next profile in the same round trip
+        (``failed`` excluded); emits ``profile:failover`` (from, to) when one is found."""
+        failure, retry = self._failure_of(kind, error, retry_after_s)
+        _result, selection, _retry_in = await self._report(
+            failed,
+            "failure",
+            failure,
+            _describe(error),
+            _retry_ms(retry),
+            pick_next=True,
+            model=preferred_model,
+            session_id=session_id,
+            exclude=exclude,
+        )
+        return selection
+
+    async def reset_breaker(self, profile_id: str) -> str:
+        """Close a profile's breaker and end its cooldown now (an operator's decision; also
+        repairs a corrupt breaker record). Returns the previous state."""
+        validate_id(profile_id, "profile_id")
+        reply = await self._run("model_reset", [profile_id])
+        if reply[0] == "missing":
+            raise ProfileNotFoundError(profile_id)
+        return str(reply[0])
+
+    # -- execute -------------------------------------------------------------------------
+
+    async def _credential(
+        self, selection: ModelSelection, session_id: str | None
+    ) -> tuple[Secret | None, str | None]:
+        """The secret to call with, and the pool key id when the profile is pool-backed."""
+        profile = selection.profile
+        auth = profile.auth
+        if auth.kind in ("api_key", "env"):
+            secret = profile.secret()
+            assert secret is not None
+            try:
+                secret.reveal()
+            except MissingSecretError as exc:
+                # Unset on this replica only: skip it here, leave it to replicas that have it.
+                raise _Unusable(FailureKind.AUTH, str(exc), "release", None) from exc
+            return secret, None
+        if auth.kind == "none":
+            return None, None
+        if auth.kind == "oauth":
+            return await self._oauth_token(profile.id, str(auth.value)), None
+        # pool
+        if self.auth_manager is None:
+            raise ConfigError(
+                "auth_manager",
+                f"model profile {profile.id!r} draws keys from pool {auth.value!r}: "
+                "pass auth_manager= to ModelProfileManager",
+            )
+        try:
+            key = await self.auth_manager.acquire(
+                str(auth.value), session_id, selection.model, wait_s=0
+            )
+        except NoProfileAvailableError as exc:
+            cooldown = exc.retry_in_ms or self.config.unusable_cooldown_ms
+            raise _Unusable(
+                FailureKind.RATE_LIMIT,
+                f"pool {auth.value!r} has no usable key",
+                "unusable",
+                max(1, cooldown),
+            ) from exc
+        if key.type == "oauth":
+            assert key.oauth_credential_id is not None
+            return await self._oauth_token(profile.id, key.oauth_credential_id), key.id
+        secret = key.secret()
+        try:
+            if secret is not None:
+                secret.reveal()
+        except MissingSecretError as exc:
+            raise _Unusable(FailureKind.AUTH, str(exc), "release", None) from exc
+        return secret, key.id
+
+    async def _oauth_token(self, profile_id: str, credential_id: str) -> Secret:
+        if self.token_source is None:
+            raise ConfigError(
+                "token_source",
+                f"model profile {profile_id!r} uses OAuth credential {credential_id!r}: "
+                "pass token_source= (e.g. the OAuthManager) to ModelProfileManager",
+            )
+        return await self.token_source.get_access_token(credential_id)
+
+    async def _pool_report(
+        self, key_id: str | None, verdict: Classification, message: str, model: str | None
+    ) -> None:
+        if key_id is None or self.auth_manager is None:
+            return
+        if verdict.kind is None:
+            await self.auth_manager.mark_success(key_id, model)
+        elif verdict.kind in _KEY_LEVEL:
+            await self.auth_manager.mark_failed(
+                key_id, message, verdict.kind, verdict.retry_after_s, model
+            )
+
+    async def execute(
+        self,
+        call: Callable[[ModelCall], Awaitable[T]],
+        *,
+        model: str | None = None,
+        session_id: str | None = None,
+        max_attempts: int | None = None,
+        wait_s: float = 0.0,
+    ) -> T:
+        """Run ``call`` with the selected profile and fail over until it succeeds.
+
+        ``call`` receives a :class:`~coordinator.model_types.ModelCall` (model, base URL,
+        secret) and returns anything; an ``httpx.Response`` it returns is classified like an
+        exception it raises (so a returned 429 fails over too). A caller error (a malformed
+        request) is raised (or returned) at once, without failover and without harming the
+        profile. When nothing is left, raises :class:`AllProfilesUnavailableError` with every
+        attempt and the time until the soonest recovery, or first waits up to ``wait_s`` for
+        that recovery. A success costs two round trips; each failover hop one more.
+        """
+        limit = self.config.max_attempts if max_attempts is None else max_attempts
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigError("max_attempts", "must be an integer >= 1")
+        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not wait_s >= 0:
+            raise ConfigError("wait_s", "must be a number >= 0")
+        budget_ms = float(wait_s) * 1000.0
+        attempts: list[ModelAttempt] = []
+        excluded: list[str] = []
+        selection, retry_in = await self._select(model, session_id, excluded)
+        while True:
+            if selection is None:
+                if len(attempts) < limit and retry_in is not None and retry_in <= budget_ms:
+                    pause_ms = max(retry_in, 1)
+                    budget_ms -= pause_ms
+                    await self._sleep(pause_ms / 1000.0)
+                    excluded = []
+                    selection, retry_in = await self._select(model, session_id, excluded)
+                    continue
+                raise AllProfilesUnavailableError(attempts, retry_in)
+            excluded.append(selection.profile_id)
+            last = len(attempts) + 1 >= limit
+            try:
+                secret, key_id = await self._credential(selection, session_id)
+            except _Unusable as skip:
+                attempts.append(
+                    ModelAttempt(selection.profile_id, skip.kind, skip.message, selection.model)
+                )
+                retry_ms: int | str = skip.cooldown_ms if skip.cooldown_ms else ""
+                _r, selection, retry_in = await self._report(
+                    selection, skip.outcome, skip.kind, redact(skip.message), retry_ms,
+                    pick_next=not last, model=model, session_id=session_id, exclude=excluded,
+                )  # fmt: skip
+                if last:
+                    raise AllProfilesUnavailableError(attempts, None) from None
+                continue
+            except ConfigError:
+                if selection.probe:
+                    await self.release(selection)
+                raise
+            except Exception as exc:
+                # The token source failed (e.g. the OAuth credential needs a new login).
+                kind = FailureKind.AUTH if isinstance(exc, OAuthError) else None
+                verdict = classify_exception(exc, now=self._clock())
+                if kind is not None or verdict.kind in (None, FailureKind.CALLER):
+                    verdict = Classification(kind or FailureKind.AUTH, None, "credential")
+                error: BaseException | None = exc
+                key_id = None
+                result: Any = None
+            else:
+                context = ModelCall(
+                    selection=selection,
+                    model=selection.model,
+                    base_url=selection.profile.base_url,
+                    secret=secret,
+                    attempt=len(attempts) + 1,
+                    credential_id=key_id,
+                )
+                error = None
+                try:
+                    result = await call(context)
+                except Exception as exc:
+                    error = exc
+                    verdict = classify_exception(exc, now=self._clock())
+                else:
+                    if isinstance(result, httpx.Response):
+                        verdict = classify(result, now=self._clock())
+                    else:
+                        verdict = Classification(None)
+            if verdict.kind is None:
+                success = self.record_success(selection, retry_after_s=verdict.retry_after_s)
+                if key_id is not None:
+                    await asyncio.gather(
+                        success, self._pool_report(key_id, verdict, "", selection.model)
+                    )
+                else:
+                    await success
+                return cast(T, result)
+            if verdict.kind is FailureKind.CALLER:
+                if selection.probe:
+                    await self.release(selection)
+                if error is not None:
+                    raise error
+                return cast(T, result)
+            message = _describe(error) if error is not None else verdict.reason
+            attempts.append(
+                ModelAttempt(selection.profile_id, verdict.kind, message, selection.model)
+            )
+            outcome: Outcome = "failure"
+            retry: int | str = _retry_ms(verdict.retry_after_s)
+            if key_id is not None and verdict.kind in _KEY_LEVEL:
+                # The key is at fault, not the provider: the pool cools the key down.
+                outcome, retry = "release", ""
+            failed_id, failed_model = selection.profile_id, selection.model
+            report = self._report(
+                selection, outcome, verdict.kind, message, retry,
+                pick_next=not last, model=model, session_id=session_id, exclude=excluded,
+            )  # fmt: skip
+            if key_id is not None:
+                (_r, selection, retry_in), _ = await asyncio.gather(
+                    report, self._pool_report(key_id, verdict, message, failed_model)
+                )
+            else:
+                _r, selection, retry_in = await report
+            if last:
+                raise AllProfilesUnavailableError(attempts, None)
+            if selection is not None:
+                log.info(
+                    "failover from %s (%s) to %s", failed_id, verdict.kind.value,
+                    selection.profile_id,
+                )  # fmt: skip
+
+    # -- status --------------------------------------------------------------------------
+
+    async def get_status(self) -> list[ModelProfileStatus]:
+        """Every profile with its breaker, on Redis time (highest priority first). Due open →
+        half-open transitions are applied first. Corrupt records are shown with
+        ``broken_field``."""
+        reply = await self._run("model_status", [])
+        now = int(reply[0])
+        decay = self.config.breaker.failure_decay_ms
+        out = [_status_row(now, decay, row) for row in reply[1]]
+        out.sort(key=lambda s: (-(s.priority or 0), s.id))
+        return out
+
+    # -- events --------------------------------------------------------------------------
+
+    def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for each event of this type (``*``: all) from any replica.
+        Returns an unsubscribe function."""
+        return self.events.on(event_type, callback)
+
+    def subscribe(self, *event_types: str) -> AsyncIterator[Event]:
+        """Async iterator over events (of the given types) from every replica, from now on."""
+        return self.events.subscribe(*event_types)
+
+    async def close(self) -> None:
+        """Stop the event reader (the store stays open; it may be shared)."""
+        await self.events.close()
+
+
+def _as_dict(raw: str) -> dict[str, Any] | None:
+    if not raw:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _num(value: Any) -> int:
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
+        return int(value)
+    return 0
+
+
+def _status_row(now: int, decay_ms: int, row: Sequence[Any]) -> ModelProfileStatus:
+    pid, raw_def, raw_breaker, broken = (str(x) for x in row)
+    definition = _as_dict(raw_def) or {}
+    breaker = _as_dict(raw_breaker) or {}
+    state = breaker.get("state", "closed") if not broken.startswith("breaker") else None
+    if state not in ("closed", "open", "half_open"):
+        state = None
+    streak = breaker.get("streak")
+    streak_items = list(streak.values()) if isinstance(streak, dict) else streak or []
+    consecutive = sum(1 for t in streak_items if isinstance(t, int | float) and now - t <= decay_ms)
+    window = breaker.get("window") if isinstance(breaker.get("window"), str) else ""
+    permits = breaker.get("permits")
+    in_flight = (
+        sum(1 for t in permits.values() if isinstance(t, int | float) and t > now)
+        if isinstance(permits, dict)
+        else 0
+    )
+    open_until = _num(breaker.get("open_until_ms")) if state == "open" else 0
+    priority = definition.get("priority")
+    enabled = definition.get("enabled")
+    last_error = breaker.get("last_error")
+    last_kind = breaker.get("last_error_kind")
+    return ModelProfileStatus(
+        id=pid,
+        provider=definition.get("provider")
+        if isinstance(definition.get("provider"), str)
+        else None,
+        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else None,
+        enabled=enabled if isinstance(enabled, bool) else None,
+        state=cast(BreakerState | None, state),
+        epoch=_num(breaker.get("epoch")),
+        open_remaining_ms=max(0, open_until - now),
+        cooldown_remaining_ms=max(0, _num(breaker.get("cooldown_until_ms")) - now),
+        consecutive_failures=consecutive,
+        window_calls=len(window or ""),
+        window_failures=(window or "").count("1"),
+        probes_in_flight=in_flight,
+        reopens=_num(breaker.get("reopens")),
+        failures_total=_num(breaker.get("failures_total")),
+        successes_total=_num(breaker.get("successes_total")),
+        last_error=last_error if isinstance(last_error, str) else None,
+        last_error_kind=last_kind if isinstance(last_kind, str) else None,
+        broken_field=broken or None,
+    )
