@@ -100,10 +100,8 @@ def parse_duration(value: object) -> float | None:
     text = value.strip().lower()
     if not text or len(text) > 64:
         return None
-    try:
-        return _clamp(float(text)) if not text.isalpha() else None
-    except ValueError:
-        pass
+    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+        return _clamp(float(text))
     pos, total = 0, 0.0
     for match in _DURATION_PART.finditer(text):
         if match.start() != pos:

@@ -1,0 +1,108 @@
+"""Builders shared by the model profile tests."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+
+from coordinator import Store, connect
+from coordinator.breaker_config import BreakerConfig, ModelConfig
+from coordinator.keys import ModelKeys
+from coordinator.model_types import ModelAuth, ModelProfile
+from coordinator.models import ModelProfileManager
+
+SECOND_MS = 1000
+MINUTE_MS = 60 * SECOND_MS
+
+
+def clock_sleeper(store: Store) -> Callable[[float], Awaitable[None]]:
+    """A ``sleep`` that moves the store's clock instead of waiting."""
+
+    async def sleep(seconds: float) -> None:
+        store.time_offset_ms += int(seconds * 1000) + 1
+
+    return sleep
+
+
+def model_manager(store: Store, **settings: Any) -> ModelProfileManager:
+    """A manager on ``store``; ``breaker=`` takes a dict of BreakerConfig fields."""
+    breaker = BreakerConfig(**settings.pop("breaker", {}))
+    config = ModelConfig(breaker=breaker, **settings)
+    return ModelProfileManager(store, config, sleep=clock_sleeper(store))
+
+
+def profile(
+    pid: str,
+    priority: int,
+    models: tuple[str, ...] = ("*",),
+    *,
+    base_url: str = "http://127.0.0.1:9/v1",
+    auth: ModelAuth | None = None,
+    **extra: Any,
+) -> ModelProfile:
+    """A model profile without credential (unless ``auth`` is given)."""
+    return ModelProfile(
+        id=pid,
+        provider=extra.pop("provider", pid),
+        auth=auth or ModelAuth.none(),
+        base_url=base_url,
+        models=models,
+        priority=priority,
+        **extra,
+    )
+
+
+async def add_three(manager: ModelProfileManager) -> None:
+    """primary (100), secondary (90), tertiary (80), all serving every model."""
+    await manager.add_profile(profile("primary", 100))
+    await manager.add_profile(profile("secondary", 90))
+    await manager.add_profile(profile("tertiary", 80))
+
+
+async def events(store: Store) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every event of the {models} stream: (type, profile, data)."""
+    entries = await store.command("XRANGE", ModelKeys(store.namespace).events, "-", "+")
+    out = []
+    for _id, fields in entries:
+        f = (
+            dict(zip(fields[0::2], fields[1::2], strict=True))
+            if isinstance(fields, list)
+            else fields
+        )
+        out.append((f["type"], f["profile"], orjson.loads(f["data"])))
+    return out
+
+
+async def event_types(store: Store, profile_id: str | None = None) -> list[str]:
+    """The event types in order (of one profile)."""
+    return [t for t, p, _ in await events(store) if profile_id is None or p == profile_id]
+
+
+async def breaker(store: Store, profile_id: str) -> dict[str, Any]:
+    """The raw breaker record."""
+    raw = await store.command("HGET", ModelKeys(store.namespace).breakers, profile_id)
+    return dict(orjson.loads(raw)) if raw else {}
+
+
+async def fail(manager: ModelProfileManager, times: int, pid: str = "primary") -> None:
+    """Select ``pid`` (as the top choice) and report a server failure, ``times`` times."""
+    for _ in range(times):
+        sel = await manager.select_profile()
+        assert sel is not None and sel.profile_id == pid
+        await manager.record_failure(sel, "server", error="500 from test")
+
+
+async def second_replica(store: Store, backend_url: str, secret_key: str) -> Store:
+    """Another store on the same data: its own connection (the embedded backend lives in this
+    process, so there it shares the client) and its own clock offset, copied from ``store``."""
+    if store.backend == "memory":
+        other = Store(
+            store.client, backend="memory", url=backend_url, namespace=store.namespace,
+            box=store.box,
+        )  # fmt: skip
+    else:
+        other = await connect(backend_url, namespace=store.namespace, secret_key=secret_key)
+    other.time_offset_ms = store.time_offset_ms
+    return other

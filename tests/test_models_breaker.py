@@ -1,0 +1,365 @@
+"""Contract tests of the circuit breaker: every transition, on each backend, time advanced."""
+
+from __future__ import annotations
+
+from coordinator import Store
+from coordinator.testing import advance_time
+
+from .model_helpers import (
+    MINUTE_MS,
+    SECOND_MS,
+    add_three,
+    breaker,
+    event_types,
+    events,
+    fail,
+    model_manager,
+    second_replica,
+)
+
+MARGIN = 1000  # ms of real time a test may take between two steps
+
+
+async def test_consecutive_failures_open_the_breaker_and_selection_fails_over(
+    store: Store,
+) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    await fail(manager, 2)
+    assert (await breaker(store, "primary"))["state"] == "closed"
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "primary" and sel.reason == "primary"
+    result = await manager.record_failure(sel, "timeout", error="timed out")
+    assert (result.status, result.state) == ("recorded", "open")
+    nxt = await manager.select_profile()
+    assert nxt is not None and (nxt.profile_id, nxt.reason) == ("secondary", "failover")
+    types = await event_types(store, "primary")
+    assert types.count("profile:failure") == 3
+    assert types.count("profile:circuit-opened") == 1
+    opened = next(d for t, _, d in await events(store) if t == "profile:circuit-opened")
+    assert opened["reason"] == "consecutive-failures" and opened["open_ms"] == MINUTE_MS
+
+
+async def test_a_success_breaks_the_streak(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    await fail(manager, 2)
+    sel = await manager.select_profile()
+    assert sel is not None
+    await manager.record_success(sel)
+    await fail(manager, 2)
+    assert (await breaker(store, "primary"))["state"] == "closed"
+    await fail(manager, 1)
+    assert (await breaker(store, "primary"))["state"] == "open"
+
+
+async def test_failure_rate_over_the_window_opens_once_min_calls_are_seen(store: Store) -> None:
+    manager = model_manager(
+        store,
+        breaker={"failure_threshold": 100, "window_size": 20, "min_calls": 10,
+                 "failure_rate_threshold": 0.5},
+    )  # fmt: skip
+    await add_three(manager)
+    # 9 calls, 6 failures (67 %): fewer than min_calls, so it stays closed.
+    for outcome in "FFSFFSFFS":
+        sel = await manager.select_profile()
+        assert sel is not None and sel.profile_id == "primary"
+        if outcome == "F":
+            await manager.record_failure(sel, "server")
+        else:
+            await manager.record_success(sel)
+    state = await breaker(store, "primary")
+    assert state["state"] == "closed" and state["window"] == "110110110"
+    sel = await manager.select_profile()
+    assert sel is not None
+    result = await manager.record_failure(sel, "server")
+    assert result.state == "open"
+    opened = [d for t, _, d in await events(store) if t == "profile:circuit-opened"]
+    assert [d["reason"] for d in opened] == ["failure-rate"]
+
+
+async def test_the_window_slides_so_old_failures_leave_it(store: Store) -> None:
+    manager = model_manager(
+        store,
+        breaker={"failure_threshold": 100, "window_size": 10, "min_calls": 10,
+                 "failure_rate_threshold": 0.5},
+    )  # fmt: skip
+    await add_three(manager)
+    for outcome in "FSFSFSFS" + "SSSSSSSS":  # 4 failures, then 8 successes
+        sel = await manager.select_profile()
+        assert sel is not None
+        if outcome == "F":
+            await manager.record_failure(sel, "server")
+        else:
+            await manager.record_success(sel)
+    state = await breaker(store, "primary")
+    assert state["window"] == "1000000000"  # the 10 newest calls: 3 old failures slid out
+    # The old failure leaves as new ones come: 4 more failures make 4/10, the 5th 5/10.
+    for _ in range(4):
+        sel = await manager.select_profile()
+        assert sel is not None
+        assert (await manager.record_failure(sel, "server")).state == "closed"
+    assert (await breaker(store, "primary"))["window"] == "0000001111"
+    sel = await manager.select_profile()
+    assert sel is not None
+    assert (await manager.record_failure(sel, "server")).state == "open"
+
+
+async def test_consecutive_failures_older_than_the_decay_no_longer_count(store: Store) -> None:
+    manager = model_manager(store, breaker={"failure_decay_ms": 5 * MINUTE_MS})
+    await add_three(manager)
+    await fail(manager, 1)  # t = 0
+    advance_time(store, 4 * MINUTE_MS)
+    await fail(manager, 1)  # t = 4 min
+    advance_time(store, 2 * MINUTE_MS)
+    await fail(manager, 1)  # t = 6 min: the first is 6 min old and no longer counts
+    state = await breaker(store, "primary")
+    assert state["state"] == "closed" and len(state["streak"]) == 2
+    status = {s.id: s for s in await manager.get_status()}["primary"]
+    assert status.consecutive_failures == 2
+    await fail(manager, 1)
+    assert (await breaker(store, "primary"))["state"] == "open"
+
+
+async def test_open_becomes_half_open_after_the_reset_timeout_lazily(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    await fail(manager, 3)
+    advance_time(store, MINUTE_MS - MARGIN)  # real time passes too: keep a margin
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "secondary"
+    assert "profile:circuit-half-open" not in await event_types(store)
+    advance_time(store, MARGIN)
+    probe = await manager.select_profile()
+    assert probe is not None and (probe.profile_id, probe.reason) == ("primary", "testing")
+    assert probe.permit is not None and probe.probe
+    # Other selections meanwhile go elsewhere (one probe at a time, by default).
+    other = await manager.select_profile()
+    assert other is not None and other.profile_id == "secondary"
+    assert (await event_types(store, "primary")).count("profile:circuit-half-open") == 1
+    status = {s.id: s for s in await manager.get_status()}["primary"]
+    assert status.state == "half_open" and status.probes_in_flight == 1
+
+
+async def test_a_successful_probe_closes_and_the_primary_wins_again(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    await fail(manager, 3)
+    advance_time(store, MINUTE_MS)
+    probe = await manager.select_profile()
+    assert probe is not None and probe.reason == "testing"
+    result = await manager.record_success(probe)
+    assert (result.status, result.state) == ("recorded", "closed")
+    back = await manager.select_profile()
+    assert back is not None and (back.profile_id, back.reason) == ("primary", "primary")
+    types = await event_types(store, "primary")
+    assert types[-2:] == ["profile:circuit-half-open", "profile:circuit-closed"]
+
+
+async def test_a_failed_probe_reopens_and_the_open_period_doubles_up_to_the_cap(
+    store: Store,
+) -> None:
+    manager = model_manager(store, breaker={"reset_timeout_ms": 1000, "max_open_ms": 3500})
+    await add_three(manager)
+    await fail(manager, 3)
+    periods = [(await breaker(store, "primary"))["open_ms"]]
+    for _ in range(3):
+        advance_time(store, periods[-1])
+        probe = await manager.select_profile()
+        assert probe is not None and probe.reason == "testing"
+        result = await manager.record_failure(probe, "server")
+        assert result.state == "open"
+        periods.append((await breaker(store, "primary"))["open_ms"])
+    assert periods == [1000, 2000, 3500, 3500]
+    # Just before the end it stays open; closing resets the doubling.
+    advance_time(store, 3500 - MARGIN)
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "secondary"
+    advance_time(store, MARGIN)
+    probe = await manager.select_profile()
+    assert probe is not None and probe.reason == "testing"
+    await manager.record_success(probe)
+    await fail(manager, 3)
+    assert (await breaker(store, "primary"))["open_ms"] == 1000
+    reasons = [d["reason"] for t, _, d in await events(store) if t == "profile:circuit-opened"]
+    assert reasons == ["consecutive-failures", "probe-failed", "probe-failed", "probe-failed",
+                       "consecutive-failures"]  # fmt: skip
+
+
+async def test_half_open_probe_limit_holds_across_replicas(store: Store, backend_url: str,
+                                                           secret_key: str) -> None:  # fmt: skip
+    replicas = [model_manager(store, breaker={"half_open_max_probes": 2})]
+    other_store = await second_replica(store, backend_url, secret_key)
+    try:
+        replicas.append(model_manager(other_store, breaker={"half_open_max_probes": 2}))
+        await add_three(replicas[0])
+        await fail(replicas[0], 3)
+        advance_time(store, MINUTE_MS)
+        advance_time(other_store, MINUTE_MS)
+        picks = [await replicas[i % 2].select_profile() for i in range(6)]
+        reasons = [(p.profile_id, p.reason) for p in picks if p is not None]
+        assert reasons.count(("primary", "testing")) == 2
+        assert reasons.count(("secondary", "failover")) == 4
+        assert len({p.permit for p in picks if p is not None and p.permit}) == 2
+    finally:
+        if other_store.backend != "memory":
+            await other_store.close()
+
+
+async def test_a_probe_permit_expires_so_a_dead_prober_does_not_wedge_the_breaker(
+    store: Store,
+) -> None:
+    manager = model_manager(store, breaker={"probe_timeout_ms": 30 * SECOND_MS})
+    await add_three(manager)
+    await fail(manager, 3)
+    advance_time(store, MINUTE_MS)
+    lost = await manager.select_profile()
+    assert lost is not None and lost.reason == "testing"
+    advance_time(store, 30 * SECOND_MS - MARGIN)
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "secondary"
+    advance_time(store, MARGIN)
+    again = await manager.select_profile()
+    assert again is not None and again.reason == "testing" and again.permit != lost.permit
+    # The dead prober's late success does not count: its permit expired.
+    late = await manager.record_success(lost)
+    assert (late.status, late.state) == ("stale", "half_open")
+    done = await manager.record_success(again)
+    assert (done.status, done.state) == ("recorded", "closed")
+
+
+async def test_success_threshold_needs_that_many_successful_probes(store: Store) -> None:
+    manager = model_manager(store, breaker={"success_threshold": 2})
+    await add_three(manager)
+    await fail(manager, 3)
+    advance_time(store, MINUTE_MS)
+    first = await manager.select_profile()
+    assert first is not None and first.reason == "testing"
+    assert (await manager.record_success(first)).state == "half_open"
+    second = await manager.select_profile()
+    assert second is not None and second.reason == "testing"
+    assert (await manager.record_success(second)).state == "closed"
+
+
+async def test_late_reports_do_not_corrupt_the_breaker(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    in_flight = [await manager.select_profile() for _ in range(5)]
+    assert all(s is not None and s.epoch == 0 for s in in_flight)
+    for sel in in_flight[:3]:
+        assert sel is not None
+        await manager.record_failure(sel, "server")
+    state = await breaker(store, "primary")
+    assert state["state"] == "open"
+    # A success of a call selected before it opened: counted nowhere, breaker stays open.
+    assert in_flight[3] is not None
+    late = await manager.record_success(in_flight[3])
+    assert (late.status, late.state) == ("stale", "open")
+    assert (await breaker(store, "primary"))["open_until_ms"] == state["open_until_ms"]
+    # Recover; a late failure of the first epoch then does not start a new streak.
+    advance_time(store, MINUTE_MS)
+    probe = await manager.select_profile()
+    assert probe is not None
+    await manager.record_success(probe)
+    assert in_flight[4] is not None
+    stale = await manager.record_failure(in_flight[4], "server")
+    assert (stale.status, stale.state) == ("stale", "closed")
+    assert (await breaker(store, "primary"))["streak"] in ([], {})
+    # An ordinary (non-probe) report while half-open does not close it either.
+    await fail(manager, 3)
+    old = await manager.select_profile()  # secondary, but pretend it were primary by id
+    assert old is not None
+    advance_time(store, 2 * MINUTE_MS)
+    assert (await manager.record_success("primary")).status == "stale"
+    assert (await breaker(store, "primary"))["state"] == "half_open"
+
+
+async def test_add_profile_does_not_reset_an_open_breaker_nor_does_remove_and_add(
+    store: Store,
+) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    await fail(manager, 3)
+    from .model_helpers import profile
+
+    await manager.add_profile(profile("primary", 100))
+    assert (await breaker(store, "primary"))["state"] == "open"
+    assert await manager.remove_profile("primary")
+    await manager.add_profile(profile("primary", 100))
+    assert (await breaker(store, "primary"))["state"] == "open"
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "secondary"
+    # A closed breaker is deleted with its profile.
+    assert await manager.remove_profile("tertiary")
+    assert await breaker(store, "tertiary") == {}
+
+
+async def test_caller_errors_neither_count_nor_cool_down(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    for _ in range(5):
+        sel = await manager.select_profile()
+        assert sel is not None and sel.profile_id == "primary"
+        assert (await manager.record_failure(sel, "caller")).status == "ignored"
+    state = await breaker(store, "primary")
+    assert state.get("streak") in (None, [], {}) and state.get("failures_total") is None
+
+
+async def test_retry_after_and_exhausted_quota_cool_the_profile_down(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    sel = await manager.select_profile()
+    assert sel is not None
+    await manager.record_failure(sel, "rate_limit", retry_after_s=30)
+    nxt = await manager.select_profile()
+    assert nxt is not None and nxt.profile_id == "secondary"
+    # A success that says the quota is exhausted cools down secondary until the reset too.
+    await manager.record_success(nxt, retry_after_s=10)
+    third = await manager.select_profile()
+    assert third is not None and third.profile_id == "tertiary"
+    advance_time(store, 10 * SECOND_MS)
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "secondary"
+    advance_time(store, 20 * SECOND_MS)
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "primary"
+    assert (await breaker(store, "primary"))["state"] == "closed"
+    assert "profile:cooldown" in await event_types(store, "secondary")
+
+
+async def test_billing_failure_cools_down_for_the_billing_period(store: Store) -> None:
+    manager = model_manager(store, billing_cooldown_ms=10 * MINUTE_MS)
+    await add_three(manager)
+    sel = await manager.select_profile()
+    assert sel is not None
+    await manager.record_failure(sel, "billing", error="402 payment required")
+    advance_time(store, 10 * MINUTE_MS - MARGIN)
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "secondary"
+    advance_time(store, MARGIN)
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "primary"
+
+
+async def test_nothing_available_reports_the_soonest_recovery(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    for pid in ("primary", "secondary", "tertiary"):
+        await fail(manager, 3, pid)
+    assert await manager.select_profile() is None
+    _sel, retry_in = await manager._select(None, None, ())
+    assert retry_in is not None and 0 < retry_in <= MINUTE_MS
+    # Excluding everything: nothing recovers "by itself" for this request.
+    advance_time(store, MINUTE_MS)
+    _sel, retry_in = await manager._select(None, None, ("primary", "secondary", "tertiary"))
+    assert _sel is None and retry_in is None
+
+
+async def test_reset_breaker_closes_it_at_once(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    await fail(manager, 3)
+    assert await manager.reset_breaker("primary") == "open"
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "primary"
+    assert (await event_types(store, "primary"))[-1] == "profile:circuit-closed"
