@@ -1,0 +1,516 @@
+"""Model profiles: definitions, selection rules, round trips, events, corrupt values, defaults."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from coordinator import (
+    AuthProfile,
+    AuthProfileManager,
+    ConfigError,
+    CorruptStateError,
+    ProfileNotFoundError,
+    Secret,
+    Store,
+    connect,
+)
+from coordinator.breaker_config import BreakerConfig, ModelConfig
+from coordinator.keys import ModelKeys
+from coordinator.model_defaults import default_model_profiles, load_model_table
+from coordinator.model_types import ModelAuth, ModelProfile, TokenSource
+from coordinator.models import ModelProfileManager
+from coordinator.testing import RedisServer, advance_time
+
+from .conftest import unique_namespace
+from .model_helpers import (
+    MINUTE_MS,
+    add_three,
+    breaker,
+    event_types,
+    events,
+    fail,
+    model_manager,
+    profile,
+)
+
+
+async def test_add_get_list_remove_enable_disable(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    got = await manager.get_profile("secondary")
+    assert got.priority == 90 and got.auth.kind == "none"
+    assert [p.id for p in await manager.list_profiles()] == ["primary", "secondary", "tertiary"]
+    assert await manager.disable_profile("primary") is True
+    assert await manager.disable_profile("primary") is False
+    assert (await manager.get_profile("primary")).enabled is False
+    sel = await manager.select_profile()
+    assert sel is not None and (sel.profile_id, sel.reason) == ("secondary", "primary")
+    assert await manager.enable_profile("primary") is True
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "primary"
+    assert await manager.remove_profile("primary") is True
+    assert await manager.remove_profile("primary") is False
+    with pytest.raises(ProfileNotFoundError):
+        await manager.get_profile("primary")
+    with pytest.raises(ProfileNotFoundError):
+        await manager.enable_profile("primary")
+    types = await event_types(store, "primary")
+    assert types == [
+        "profile:added", "profile:disabled", "profile:enabled", "profile:removed"
+    ]  # fmt: skip
+
+
+async def test_updating_priority_reorders_selection(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    await manager.add_profile(profile("tertiary", 200))
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "tertiary"
+
+
+async def test_models_exact_prefix_and_wildcard_and_resolved_model(store: Store) -> None:
+    manager = model_manager(store)
+    await manager.add_profile(profile("grok", 100, ("grok-*",), default_model="grok-2-latest"))
+    await manager.add_profile(profile("claude", 90, ("claude-3-opus", "claude-3-5-*")))
+    await manager.add_profile(profile("local", 10, ("*",)))
+    cases: list[tuple[str | None, str, str | None, str]] = [
+        (None, "grok", "grok-2-latest", "primary"),
+        ("grok-beta", "grok", "grok-beta", "primary"),
+        ("claude-3-opus", "claude", "claude-3-opus", "primary"),
+        ("claude-3-5-sonnet", "claude", "claude-3-5-sonnet", "primary"),
+        ("claude-2", "local", "claude-2", "primary"),
+        ("llama3", "local", "llama3", "primary"),
+    ]
+    for wanted, pid, model, reason in cases:
+        sel = await manager.select_profile(wanted)
+        assert sel is not None
+        assert (sel.profile_id, sel.model, sel.reason) == (pid, model, reason), wanted
+    # No default: the first exact name listed; only patterns: no model named.
+    sel = await manager.select_profile(exclude=["grok"])
+    assert sel is not None and (sel.profile_id, sel.model) == ("claude", "claude-3-opus")
+    sel = await manager.select_profile(exclude=["grok", "claude"])
+    assert sel is not None and (sel.profile_id, sel.model) == ("local", None)
+    await manager.disable_profile("local")
+    assert await manager.select_profile("llama3") is None
+    # Python's own matcher agrees with the script's.
+    p = await manager.get_profile("claude")
+    assert p.serves("claude-3-5-haiku") and not p.serves("claude-3-opus-x")
+    assert p.resolve_model(None) == "claude-3-opus"
+
+
+async def test_failover_reason_is_relative_to_the_model(store: Store) -> None:
+    manager = model_manager(store)
+    await manager.add_profile(profile("grok", 100, ("grok-*",)))
+    await manager.add_profile(profile("openai", 80, ("gpt-*",)))
+    await manager.add_profile(profile("router", 50, ("*",)))
+    await fail(manager, 3, "grok")
+    sel = await manager.select_profile("gpt-4o")
+    assert sel is not None and (sel.profile_id, sel.reason) == ("openai", "primary")
+    sel = await manager.select_profile("grok-2")
+    assert sel is not None and (sel.profile_id, sel.reason) == ("router", "failover")
+
+
+async def test_selection_and_failover_are_one_round_trip_each(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    calls: list[str] = []
+    original = store.run
+
+    async def counting(name: str, keys: Any, args: Any) -> Any:
+        calls.append(name)
+        return await original(name, keys, args)
+
+    store.run = counting  # type: ignore[method-assign]
+    sel = await manager.select_profile("m")
+    assert sel is not None
+    nxt = await manager.get_next_available_profile(sel, "m", error="boom", kind="server")
+    assert nxt is not None and (nxt.profile_id, nxt.reason) == ("secondary", "failover")
+    nxt2 = await manager.get_next_available_profile(nxt, "m", kind="timeout", exclude=["primary"])
+    assert nxt2 is not None and nxt2.profile_id == "tertiary"
+    assert calls == ["model_select", "model_report", "model_report"]
+    failovers = [(p, d["to"]) for t, p, d in await events(store) if t == "profile:failover"]
+    assert failovers == [("primary", "secondary"), ("secondary", "tertiary")]
+    # Nothing left: None, and no failover event.
+    last = await manager.get_next_available_profile(
+        nxt2, "m", kind="server", exclude=["primary", "secondary"]
+    )
+    assert last is None
+    assert len([t for t, _, _ in await events(store) if t == "profile:failover"]) == 2
+
+
+async def test_get_next_available_profile_classifies_an_exception(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    sel = await manager.select_profile()
+    assert sel is not None
+    await manager.get_next_available_profile(sel, error=TimeoutError("slow"))
+    failure = next(d for t, _, d in await events(store) if t == "profile:failure")
+    assert failure["kind"] == "timeout" and "slow" in failure["error"]
+
+
+async def test_sticky_session_keeps_its_profile_while_the_breaker_is_closed(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    await fail(manager, 3)
+    sel = await manager.select_profile(session_id="chat-1")
+    assert sel is not None and sel.profile_id == "secondary" and not sel.sticky
+    again = await manager.select_profile(session_id="chat-1")
+    assert again is not None and again.profile_id == "secondary" and again.sticky
+    # The primary recovers: new sessions go back to it, the bound session stays.
+    advance_time(store, MINUTE_MS)
+    probe = await manager.select_profile()
+    assert probe is not None and probe.reason == "testing"
+    await manager.record_success(probe)
+    fresh = await manager.select_profile(session_id="chat-2")
+    assert fresh is not None and fresh.profile_id == "primary"
+    bound = await manager.select_profile(session_id="chat-1")
+    assert bound is not None and bound.profile_id == "secondary" and bound.reason == "failover"
+    # Its profile fails: the session moves on.
+    await manager.record_failure(bound, "billing")
+    moved = await manager.select_profile(session_id="chat-1")
+    assert moved is not None and moved.profile_id == "primary" and not moved.sticky
+
+
+async def test_api_key_is_encrypted_at_rest_and_never_shown(store: Store) -> None:
+    manager = model_manager(store)
+    key = "sk-live-abcdefghijklmnopqrstuvwxyz012345"
+    p = ModelProfile(
+        id="paid", provider="openai", auth=ModelAuth.api_key(key), base_url="https://x.test/v1"
+    )
+    await manager.add_profile(p)
+    raw = await store.command("HGET", ModelKeys(store.namespace).profiles, "paid")
+    assert key not in raw and "ciphertext" in raw
+    loaded = await manager.get_profile("paid")
+    secret = loaded.secret()
+    assert secret is not None and secret.reveal() == key
+    assert key not in repr(loaded) and key not in repr(p) and key not in str(secret)
+    # A ciphertext copied onto another profile does not decrypt (the id is the AAD).
+    record = orjson.loads(raw)
+    record["id"] = "thief"
+    await store.command(
+        "HSET", ModelKeys(store.namespace).profiles, "thief", orjson.dumps(record).decode()
+    )
+    stolen = (await manager.get_profile("thief")).secret()
+    assert stolen is not None
+    with pytest.raises(Exception, match="does not decrypt"):
+        stolen.reveal()
+
+
+async def test_api_key_without_secret_key_is_a_config_error(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COORDINATOR_SECRET_KEY", raising=False)
+    store = await connect(redis_server.url, namespace=unique_namespace())
+    try:
+        manager = ModelProfileManager(store)
+        with pytest.raises(ConfigError) as info:
+            await manager.add_profile(
+                ModelProfile(
+                    id="k",
+                    provider="openai",
+                    auth=ModelAuth.api_key("sk-123"),
+                    base_url="https://x.test",
+                )
+            )
+        assert info.value.field == "secret_key" and "sk-123" not in str(info.value)
+        # An environment variable needs no secret key.
+        await manager.add_profile(
+            ModelProfile(
+                id="k",
+                provider="openai",
+                auth=ModelAuth.env("OPENAI_API_KEY"),
+                base_url="https://x.test",
+            )
+        )
+    finally:
+        await store.close()
+
+
+async def test_corrupt_values_skip_only_the_broken_profile(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    keys = ModelKeys(store.namespace)
+    await store.command("HSET", keys.breakers, "primary", "{not json")
+    await store.command("HSET", keys.profiles, "secondary", '{"priority":"high"}')
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "tertiary"
+    assert "primary" in caplog.text and "breaker" in caplog.text
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["primary"].broken_field == "breaker"
+    assert status["secondary"].broken_field == "priority"
+    assert status["tertiary"].broken_field is None and status["tertiary"].available
+    # Reports against a corrupt breaker do not raise, and say so.
+    result = await manager.record_failure("primary", "server")
+    assert (result.status, result.broken_field) == ("corrupt", "breaker")
+    # More shapes of garbage, one field at a time.
+    for garbage in (
+        '{"state":"melted"}',
+        '{"state":"open"}',
+        '{"state":"closed","epoch":-1}',
+        '{"state":"closed","window":"10x"}',
+        '{"state":"closed","streak":"many"}',
+        '{"state":"half_open","permits":{"p1":"soon"}}',
+        "[]",
+        "42",
+    ):
+        await store.command("HSET", keys.breakers, "primary", garbage)
+        sel = await manager.select_profile()
+        assert sel is not None and sel.profile_id == "tertiary", garbage
+    # The operator's repair.
+    assert await manager.reset_breaker("primary") == "corrupt"
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "primary"
+    for garbage in ('{"id":"secondary"}', "nope", '{"priority":1,"enabled":"yes"}'):
+        await store.command("HSET", keys.profiles, "secondary", garbage)
+        with pytest.raises(CorruptStateError):
+            await manager.get_profile("secondary")
+        assert [p.id for p in await manager.list_profiles()] == ["primary", "tertiary"]
+
+
+async def test_events_are_appended_once_and_reach_subscribers(store: Store) -> None:
+    manager = model_manager(store, event_poll_interval_s=0.01)
+    seen: list[tuple[str, str]] = []
+    manager.on("*", lambda e: seen.append((e.type, e.profile_id)))
+    await manager.events.wait_started()
+    await add_three(manager)
+    await fail(manager, 3)
+    advance_time(store, MINUTE_MS)
+    probe = await manager.select_profile()
+    assert probe is not None
+    await manager.record_success(probe)
+    wanted = [
+        ("profile:failure", "primary"),
+        ("profile:circuit-opened", "primary"),
+        ("profile:circuit-half-open", "primary"),
+        ("profile:circuit-closed", "primary"),
+    ]
+    for _ in range(300):
+        if all(w in seen for w in wanted):
+            break
+        await asyncio.sleep(0.01)
+    assert [s for s in seen if s in wanted] == [wanted[0]] * 3 + wanted[1:]
+    await manager.close()
+
+
+async def test_a_second_replica_observing_the_same_transition_does_not_repeat_it(
+    store: Store, backend_url: str, secret_key: str
+) -> None:
+    from .model_helpers import second_replica
+
+    manager = model_manager(store)
+    await add_three(manager)
+    await fail(manager, 3)
+    other_store = await second_replica(store, backend_url, secret_key)
+    try:
+        other = model_manager(other_store)
+        advance_time(store, MINUTE_MS)
+        advance_time(other_store, MINUTE_MS)
+        await asyncio.gather(*(m.select_profile() for m in (manager, other) for _ in range(5)))
+        await other.get_status()
+        assert (await event_types(store)).count("profile:circuit-half-open") == 1
+    finally:
+        if other_store.backend != "memory":
+            await other_store.close()
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError):
+        BreakerConfig(failure_threshold=0)
+    with pytest.raises(ConfigError):
+        BreakerConfig(min_calls=30, window_size=20)
+    with pytest.raises(ConfigError):
+        BreakerConfig(failure_rate_threshold=1.5)
+    with pytest.raises(ConfigError):
+        BreakerConfig(reset_timeout_ms=10_000, max_open_ms=5_000)
+    with pytest.raises(ConfigError, match="unknown"):
+        ModelConfig.from_mapping({"breaker": {"failure_treshold": 3}})
+    with pytest.raises(ConfigError, match="unknown"):
+        ModelConfig.from_mapping({"max_attempt": 3})
+    cfg = ModelConfig.from_mapping({"breaker": {"failure_threshold": 5}, "max_attempts": 2})
+    assert cfg.breaker.failure_threshold == 5 and cfg.breaker.window_size == 20
+    assert BreakerConfig().open_period_ms(0) == 60_000
+    assert BreakerConfig().open_period_ms(3) == 480_000
+    assert BreakerConfig().open_period_ms(10) == 600_000
+
+
+def test_profile_validation() -> None:
+    good = {"id": "a", "provider": "openai", "base_url": "https://x.test", "auth": None}
+    assert ModelProfile.from_mapping(good).auth.kind == "none"
+    for bad in (
+        {"base_url": "ftp://x"},
+        {"models": []},
+        {"models": "gpt-*"},
+        {"models": ["g*pt"]},
+        {"priority": True},
+        {"enabled": "yes"},
+        {"auth": {"api_key": "x", "env": "Y"}},
+        {"auth": {"env": "1BAD"}},
+        {"auth": {"pool": "Not A Pool"}},
+        {"auth": {"magic": "x"}},
+        {"colour": "red"},
+        {"id": "bad id"},
+    ):
+        with pytest.raises(ConfigError):
+            ModelProfile.from_mapping({**good, **bad})
+    pooled = ModelProfile.from_mapping({**good, "auth": {"pool": "openai"}})
+    assert pooled.auth.describe() == "pool(openai)"
+    keyed = ModelProfile.from_mapping({**good, "auth": {"api_key": "sk-secretsecret"}})
+    assert "secret" not in repr(keyed) and keyed.auth.describe() == "api_key(****)"
+
+
+def test_defaults_come_from_the_environment_and_a_data_file(tmp_path: Any) -> None:
+    profiles = {p.id: p for p in default_model_profiles({"ANTHROPIC_API_KEY": "sk-ant-x"})}
+    assert [(p.id, p.priority) for p in sorted(profiles.values(), key=lambda p: -p.priority)] == [
+        ("grok", 100), ("anthropic", 90), ("openai", 80), ("google", 70), ("ollama", 50)
+    ]  # fmt: skip
+    assert profiles["anthropic"].enabled and not profiles["grok"].enabled
+    assert not profiles["ollama"].enabled and profiles["ollama"].auth.kind == "none"
+    assert profiles["grok"].base_url == "https://api.x.ai/v1"
+    assert profiles["grok"].auth.kind == "env" and profiles["grok"].auth.value == "GROK_API_KEY"
+    env = {"GROK_API_KEY": "xai-1", "OLLAMA_ENABLED": "1", "OLLAMA_BASE_URL": "http://gpu:11434/v1"}
+    profiles = {p.id: p for p in default_model_profiles(env)}
+    assert profiles["grok"].enabled and profiles["ollama"].enabled
+    assert profiles["ollama"].base_url == "http://gpu:11434/v1"
+    # Another table, from a file.
+    table = tmp_path / "models.json"
+    table.write_text(
+        '{"profiles":[{"id":"mine","provider":"openai","env":"MINE_KEY",'
+        '"base_url":"https://mine.test/v1","priority":5,"models":["m-*"]}]}'
+    )
+    assert [p.id for p in default_model_profiles({"MINE_KEY": "k"}, path=str(table))] == ["mine"]
+    table.write_text('{"profiles":[{"id":"x","bogus":1}]}')
+    with pytest.raises(ConfigError, match="bogus"):
+        load_model_table(str(table))
+    table.write_text("not json")
+    with pytest.raises(ConfigError):
+        load_model_table(str(table))
+
+
+async def test_load_defaults_adds_the_enabled_ones_for_selection(store: Store) -> None:
+    manager = model_manager(store)
+    await manager.load_defaults({"OPENAI_API_KEY": "sk-1", "GOOGLE_API_KEY": "g-1"})
+    sel = await manager.select_profile()
+    assert sel is not None and (sel.profile_id, sel.model) == ("openai", "gpt-4o-mini")
+    sel = await manager.select_profile("gemini-1.5-pro")
+    assert sel is not None and sel.profile_id == "google"
+    assert await manager.select_profile("claude-3-opus") is None
+
+
+class FakeTokens:
+    """A TokenSource (the OAuth manager's side of the contract)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def get_access_token(self, credential_id: str) -> Secret:
+        self.asked.append(credential_id)
+        return Secret(f"token-for-{credential_id}")
+
+
+async def test_oauth_profiles_need_a_token_source(store: Store) -> None:
+    assert isinstance(FakeTokens(), TokenSource)
+    plain = model_manager(store)
+    await plain.add_profile(profile("oa", 100, auth=ModelAuth.oauth("cred-1")))
+
+    async def call(c: Any) -> str:
+        return str(c.secret.reveal())
+
+    with pytest.raises(ConfigError, match="token_source"):
+        await plain.execute(call)
+    tokens = FakeTokens()
+    manager = ModelProfileManager(store, token_source=tokens)
+    assert await manager.execute(call) == "token-for-cred-1"
+    assert tokens.asked == ["cred-1"]
+
+
+async def test_pool_backed_profile_takes_rotating_keys_and_reports_to_the_pool(
+    store: Store,
+) -> None:
+    auth = AuthProfileManager(store)
+    for i in range(2):
+        await auth.add_profile(
+            AuthProfile(id=f"k{i}", provider="openai", api_key=f"sk-pool-key-{i}-0123456789")
+        )
+    manager = ModelProfileManager(store, auth_manager=auth)
+    await manager.add_profile(profile("pooled", 100, auth=ModelAuth.pool("openai")))
+    await manager.add_profile(profile("backup", 10))
+    used: list[str | None] = []
+
+    async def ok(c: Any) -> str:
+        used.append(c.credential_id)
+        return "ok"
+
+    assert [await manager.execute(ok) for _ in range(4)] == ["ok"] * 4
+    assert sorted(used) == ["k0", "k0", "k1", "k1"]
+
+    # A rate-limited key cools down in its pool; the model breaker does not count it.
+    class RateLimited(Exception):
+        failure_kind = "rate_limit"
+        retry_after_s = 30
+
+    async def limited(c: Any) -> str:
+        if c.credential_id is not None:
+            used.append(c.credential_id)
+            raise RateLimited()
+        return "backup"
+
+    used.clear()
+    assert await manager.execute(limited) == "backup"
+    key = used[-1]
+    statuses = {s.id: s for s in await auth.get_status("openai")}
+    assert statuses[key].in_cooldown
+    assert (await breaker(store, "pooled")).get("streak") in (None, [], {})
+    # Both keys cooling: the pooled profile is skipped until the pool's recovery.
+    assert await manager.execute(limited) == "backup"
+    assert all(s.in_cooldown for s in await auth.get_status("openai"))
+    used.clear()
+    assert await manager.execute(ok) == "ok"
+    assert used == [None]  # the backup ran: the pooled profile is skipped while it cools
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["pooled"].cooldown_remaining_ms > 0
+
+
+async def test_pool_backed_profile_without_auth_manager_is_a_config_error(store: Store) -> None:
+    manager = model_manager(store)
+    await manager.add_profile(profile("pooled", 100, auth=ModelAuth.pool("openai")))
+
+    async def call(c: Any) -> str:
+        return "x"
+
+    with pytest.raises(ConfigError, match="auth_manager"):
+        await manager.execute(call)
+
+
+async def test_env_profile_whose_variable_is_unset_here_is_skipped_not_punished(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COORD_TEST_UNSET_KEY", raising=False)
+    manager = model_manager(store)
+    await manager.add_profile(profile("envy", 100, auth=ModelAuth.env("COORD_TEST_UNSET_KEY")))
+    await manager.add_profile(profile("other", 50))
+
+    async def call(c: Any) -> str:
+        return c.profile.id
+
+    assert await manager.execute(call) == "other"
+    assert (await breaker(store, "envy")).get("failures_total") is None
+    monkeypatch.setenv("COORD_TEST_UNSET_KEY", "sk-now-set")
+    fresh = model_manager(store)  # a new process would read the variable anew
+    assert await fresh.execute(call) == "envy"
+
+
+async def test_breakers_survive_a_new_manager_and_a_script_flush(store: Store) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    await fail(manager, 3)
+    await store.flush_script_cache()
+    fresh = model_manager(store)
+    sel = await fresh.select_profile()
+    assert sel is not None and sel.profile_id == "secondary"
+    assert (await breaker(store, "primary"))["state"] == "open"
