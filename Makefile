@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck fmt bench redis-server clean
+.PHONY: venv demo test lint typecheck fmt bench redis-server oidc-server clean
 
 venv: $(STAMP)
 
@@ -25,10 +25,26 @@ redis-server:
 	    exit 1; }; }
 	@command -v redis-cli >/dev/null 2>&1 || { echo "ERROR: redis-cli is missing" >&2; exit 1; }
 
+# The OAuth integration tests run a real OpenID provider (panva/oidc-provider, pinned in
+# tests/oidc_server/package-lock.json) on Node.js >= 18; `npm ci` runs only when the lock changed.
+OIDC_DIR := tests/oidc_server
+OIDC_STAMP := $(OIDC_DIR)/node_modules/.installed
+
+oidc-server: $(OIDC_STAMP)
+
+$(OIDC_STAMP): $(OIDC_DIR)/package.json $(OIDC_DIR)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "node/npm not found: installing the Debian packages nodejs and npm"; \
+	  (apt-get update -qq && apt-get install -y -qq nodejs npm) >/dev/null || { \
+	    echo "ERROR: Node.js >= 18 with npm is needed for the OAuth tests (apt-get install nodejs npm)." >&2; \
+	    exit 1; }; }
+	cd $(OIDC_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(OIDC_STAMP)
+
 demo: venv
 	$(PY) scripts/demo.py
 
-test: venv redis-server
+test: venv redis-server oidc-server
 	$(PY) -m pytest
 
 lint: venv

@@ -23,7 +23,8 @@ httpx, cryptography) are translated at one boundary each, with the original kept
         ├── OAuthAuthorizationError  the provider redirected back with ``error=``
         ├── OAuthProviderError       the provider answered garbage or an error
         ├── ReauthRequiredError      the refresh token is dead; the user must sign in again
-        └── RefreshInProgressError   another replica holds the refresh lock (single flight)
+        ├── RefreshInProgressError   another replica holds the refresh lock (single flight)
+        └── LoginTimeoutError        no callback / device approval before the login timed out
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = [
     "CorruptStateError",
     "CredentialNotFoundError",
     "DecryptionError",
+    "LoginTimeoutError",
     "MissingSecretError",
     "NoProfileAvailableError",
     "NotFoundError",
@@ -161,7 +163,18 @@ class OAuthAuthorizationError(OAuthError):
 
 
 class OAuthProviderError(OAuthError):
-    """The provider's endpoint failed or answered something that is not a valid response."""
+    """The provider's endpoint failed or answered something that is not a valid response.
+
+    ``error`` is the OAuth error code the provider sent (``invalid_grant``, ...) if any, and
+    ``status`` the HTTP status; the message never carries a token.
+    """
+
+    def __init__(
+        self, message: str, *, error: str | None = None, status: int | None = None
+    ) -> None:
+        self.error = error
+        self.status = status
+        super().__init__(message)
 
 
 class ReauthRequiredError(OAuthError):
@@ -170,3 +183,7 @@ class ReauthRequiredError(OAuthError):
 
 class RefreshInProgressError(OAuthError):
     """Another replica is refreshing this credential and did not finish in time."""
+
+
+class LoginTimeoutError(OAuthError):
+    """No authorization callback (or device approval) arrived before the login timed out."""

@@ -7,6 +7,8 @@ tag, so each script runs unchanged on Redis Cluster:
   events).
 * ``{models}``: every model profile, its circuit breaker, sticky sessions and events.
 * ``{index}``: the locator of profile ids and the list of pools (plain commands, no scripts).
+* ``{oauth}``: OAuth login states, credentials, their expiry index, refresh locks, fences and
+  events (see :class:`OAuthKeys`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 
-__all__ = ["IndexKeys", "ModelKeys", "PoolKeys", "validate_id", "validate_name"]
+__all__ = ["IndexKeys", "ModelKeys", "OAuthKeys", "PoolKeys", "validate_id", "validate_name"]
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -186,3 +188,56 @@ class ModelKeys:
     def all_static(self) -> list[str]:
         """The keys every model script receives, in the order the scripts expect them."""
         return [self.profiles, self.breakers, self.ranked, self.meta, self.events]
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthKeys:
+    """The OAuth keys, all in hash tag ``{oauth}`` so every OAuth script runs on one shard."""
+
+    namespace: str
+
+    @property
+    def prefix(self) -> str:
+        """``<ns>:{oauth}``, the start of every OAuth key."""
+        return f"{self.namespace}:{{oauth}}"
+
+    def state(self, state_digest: str) -> str:
+        """STRING JSON of one pending login, keyed by the SHA-256 of its ``state`` (with TTL)."""
+        return f"{self.prefix}:state:{state_digest}"
+
+    def credential(self, credential_id: str) -> str:
+        """HASH of one credential: readable fields plus ciphertext token fields."""
+        return f"{self.prefix}:cred:{credential_id}"
+
+    def provider_credentials(self, provider: str) -> str:
+        """ZSET credential id -> created ms, the credentials of one provider."""
+        return f"{self.prefix}:provider:{provider}"
+
+    @property
+    def credentials(self) -> str:
+        """ZSET credential id -> created ms, every credential."""
+        return f"{self.prefix}:credentials"
+
+    @property
+    def defaults(self) -> str:
+        """HASH provider -> default credential id."""
+        return f"{self.prefix}:defaults"
+
+    @property
+    def expiry(self) -> str:
+        """ZSET credential id -> access-token expiry (ms, Redis time), for the refresh worker."""
+        return f"{self.prefix}:expiry"
+
+    def lock(self, credential_id: str) -> str:
+        """STRING ``<owner>\\t<fence>\\t<until ms>``: the refresh lock of one credential."""
+        return f"{self.prefix}:lock:{credential_id}"
+
+    @property
+    def fences(self) -> str:
+        """HASH credential id -> last fence number handed out with its refresh lock."""
+        return f"{self.prefix}:fences"
+
+    @property
+    def events(self) -> str:
+        """STREAM of OAuth events (capped)."""
+        return f"{self.prefix}:events"

@@ -1,0 +1,54 @@
+-- oauth_acquire.lua: read a credential's access token, or take its refresh lock when the token
+-- is within the refresh lead time (single flight across replicas: one holder, with a fence).
+-- KEYS[1] credential hash   KEYS[2] refresh lock   KEYS[3] fences HASH   KEYS[4] events stream
+-- ARGV[1] clock offset ms   ARGV[2] credential id   ARGV[3] lock owner (unique per attempt)
+-- ARGV[4] refresh lead ms   ARGV[5] lock TTL ms
+-- ARGV[6] mode: 'get' (lock only when the token is stale) | 'force' (always lock)
+-- Returns {code, fence, version, access ct, refresh ct, expires_at_ms, remaining_ms,
+--          lock_wait_ms, token_type, status}
+--   code: fresh | locked (the caller refreshes, then commits or releases) | busy (another
+--   holder; retry after lock_wait_ms) | no-refresh (stale, no refresh token) | missing |
+--   needs-reauth. remaining_ms = expires_at_ms - now (-1 when the expiry is unknown).
+-- Emits token:expired once per token version when it finds the token past its expiry.
+--!include _oauth.lua
+
+local K_CRED, K_LOCK, K_FENCES, K_EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, owner, lead, ttl, mode = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local now = now_ms()
+
+if redis.call('EXISTS', K_CRED) == 0 then return {'missing', 0, 0, '', '', -1, -1, 0, '', ''} end
+local c = redis.call('HMGET', K_CRED, 'version', 'access_token', 'refresh_token',
+  'expires_at_ms', 'token_type', 'status', 'provider', 'expired_version')
+local version = tonumber(c[1]) or 0
+local access, refresh = c[2] or '', c[3] or ''
+local expires_at = tonumber(c[4]) or -1
+local token_type, status = c[5] or 'Bearer', c[6] or 'active'
+local remaining = -1
+if expires_at >= 0 then remaining = expires_at - now end
+
+local function reply(code, fence, wait)
+  return {code, fence, version, access, refresh, int(expires_at), int(remaining), int(wait),
+    token_type, status}
+end
+
+if status ~= 'active' then return reply('needs-reauth', 0, 0) end
+
+if expires_at >= 0 and remaining <= 0 and tonumber(c[8]) ~= version then
+  redis.call('HSET', K_CRED, 'expired_version', version)
+  emit_to(K_EVENTS, 'token:expired', id, {provider = c[7] or '', version = version,
+    expired_at_ms = expires_at}, now)
+end
+
+local stale = expires_at >= 0 and remaining <= lead
+if mode ~= 'force' and not stale then return reply('fresh', 0, 0) end
+if refresh == '' then return reply('no-refresh', 0, 0) end
+
+local held = redis.call('GET', K_LOCK)
+if held then
+  local until_ms = tonumber(string.match(held, '\t([%-%d]+)$'))
+  if until_ms and until_ms > now then return reply('busy', 0, until_ms - now) end
+end
+local fence = redis.call('HINCRBY', K_FENCES, id, 1)
+-- Validity is decided on Redis time (until); the key's TTL only collects garbage.
+redis.call('SET', K_LOCK, owner .. '\t' .. int(fence) .. '\t' .. int(now + ttl), 'PX', int(ttl + 60000))
+return reply('locked', fence, 0)

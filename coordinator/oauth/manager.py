@@ -1,0 +1,846 @@
+"""OAuthManager: sign users in to AI providers and share the credentials with every replica.
+
+All state lives in Redis under ``<ns>:{oauth}:*`` (one hash tag, so every script runs on
+Redis Cluster) and every read-modify-write is one Lua script on Redis time
+(``coordinator/lua/oauth_*.lua``): a login's state is consumed exactly once whichever replica
+receives the callback, a refresh runs under a lock with a fencing number and commits by
+compare-and-set on the credential's version. Tokens are encrypted with the store's
+:class:`~coordinator.secrets.SecretBox` before they reach Redis; this module never logs,
+stores in clear, or puts into an error message a token, code, verifier or client secret.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import httpx
+import orjson
+
+from ..errors import (
+    ConfigError,
+    CredentialNotFoundError,
+    LoginTimeoutError,
+    OAuthAuthorizationError,
+    OAuthError,
+    OAuthProviderError,
+    OAuthStateError,
+    ReauthRequiredError,
+    RefreshInProgressError,
+)
+from ..events import Event, EventCallback, EventHub
+from ..keys import OAuthKeys, validate_id, validate_name
+from ..secrets import Secret, SecretBox, redact
+from ..store import Store
+from . import _http, pkce
+from .providers import OAuthProvider
+from .types import AuthorizationRequest, DeviceAuthorization, OAuthConfig, OAuthCredential
+
+__all__ = ["OAuthManager"]
+
+log = logging.getLogger("coordinator.oauth")
+
+Sleep = Callable[[float], Awaitable[None]]
+
+_STATE_MESSAGES = {
+    "unknown": "unknown state: not issued by this deployment, or forged",
+    "replayed": "state was already used (a callback is accepted once)",
+    "expired": "state expired: the login took too long, start it again",
+    "provider": "state was issued for another provider",
+}
+_DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+_ID_SAFE = re.compile(r"[A-Za-z0-9._:@+-]{1,100}")
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    if isinstance(flat, dict):
+        return {str(k): str(v) for k, v in flat.items()}
+    items = list(flat or [])
+    return {str(k): str(v) for k, v in zip(items[0::2], items[1::2], strict=True)}
+
+
+def _callback_params(params_or_url: str | Mapping[str, Any]) -> dict[str, str]:
+    """The query parameters of a callback URL (or a mapping of them), each given once."""
+    if isinstance(params_or_url, str):
+        query = urlsplit(params_or_url).query if "?" in params_or_url else params_or_url
+        raw: Mapping[str, Any] = parse_qs(query, keep_blank_values=True)
+    else:
+        raw = params_or_url
+    out: dict[str, str] = {}
+    for key, value in raw.items():
+        values = list(value) if isinstance(value, list | tuple) else [value]
+        if len(values) != 1:
+            # RFC 6749 §3.1: a parameter must not be included more than once.
+            raise OAuthStateError(f"callback repeats the parameter {str(key)[:40]!r}")
+        out[str(key)] = str(values[0])
+    return out
+
+
+class OAuthManager:
+    """OAuth 2.0 logins (PKCE, loopback or web callback, device grant) and shared credentials.
+
+    ``providers`` are the configured :class:`OAuthProvider` objects (see
+    :func:`~coordinator.oauth.preset` and :meth:`OAuthProvider.from_discovery`). ``http`` is
+    the httpx client used for every provider request (one is made, and closed by
+    :meth:`close`, when not given). ``sleep`` is what waits between polls (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        providers: Iterable[OAuthProvider] = (),
+        *,
+        config: OAuthConfig | None = None,
+        http: httpx.AsyncClient | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.config = config or OAuthConfig()
+        self.keys = OAuthKeys(store.namespace)
+        self._providers: dict[str, OAuthProvider] = {}
+        for provider in providers:
+            self.add_provider(provider)
+        self._own_http = http is None
+        self._http = http or httpx.AsyncClient()
+        self._sleep = sleep
+        self._instance = uuid.uuid4().hex[:12]
+        self.events = EventHub(
+            store, self._event_streams, poll_interval_s=self.config.event_poll_interval_s
+        )
+
+    def __repr__(self) -> str:
+        return f"OAuthManager(store={self.store!r}, providers={sorted(self._providers)!r})"
+
+    # -- providers -------------------------------------------------------------------------
+
+    def add_provider(self, provider: OAuthProvider) -> None:
+        """Configure (or replace) a provider; its client id is required."""
+        if not isinstance(provider, OAuthProvider):
+            raise ConfigError("provider", "must be an OAuthProvider")
+        provider.require_client()
+        self._providers[provider.name] = provider
+
+    def provider(self, name: str) -> OAuthProvider:
+        """The configured provider ``name``; an unknown one is a :class:`ConfigError`."""
+        found = self._providers.get(name)
+        if found is None:
+            known = ", ".join(sorted(self._providers)) or "none"
+            raise ConfigError(
+                "provider", f"provider {name!r} is not configured (configured: {known})"
+            )
+        return found
+
+    @property
+    def providers(self) -> dict[str, OAuthProvider]:
+        """The configured providers by name (a copy)."""
+        return dict(self._providers)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _event_streams(self) -> dict[str, str]:
+        return {self.keys.events: "oauth"}
+
+    def _box(self) -> SecretBox:
+        box = self.store.box
+        if box is None:
+            raise ConfigError(
+                "secret_key",
+                "storing OAuth tokens needs an encryption key: set COORDINATOR_SECRET_KEY "
+                "(generate one with coordinator.generate_key())",
+            )
+        return box
+
+    @staticmethod
+    def _aad(credential_id: str, name: str) -> str:
+        return f"oauth:{credential_id}:{name}"
+
+    def _seal(self, credential_id: str, name: str, value: Secret) -> str:
+        return self._box().encrypt(value.reveal(), aad=self._aad(credential_id, name))
+
+    def _open(self, credential_id: str, name: str, ciphertext: str) -> Secret:
+        box = self._box()
+        aad = self._aad(credential_id, name)
+        return Secret(loader=lambda: box.decrypt(ciphertext, aad=aad))
+
+    async def _emit(self, etype: str, subject: str, data: Mapping[str, Any]) -> None:
+        await self.store.run(
+            "oauth_emit", [self.keys.events], [etype, subject, orjson.dumps(dict(data)).decode()]
+        )
+
+    async def _hgetall(self, key: str) -> dict[str, str]:
+        async with self.store.guard("HGETALL"):
+            raw = await self.store.client.hgetall(key)
+        return _pairs(raw)
+
+    def _owner(self) -> str:
+        return f"{self._instance}:{uuid.uuid4().hex}"
+
+    # -- events ----------------------------------------------------------------------------
+
+    def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for each OAuth event of ``event_type`` (``*`` for all)."""
+        return self.events.on(event_type, callback)
+
+    def subscribe(self, *event_types: str) -> AsyncIterator[Event]:
+        """Iterate over OAuth events (of the given types, or all) from now on."""
+        return self.events.subscribe(*event_types)
+
+    # -- login -----------------------------------------------------------------------------
+
+    async def get_authorization_url(
+        self,
+        provider: str,
+        redirect_uri: str | None = None,
+        scopes: Iterable[str] | None = None,
+        *,
+        extra_params: Mapping[str, str] | None = None,
+    ) -> AuthorizationRequest:
+        """Start a login: store the state and PKCE verifier in Redis, return the URL.
+
+        The callback may then land on any replica. ``redirect_uri`` defaults to the
+        provider's; ``scopes`` to the provider's. Emits ``auth:started``.
+        """
+        prov = self.provider(provider)
+        client_id = prov.require_client()
+        if prov.authorization_endpoint is None:
+            raise ConfigError("authorization_endpoint", f"provider {provider!r} has none")
+        redirect = redirect_uri or prov.redirect_uri
+        if not redirect:
+            raise ConfigError("redirect_uri", f"no redirect URI given for {provider!r}")
+        chosen = tuple(scopes) if scopes is not None else prov.scopes
+        box = self._box()
+        state = pkce.new_state()
+        digest = pkce.state_digest(state)
+        verifier = pkce.new_verifier() if prov.use_pkce else None
+        record: dict[str, Any] = {
+            "provider": prov.name,
+            "redirect_uri": redirect,
+            "scopes": list(chosen),
+            "verifier": box.encrypt(verifier, aad=f"oauth-state:{digest}") if verifier else None,
+        }
+        ttl_ms = int(self.config.state_ttl_s * 1000)
+        reply = await self.store.run(
+            "oauth_begin",
+            [self.keys.state(digest), self.keys.events],
+            [orjson.dumps(record).decode(), ttl_ms, prov.name],
+        )
+        if int(reply[0]) != 1:  # 256 random bits collided: never reuse a state
+            raise OAuthStateError("could not record a fresh state; try again")
+        params: dict[str, str] = {
+            "response_type": "code",
+            "client_id": client_id,
+            "redirect_uri": redirect,
+            "state": state,
+        }
+        if chosen:
+            params["scope"] = " ".join(chosen)
+        if verifier is not None:
+            params["code_challenge"] = pkce.code_challenge(verifier)
+            params["code_challenge_method"] = "S256"
+        params.update(prov.extra_authorization_params)
+        for key, value in (extra_params or {}).items():
+            if key in params and key not in prov.extra_authorization_params:
+                raise ConfigError("extra_params", f"may not override {key!r}")
+            params[key] = value
+        parts = urlsplit(prov.authorization_endpoint)
+        query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
+        url = urlunsplit(parts._replace(query=query))
+        return AuthorizationRequest(
+            url=url,
+            state=state,
+            expires_at_ms=int(reply[1]),
+            provider=prov.name,
+            redirect_uri=redirect,
+            scopes=chosen,
+        )
+
+    async def handle_callback(
+        self, params_or_url: str | Mapping[str, Any], *, provider: str | None = None
+    ) -> OAuthCredential:
+        """Finish a login from the provider's redirect (a URL or its query parameters).
+
+        Consumes the state exactly once (a replay, an unknown or expired state, or one issued
+        for another ``provider`` is an :class:`OAuthStateError`), handles ``error=``
+        (:class:`OAuthAuthorizationError`), checks ``iss`` (RFC 9207), exchanges the code,
+        fetches user info and stores the credential. Emits ``auth:success`` or ``auth:failed``.
+        """
+        params = _callback_params(params_or_url)
+        if provider is not None:
+            self.provider(provider)
+        state = params.get("state")
+        if not state:
+            error = params.get("error")
+            await self._emit(
+                "auth:failed", "", {"provider": provider or "", "reason": error or "no_state"}
+            )
+            if error:
+                raise OAuthAuthorizationError(
+                    redact(error, limit=60), redact(params.get("error_description", "")) or None
+                )
+            raise OAuthStateError("callback has no state parameter")
+        digest = pkce.state_digest(state)
+        reply = await self.store.run(
+            "oauth_consume", [self.keys.state(digest), self.keys.events], [provider or ""]
+        )
+        if int(reply[0]) != 1:
+            raise OAuthStateError(_STATE_MESSAGES.get(str(reply[1]), "invalid state"))
+        record = orjson.loads(reply[1])
+        prov_name = str(record["provider"])
+        try:
+            prov = self.provider(prov_name)
+            return await self._finish_code_login(prov, params, record, digest)
+        except OAuthError as exc:
+            await self._emit(
+                "auth:failed",
+                "",
+                {"provider": prov_name, "reason": type(exc).__name__, "error": str(exc)[:300]},
+            )
+            raise
+
+    async def _finish_code_login(
+        self, prov: OAuthProvider, params: dict[str, str], record: dict[str, Any], digest: str
+    ) -> OAuthCredential:
+        iss = params.get("iss")
+        if iss is not None and prov.issuer is not None and iss != prov.issuer:
+            raise OAuthStateError(
+                f"callback iss {redact(iss, limit=120)!r} is not {prov.name}'s issuer "
+                "(RFC 9207 mix-up protection)"
+            )
+        if iss is None and prov.require_iss and "error" not in params:
+            raise OAuthStateError(f"callback lacks the iss parameter that {prov.name} sends")
+        error = params.get("error")
+        if error is not None:
+            raise OAuthAuthorizationError(
+                redact(error, limit=60), redact(params.get("error_description", "")) or None
+            )
+        code = params.get("code")
+        if not code:
+            raise OAuthProviderError("callback has neither code nor error")
+        form = {
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": str(record["redirect_uri"]),
+        }
+        known = [code]
+        if record.get("verifier"):
+            verifier = self._box().decrypt(str(record["verifier"]), aad=f"oauth-state:{digest}")
+            form["code_verifier"] = verifier
+            known.append(verifier)
+        tokens = await _http.token_request(
+            self._http,
+            prov,
+            form,
+            what=f"code exchange with {prov.name}",
+            timeout_s=self.config.http_timeout_s,
+            secrets=known,
+        )
+        return await self._store_login(prov, tokens, tuple(record.get("scopes") or ()), "code")
+
+    async def _store_login(
+        self, prov: OAuthProvider, tokens: _http.TokenSet, requested: tuple[str, ...], flow: str
+    ) -> OAuthCredential:
+        info: dict[str, Any] = {}
+        if prov.userinfo_endpoint:
+            info = await _http.userinfo(
+                self._http,
+                prov.userinfo_endpoint,
+                tokens.access_token.reveal(),
+                timeout_s=self.config.http_timeout_s,
+            )
+        subject = next(
+            (str(info[c]) for c in prov.subject_claims if info.get(c) not in (None, "")), None
+        )
+        credential_id = self._credential_id(prov.name, subject)
+        fields: dict[str, str] = {
+            "access_token": self._seal(credential_id, "access_token", tokens.access_token),
+            "token_type": tokens.token_type,
+            "scopes": " ".join(tokens.scope if tokens.scope is not None else requested),
+            "userinfo": orjson.dumps(info).decode(),
+            "subject": subject or "",
+            "email": str(info.get("email") or ""),
+            "name": str(info.get("name") or info.get("login") or ""),
+        }
+        if tokens.refresh_token is not None:
+            fields["refresh_token"] = self._seal(
+                credential_id, "refresh_token", tokens.refresh_token
+            )
+        if tokens.id_token is not None:
+            fields["id_token"] = self._seal(credential_id, "id_token", tokens.id_token)
+        k = self.keys
+        await self.store.run(
+            "oauth_save",
+            [
+                k.credential(credential_id),
+                k.provider_credentials(prov.name),
+                k.credentials,
+                k.defaults,
+                k.expiry,
+                k.events,
+            ],
+            [
+                credential_id,
+                prov.name,
+                orjson.dumps(fields).decode(),
+                tokens.expires_in_ms,
+                orjson.dumps({"flow": flow, "subject": subject or ""}).decode(),
+            ],
+        )
+        return await self.get_credential(credential_id)
+
+    @staticmethod
+    def _credential_id(provider: str, subject: str | None) -> str:
+        """``<provider>:<subject>`` (a hash of it when it has other characters), else random."""
+        if subject is None:
+            return f"{provider}:{uuid.uuid4().hex[:16]}"
+        if _ID_SAFE.fullmatch(subject):
+            return validate_id(f"{provider}:{subject}")
+        return f"{provider}:{hashlib.sha256(subject.encode()).hexdigest()[:24]}"
+
+    async def login(
+        self,
+        provider: str,
+        *,
+        scopes: Iterable[str] | None = None,
+        port: int = 0,
+        timeout_s: float = 300.0,
+        open_browser: bool = True,
+        on_url: Callable[[str], Awaitable[None] | None] | None = None,
+    ) -> OAuthCredential:
+        """Command-line login: a loopback callback server, the browser (or a printed URL).
+
+        Binds 127.0.0.1 on ``port`` (0: a free one), sends the user to the provider and waits
+        for one callback or ``timeout_s`` (:class:`LoginTimeoutError`). ``on_url`` receives
+        the authorization URL instead of the browser (it may be async).
+        """
+        from .callback_server import LoopbackCallbackServer
+
+        self.provider(provider)
+        async with LoopbackCallbackServer(self, provider=provider, port=port) as server:
+            request = await self.get_authorization_url(
+                provider, redirect_uri=server.redirect_uri, scopes=scopes
+            )
+            if on_url is not None:
+                result = on_url(request.url)
+                if result is not None:
+                    await result
+            else:
+                await _show_url(request.url, open_browser=open_browser)
+            return await server.wait(timeout_s)
+
+    # -- device authorization grant (RFC 8628) ---------------------------------------------
+
+    async def start_device_login(
+        self, provider: str, scopes: Iterable[str] | None = None
+    ) -> DeviceAuthorization:
+        """Ask for a device code: show ``user_code`` and ``verification_uri`` to the user."""
+        prov = self.provider(provider)
+        if prov.device_authorization_endpoint is None:
+            raise ConfigError(
+                "device_authorization_endpoint", f"provider {provider!r} has no device flow"
+            )
+        self._box()
+        chosen = tuple(scopes) if scopes is not None else prov.scopes
+        form = {"scope": " ".join(chosen)} if chosen else {}
+        body = await _http.post_form(
+            self._http,
+            prov,
+            prov.device_authorization_endpoint,
+            form,
+            what=f"device authorization at {prov.name}",
+            timeout_s=self.config.http_timeout_s,
+        )
+        device_code, user_code = body.get("device_code"), body.get("user_code")
+        uri = body.get("verification_uri") or body.get("verification_url")  # Google's name
+        if not all(isinstance(v, str) and v for v in (device_code, user_code, uri)):
+            raise OAuthProviderError(
+                f"device authorization at {prov.name}: response lacks device_code, user_code "
+                "or verification_uri"
+            )
+        complete = body.get("verification_uri_complete")
+        expires_in = body.get("expires_in", 600)
+        interval = body.get("interval", 5)
+        if not isinstance(expires_in, int | float) or not isinstance(interval, int | float):
+            raise OAuthProviderError(f"device authorization at {prov.name}: invalid timing")
+        await self._emit("auth:started", "", {"provider": prov.name, "flow": "device"})
+        return DeviceAuthorization(
+            provider=prov.name,
+            user_code=str(user_code),
+            verification_uri=str(uri),
+            verification_uri_complete=complete if isinstance(complete, str) else None,
+            expires_in_s=float(expires_in),
+            interval_s=max(1.0, float(interval)),
+            scopes=chosen,
+            device_code=Secret(str(device_code)),
+        )
+
+    async def complete_device_login(self, device: DeviceAuthorization) -> OAuthCredential:
+        """Poll the token endpoint until the user approves (or refuses, or the code expires).
+
+        ``authorization_pending`` waits ``interval``; ``slow_down`` adds 5 s (RFC 8628 §3.5).
+        """
+        prov = self.provider(device.provider)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + device.expires_in_s
+        interval = device.interval_s
+        code = device.device_code.reveal()
+        form = {"grant_type": _DEVICE_GRANT, "device_code": code}
+        try:
+            while True:
+                try:
+                    tokens = await _http.token_request(
+                        self._http,
+                        prov,
+                        form,
+                        what=f"device token poll at {prov.name}",
+                        timeout_s=self.config.http_timeout_s,
+                        secrets=[code],
+                    )
+                except OAuthProviderError as exc:
+                    if exc.error == "authorization_pending":
+                        pass
+                    elif exc.error == "slow_down":
+                        interval += 5
+                    elif exc.error in ("access_denied", "expired_token"):
+                        raise OAuthAuthorizationError(exc.error, str(exc)) from exc
+                    else:
+                        raise
+                else:
+                    return await self._store_login(prov, tokens, device.scopes, "device")
+                if loop.time() + interval > deadline:
+                    raise LoginTimeoutError(f"device code for {prov.name} expired unapproved")
+                await self._sleep(interval)
+        except OAuthError as exc:
+            await self._emit(
+                "auth:failed",
+                "",
+                {"provider": prov.name, "flow": "device", "reason": type(exc).__name__},
+            )
+            raise
+
+    async def login_device(
+        self,
+        provider: str,
+        scopes: Iterable[str] | None = None,
+        *,
+        on_code: Callable[[DeviceAuthorization], Awaitable[None] | None] | None = None,
+    ) -> OAuthCredential:
+        """Device login in one call: ``on_code`` shows the code (default: print), then poll."""
+        device = await self.start_device_login(provider, scopes)
+        if on_code is None:
+            target = device.verification_uri_complete or device.verification_uri
+            print(f"To sign in to {provider}, open {target} and enter the code {device.user_code}")
+        else:
+            result = on_code(device)
+            if result is not None:
+                await result
+        return await self.complete_device_login(device)
+
+    # -- credentials -----------------------------------------------------------------------
+
+    async def get_credential(self, credential_id: str) -> OAuthCredential:
+        """A credential (without secrets); :class:`CredentialNotFoundError` if unknown."""
+        validate_id(credential_id, "credential_id")
+        raw = await self._hgetall(self.keys.credential(credential_id))
+        if not raw:
+            raise CredentialNotFoundError(credential_id)
+        default = await self.store.command("HGET", self.keys.defaults, raw.get("provider", ""))
+        return OAuthCredential.from_hash(credential_id, raw, is_default=default == credential_id)
+
+    async def list_credentials(self, provider: str | None = None) -> list[OAuthCredential]:
+        """Every credential (of one provider), oldest first, without secrets."""
+        key = (
+            self.keys.credentials
+            if provider is None
+            else self.keys.provider_credentials(validate_name(provider))
+        )
+        ids = await self.store.command("ZRANGE", key, 0, -1)
+        defaults = _pairs(await self.store.command("HGETALL", self.keys.defaults))
+        out: list[OAuthCredential] = []
+        for credential_id in ids or []:
+            raw = await self._hgetall(self.keys.credential(credential_id))
+            if raw:
+                is_default = defaults.get(raw.get("provider", "")) == credential_id
+                out.append(OAuthCredential.from_hash(credential_id, raw, is_default=is_default))
+        return out
+
+    async def get_default(self, provider: str) -> OAuthCredential | None:
+        """The provider's default credential, or ``None`` when it has none."""
+        credential_id = await self.store.command(
+            "HGET", self.keys.defaults, validate_name(provider)
+        )
+        if not credential_id:
+            return None
+        try:
+            return await self.get_credential(str(credential_id))
+        except CredentialNotFoundError:
+            return None
+
+    async def set_default(self, credential_id: str) -> None:
+        """Make a credential its provider's default."""
+        cred = await self.get_credential(credential_id)
+        ok = await self.store.run(
+            "oauth_set_default",
+            [self.keys.provider_credentials(cred.provider), self.keys.defaults, self.keys.events],
+            [credential_id, cred.provider],
+        )
+        if int(ok) != 1:
+            raise CredentialNotFoundError(credential_id)
+
+    async def remove_credential(self, credential_id: str) -> bool:
+        """Delete a credential (no call to the provider; see :meth:`revoke`).
+
+        A new default is chosen when it was the default. Returns whether it existed.
+        """
+        return await self._remove(credential_id, "credential:removed", {})
+
+    async def _remove(self, credential_id: str, event: str, data: dict[str, Any]) -> bool:
+        validate_id(credential_id, "credential_id")
+        provider = await self.store.command("HGET", self.keys.credential(credential_id), "provider")
+        if not provider:
+            return False
+        k = self.keys
+        reply = await self.store.run(
+            "oauth_remove",
+            [
+                k.credential(credential_id),
+                k.provider_credentials(str(provider)),
+                k.credentials,
+                k.defaults,
+                k.expiry,
+                k.lock(credential_id),
+                k.events,
+            ],
+            [credential_id, str(provider), event, orjson.dumps(data).decode()],
+        )
+        return int(reply[0]) == 1
+
+    async def revoke(self, credential_id: str, *, remove: bool = True) -> bool:
+        """Revoke the credential's tokens at the provider (RFC 7009), then remove it.
+
+        Returns whether the provider was asked (``False`` when it has no revocation
+        endpoint; the credential is removed anyway). Emits ``token:revoked``.
+        """
+        validate_id(credential_id, "credential_id")
+        raw = await self._hgetall(self.keys.credential(credential_id))
+        if not raw:
+            raise CredentialNotFoundError(credential_id)
+        prov = self.provider(raw.get("provider", ""))
+        remote = prov.revocation_endpoint is not None
+        if remote:
+            # Revoking the refresh token ends the grant (and its access tokens) at most
+            # providers; the access token is revoked too for those that treat them apart.
+            for name, hint in (
+                ("refresh_token", "refresh_token"),
+                ("access_token", "access_token"),
+            ):
+                if raw.get(name):
+                    token = self._open(credential_id, name, raw[name]).reveal()
+                    await _http.revoke_token(
+                        self._http, prov, token, hint, timeout_s=self.config.http_timeout_s
+                    )
+        data = {"provider": prov.name, "remote": remote}
+        if remove:
+            await self._remove(credential_id, "token:revoked", data)
+        else:
+            await self._emit("token:revoked", credential_id, data)
+        return remote
+
+    # -- tokens and refresh ----------------------------------------------------------------
+
+    async def _acquire(self, credential_id: str, owner: str, mode: str) -> dict[str, Any]:
+        k = self.keys
+        reply = await self.store.run(
+            "oauth_acquire",
+            [k.credential(credential_id), k.lock(credential_id), k.fences, k.events],
+            [
+                credential_id,
+                owner,
+                self.config.refresh_lead_ms,
+                int(self.config.lock_ttl_s * 1000),
+                mode,
+            ],
+        )
+        names = (
+            "code",
+            "fence",
+            "version",
+            "access",
+            "refresh",
+            "expires_at_ms",
+            "remaining_ms",
+            "wait_ms",
+            "token_type",
+            "status",
+        )
+        out = dict(zip(names, reply, strict=True))
+        for name in ("fence", "version", "expires_at_ms", "remaining_ms", "wait_ms"):
+            out[name] = int(out[name])
+        return out
+
+    async def _resolve_id(self, credential_id: str | None, provider: str | None) -> str:
+        if credential_id is not None:
+            return validate_id(credential_id, "credential_id")
+        if provider is None:
+            raise ConfigError("credential_id", "give a credential id or a provider")
+        default = await self.store.command("HGET", self.keys.defaults, validate_name(provider))
+        if not default:
+            raise CredentialNotFoundError(f"(default of {provider})")
+        return str(default)
+
+    async def get_access_token(
+        self, credential_id: str | None = None, *, provider: str | None = None
+    ) -> Secret:
+        """An access token valid for at least the refresh lead time, refreshed first if needed.
+
+        Without ``credential_id``, the provider's default credential. Across replicas one
+        caller refreshes (under the Redis lock) and the others wait for its result.
+        """
+        cid = await self._resolve_id(credential_id, provider)
+        return await self._token(cid, force=False)
+
+    async def refresh_token(self, credential_id: str) -> OAuthCredential:
+        """Refresh now (under the lock). Keeps the old refresh token when no new one comes."""
+        validate_id(credential_id, "credential_id")
+        await self._token(credential_id, force=True)
+        return await self.get_credential(credential_id)
+
+    async def _token(self, cid: str, *, force: bool) -> Secret:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.wait_timeout_s
+        backoff = 0.02
+        seen_version: int | None = None
+        while True:
+            owner = self._owner()
+            mode = "force" if force else "get"
+            got = await self._acquire(cid, owner, mode)
+            code = got["code"]
+            if seen_version is None:
+                seen_version = got["version"]
+            elif force and got["version"] > seen_version and code != "needs-reauth":
+                # Someone else refreshed while we waited: that is the refresh we asked for.
+                force = False
+                continue
+            if code == "missing":
+                raise CredentialNotFoundError(cid)
+            if code == "needs-reauth":
+                raise ReauthRequiredError(f"credential {cid!r} needs a new login")
+            if code == "fresh":
+                return self._open(cid, "access_token", got["access"])
+            if code == "no-refresh":
+                if got["remaining_ms"] > 0 and not force:
+                    return self._open(cid, "access_token", got["access"])
+                raise ReauthRequiredError(
+                    f"credential {cid!r} has no refresh token and its access token expired"
+                )
+            if code == "locked":
+                refreshed = await self._refresh_locked(cid, owner, got)
+                if refreshed is not None:
+                    return refreshed
+                force = False  # someone else stored a newer token: read it
+                continue
+            # busy: another holder refreshes; wait for its commit (or its lock to lapse).
+            if loop.time() >= deadline:
+                raise RefreshInProgressError(
+                    f"credential {cid!r} is being refreshed elsewhere; gave up after "
+                    f"{self.config.wait_timeout_s:g} s"
+                )
+            await self._sleep(min(backoff, max(0.001, got["wait_ms"] / 1000)))
+            backoff = min(backoff * 2, 0.25)
+
+    async def _refresh_locked(self, cid: str, owner: str, got: dict[str, Any]) -> Secret | None:
+        """Refresh while holding the lock. ``None`` when a newer token was already stored."""
+        k = self.keys
+        released = False
+        try:
+            raw = await self._hgetall(k.credential(cid))
+            prov = self.provider(raw.get("provider", ""))
+            refresh = self._open(cid, "refresh_token", str(got["refresh"])).reveal()
+            form = {"grant_type": "refresh_token", "refresh_token": refresh}
+            try:
+                tokens = await _http.token_request(
+                    self._http,
+                    prov,
+                    form,
+                    what=f"token refresh at {prov.name}",
+                    timeout_s=self.config.refresh_timeout_s,
+                    secrets=[refresh],
+                )
+            except OAuthProviderError as exc:
+                if exc.error != "invalid_grant":
+                    raise
+                # Re-read before giving up: another replica may have refreshed already.
+                reply = await self.store.run(
+                    "oauth_reauth",
+                    [k.credential(cid), k.expiry, k.lock(cid), k.events],
+                    [cid, owner, got["version"], redact(str(exc), [refresh])],
+                )
+                released = True
+                if int(reply[0]) == 1:
+                    raise ReauthRequiredError(
+                        f"credential {cid!r} was refused by {prov.name} (invalid_grant); "
+                        "sign in again"
+                    ) from exc
+                if reply[1] == "missing":
+                    raise CredentialNotFoundError(cid) from exc
+                return None
+            fields: dict[str, str] = {
+                "access_token": self._seal(cid, "access_token", tokens.access_token),
+                "token_type": tokens.token_type,
+            }
+            if tokens.refresh_token is not None:
+                fields["refresh_token"] = self._seal(cid, "refresh_token", tokens.refresh_token)
+            if tokens.id_token is not None:
+                fields["id_token"] = self._seal(cid, "id_token", tokens.id_token)
+            if tokens.scope is not None:
+                fields["scopes"] = " ".join(tokens.scope)
+            reply = await self.store.run(
+                "oauth_commit",
+                [k.credential(cid), k.expiry, k.lock(cid), k.events],
+                [
+                    cid,
+                    owner,
+                    got["fence"],
+                    got["version"],
+                    orjson.dumps(fields).decode(),
+                    tokens.expires_in_ms,
+                ],
+            )
+            released = True
+            if int(reply[0]) == 1:
+                log.info("refreshed credential %s (version %s)", cid, reply[1])
+                return tokens.access_token
+            if reply[1] == "missing":
+                raise CredentialNotFoundError(cid)
+            return None
+        finally:
+            if not released:
+                await asyncio.shield(self.store.run("oauth_release", [k.lock(cid)], [owner]))
+
+    async def close(self) -> None:
+        """Stop the event reader and close the HTTP client (if this manager made it)."""
+        await self.events.close()
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> OAuthManager:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def _show_url(url: str, *, open_browser: bool) -> None:
+    """Open the browser on ``url`` (in a thread: it may block), else print it."""
+    opened = False
+    if open_browser:
+        import webbrowser
+
+        opened = await asyncio.to_thread(webbrowser.open, url)
+    if not opened:
+        print(f"Open this URL to sign in:\n{url}")
