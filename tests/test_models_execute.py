@@ -1,0 +1,255 @@
+"""execute() end to end against local HTTP servers that play three providers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from coordinator import AllProfilesUnavailableError, ConfigError, Store
+from coordinator.failures import FailureKind
+from coordinator.model_types import ModelAuth, ModelCall, ModelProfile
+from coordinator.models import ModelProfileManager
+from coordinator.testing import advance_time
+
+from .fake_provider import FakeProvider, Reply
+from .model_helpers import MINUTE_MS, SECOND_MS, breaker, events, model_manager
+
+MARGIN = 1000
+KEYS = {
+    "grok": "xai-grok-test-key-0123456789",
+    "anthropic": "sk-ant-test-key-0123456789",
+    "openai": "sk-openai-test-key-0123456789",
+}
+
+
+@pytest.fixture
+async def providers() -> AsyncIterator[dict[str, FakeProvider]]:
+    servers = {name: await FakeProvider(name).start() for name in KEYS}
+    try:
+        yield servers
+    finally:
+        for server in servers.values():
+            await server.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3)) as client:
+        yield client
+
+
+async def _setup(store: Store, providers: dict[str, FakeProvider]) -> ModelProfileManager:
+    manager = model_manager(store)
+    for name, priority in (("grok", 100), ("anthropic", 90), ("openai", 80)):
+        await manager.add_profile(
+            ModelProfile(
+                id=name,
+                provider=name,
+                auth=ModelAuth.api_key(KEYS[name]),
+                base_url=providers[name].base_url,
+                models=("*",),
+                default_model=f"{name}-default",
+                priority=priority,
+            )
+        )
+    return manager
+
+
+def _caller(http: httpx.AsyncClient, served: list[tuple[str, str]]) -> Any:
+    async def call(c: ModelCall) -> dict[str, Any]:
+        assert c.secret is not None
+        response = await http.post(
+            f"{c.base_url}/chat/completions",
+            json={"model": c.model, "messages": [{"role": "user", "content": "hi"}]},
+            headers={"authorization": f"Bearer {c.secret.reveal()}"},
+        )
+        response.raise_for_status()
+        served.append((c.profile.id, c.selection.reason))
+        return dict(response.json())
+
+    return call
+
+
+async def _types(store: Store) -> list[tuple[str, str]]:
+    return [(t, p) for t, p, _ in await events(store)]
+
+
+async def test_failover_breaker_probe_close_and_return_to_primary(
+    store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
+) -> None:
+    grok, anthropic, openai = providers["grok"], providers["anthropic"], providers["openai"]
+    manager = await _setup(store, providers)
+    served: list[tuple[str, str]] = []
+    call = _caller(http, served)
+
+    # 1. Healthy: the primary serves, with its own key and default model.
+    await manager.execute(call)
+    assert served[-1] == ("grok", "primary")
+    assert grok.seen[-1].headers["authorization"] == f"Bearer {KEYS['grok']}"
+    assert grok.seen[-1].body["model"] == "grok-default"
+
+    # 2. 429 with Retry-After and rate-limit headers: fail over; the primary cools down.
+    grok.then(
+        Reply(429, {"retry-after": "20", "x-ratelimit-remaining-requests": "0",
+                    "x-ratelimit-reset-requests": "20s"}, b'{"error":{"type":"rate_limit"}}')
+    )  # fmt: skip
+    await manager.execute(call, model="m-1")
+    assert served[-1] == ("anthropic", "failover")
+    assert anthropic.seen[-1].body["model"] == "m-1"
+    before = len(grok.seen)
+    await manager.execute(call)
+    assert served[-1] == ("anthropic", "failover") and len(grok.seen) == before
+    failover = next(d for t, p, d in await events(store) if t == "profile:failover")
+    assert (failover["from"], failover["to"], failover["kind"]) == ("grok", "anthropic",
+                                                                    "rate_limit")  # fmt: skip
+
+    # 3. After the cooldown: a 500 and a timeout make three failures in a row: it opens.
+    advance_time(store, 20 * SECOND_MS + MARGIN)
+    grok.then(Reply(500, body=b"<html>boom</html>"), Reply(hang_s=2))
+    await manager.execute(call)
+    assert served[-1] == ("anthropic", "failover")
+    assert (await breaker(store, "grok"))["state"] == "closed"
+    await manager.execute(call)
+    assert served[-1] == ("anthropic", "failover")
+    opened = [d for t, p, d in await events(store) if t == "profile:circuit-opened"]
+    assert len(opened) == 1 and opened[0]["kind"] == "timeout"
+    asked = len(grok.seen)
+
+    # 4. The fallback runs out of credit (402): billing cooldown, fail over to the third.
+    anthropic.then(Reply(402, body=b'{"error":{"message":"payment required"}}'))
+    await manager.execute(call)
+    assert served[-1] == ("openai", "failover")
+
+    # 5. The last one times out too: every attempt is reported with the soonest recovery.
+    openai.then(Reply(hang_s=2))
+    with pytest.raises(AllProfilesUnavailableError) as info:
+        await manager.execute(call)
+    err = info.value
+    assert [(a.profile_id, a.kind) for a in err.attempts] == [("openai", FailureKind.TIMEOUT)]
+    assert err.retry_in_ms is not None and 0 < err.retry_in_ms <= MINUTE_MS
+    assert KEYS["openai"] not in str(err)
+    assert len(grok.seen) == asked  # the open breaker kept every call away from grok
+
+    # 6. Half-open: the probe fails (500), it re-opens for twice as long; openai serves.
+    advance_time(store, MINUTE_MS)
+    grok.then(Reply(500))
+    await manager.execute(call)
+    assert served[-1] == ("openai", "failover")
+    assert (await breaker(store, "grok"))["open_ms"] == 2 * MINUTE_MS
+
+    # 7. wait_s: nothing usable now, so execute waits (on the test clock) for the probe,
+    #    which succeeds and closes the breaker.
+    openai.then(Reply(402, body=b'{"error":{"code":"insufficient_quota"}}'))
+    with pytest.raises(AllProfilesUnavailableError) as info:
+        await manager.execute(call)
+    assert [(a.profile_id, a.kind) for a in info.value.attempts] == [
+        ("openai", FailureKind.BILLING)
+    ]
+    retry_in = info.value.retry_in_ms
+    assert retry_in is not None and MINUTE_MS < retry_in <= 2 * MINUTE_MS
+    with pytest.raises(AllProfilesUnavailableError):  # not willing to wait that long
+        await manager.execute(call, wait_s=MINUTE_MS / 1000)
+    await manager.execute(call, wait_s=3 * MINUTE_MS / 1000)
+    assert served[-1] == ("grok", "testing")
+    assert (await breaker(store, "grok"))["state"] == "closed"
+
+    # 8. Back to the primary.
+    await manager.execute(call)
+    assert served[-1] == ("grok", "primary")
+    grok_events = [t for t, p in await _types(store) if p == "grok"]
+    assert grok_events.count("profile:circuit-half-open") == 2
+    assert grok_events.count("profile:circuit-opened") == 2
+    assert grok_events[-1] == "profile:circuit-closed"
+    # No key ever reached an event.
+    for _t, _p, data in await events(store):
+        for key in KEYS.values():
+            assert key not in str(data)
+
+
+async def test_a_caller_error_is_raised_at_once_without_harming_the_profile(
+    store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
+) -> None:
+    manager = await _setup(store, providers)
+    served: list[tuple[str, str]] = []
+    providers["grok"].then(Reply(400, body=b'{"error":{"message":"messages: field required"}}'))
+    with pytest.raises(httpx.HTTPStatusError):
+        await manager.execute(_caller(http, served))
+    assert len(providers["anthropic"].seen) == 0
+    assert (await breaker(store, "grok")) == {}
+    # A returned (not raised) response is classified the same way: a 400 comes back as is,
+    # a 429 fails over.
+    providers["grok"].then(Reply(400), Reply(429, {"retry-after": "5"}))
+
+    async def raw(c: ModelCall) -> httpx.Response:
+        return await http.post(f"{c.base_url}/chat/completions", json={})
+
+    assert (await manager.execute(raw)).status_code == 400
+    response = await manager.execute(raw)
+    assert response.status_code == 200 and str(response.url).startswith(
+        providers["anthropic"].base_url
+    )
+
+
+async def test_max_attempts_and_an_empty_manager(
+    store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
+) -> None:
+    manager = await _setup(store, providers)
+    served: list[tuple[str, str]] = []
+    for name in ("grok", "anthropic", "openai"):
+        providers[name].then(Reply(503))
+    with pytest.raises(AllProfilesUnavailableError) as info:
+        await manager.execute(_caller(http, served), max_attempts=2)
+    assert [a.profile_id for a in info.value.attempts] == ["grok", "anthropic"]
+    assert len(providers["openai"].seen) == 0
+    with pytest.raises(ConfigError):
+        await manager.execute(_caller(http, served), max_attempts=0)
+    with pytest.raises(ConfigError):
+        await manager.execute(_caller(http, served), wait_s=-1)
+    other_ns = Store(
+        store.client, backend=store.backend, url="x", namespace=store.namespace + "e", box=None
+    )
+    empty = model_manager(other_ns)  # a namespace without profiles
+    with pytest.raises(AllProfilesUnavailableError) as info:
+        await empty.execute(_caller(http, served), model="no-such-model-served")
+    assert info.value.attempts == [] and info.value.retry_in_ms is None
+
+
+async def test_a_success_costs_two_round_trips_and_a_hop_one_more(
+    store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
+) -> None:
+    manager = await _setup(store, providers)
+    calls: list[str] = []
+    original = store.run
+
+    async def counting(name: str, keys: Any, args: Any) -> Any:
+        calls.append(name)
+        return await original(name, keys, args)
+
+    store.run = counting  # type: ignore[method-assign]
+    served: list[tuple[str, str]] = []
+    await manager.execute(_caller(http, served))
+    assert calls == ["model_select", "model_report"]
+    calls.clear()
+    providers["grok"].then(Reply(500))
+    await manager.execute(_caller(http, served))
+    assert calls == ["model_select", "model_report", "model_report"]
+
+
+async def test_a_probe_that_ends_in_a_caller_error_gives_its_permit_back(
+    store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
+) -> None:
+    manager = await _setup(store, providers)
+    served: list[tuple[str, str]] = []
+    providers["grok"].then(Reply(500), Reply(500), Reply(500), Reply(422))
+    for _ in range(3):
+        await manager.execute(_caller(http, served))
+    advance_time(store, MINUTE_MS)
+    with pytest.raises(httpx.HTTPStatusError):
+        await manager.execute(_caller(http, served))
+    state = await breaker(store, "grok")
+    assert state["state"] == "half_open" and state["permits"] in ({}, [])
+    await manager.execute(_caller(http, served))
+    assert served[-1] == ("grok", "testing")
