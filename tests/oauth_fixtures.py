@@ -85,7 +85,7 @@ def oidc_server() -> Iterator[OidcServer]:
 
 
 async def discover(
-    server: OidcServer, client_id: str = "cli-app", **overrides: Any
+    server: OidcServer, client_id: str = "cli-app", *, name: str = "testop", **overrides: Any
 ) -> OAuthProvider:
     """The test provider from its discovery document (named ``testop``)."""
     fields: dict[str, Any] = {
@@ -95,7 +95,7 @@ async def discover(
     }
     fields.update(overrides)
     return await OAuthProvider.from_discovery(
-        server.issuer, name="testop", client_id=client_id, **fields
+        server.issuer, name=name, client_id=client_id, **fields
     )
 
 
@@ -141,19 +141,24 @@ def redirect_target(response: httpx.Response) -> str:
 
 
 async def approve_device(verification_uri_complete: str) -> httpx.Response:
-    """Play the user approving a device code in a browser (submitting the confirm form)."""
+    """Play the user approving a device code in a browser: submit each page's form (the
+    auto-submitting one, then the confirmation) until a page without a form (the result)."""
     async with httpx.AsyncClient(timeout=20, follow_redirects=True) as browser:
         page = await browser.get(verification_uri_complete)
-        form = re.search(r"<form[^>]*id=\"op.deviceConfirmForm\"[^>]*>(.*?)</form>", page.text, re.S)
-        assert form, page.text[:500]
-        action = re.search(r"action=\"([^\"]+)\"", form.group(0))
-        assert action
-        fields = {
-            unescape(m.group(1)): unescape(m.group(2))
-            for m in re.finditer(
-                r"<input[^>]*name=\"([^\"]+)\"[^>]*value=\"([^\"]*)\"", form.group(1)
-            )
-        }
-        fields.setdefault("confirm", "yes")
-        target = httpx.URL(str(page.url)).join(unescape(action.group(1)))
-        return await browser.post(target, data=fields)
+        for _ in range(6):
+            form = re.search(r"<form([^>]*)>(.*?)</form>", page.text, re.S)
+            if form is None:
+                return page
+            action = re.search(r"action=\"([^\"]+)\"", form.group(1))
+            assert action, form.group(0)
+            fields = {
+                unescape(m.group(1)): unescape(m.group(2))
+                for m in re.finditer(
+                    r"<input[^>]*name=\"([^\"]+)\"[^>]*value=\"([^\"]*)\"", form.group(2)
+                )
+            }
+            if "deviceConfirmForm" in form.group(1):
+                fields["confirm"] = "yes"
+            target = httpx.URL(str(page.url)).join(unescape(action.group(1)))
+            page = await browser.post(target, data=fields)
+        raise AssertionError("the device approval did not finish")
