@@ -30,7 +30,7 @@ from coordinator.oauth import OAuthConfig, OAuthManager
 from coordinator.oauth.pkce import new_verifier, state_digest
 from coordinator.testing import advance_time
 
-from .oauth_fixtures import (  # noqa: F401  (fixtures)
+from .oauth_fixtures import (  # noqa: F401  (fixtures: manager, oidc_server, provider)
     OidcServer,
     approve_device,
     browse,
