@@ -66,13 +66,14 @@ class LoopbackCallbackServer:
         self._port = port
         self._server: asyncio.Server | None = None
         self._result: asyncio.Future[OAuthCredential] | None = None
+        self._bound: int | None = None
 
     @property
     def port(self) -> int:
         """The bound port (after :meth:`start`)."""
-        if self._server is None:
+        if self._bound is None:
             raise RuntimeError("the callback server is not started")
-        return int(self._server.sockets[0].getsockname()[1])
+        return self._bound
 
     @property
     def redirect_uri(self) -> str:
@@ -83,6 +84,7 @@ class LoopbackCallbackServer:
         """Bind 127.0.0.1 and start serving."""
         self._result = asyncio.get_running_loop().create_future()
         self._server = await asyncio.start_server(self._serve, HOST, self._port)
+        self._bound = int(self._server.sockets[0].getsockname()[1])
         return self
 
     async def wait(self, timeout_s: float) -> OAuthCredential:
