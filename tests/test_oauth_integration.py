@@ -437,6 +437,34 @@ async def test_refresh_timeout_releases_the_lock(oidc_server: OidcServer, store:
         await m.close()
 
 
+async def test_a_transient_refresh_failure_falls_back_to_the_still_valid_token(
+    oidc_server: OidcServer, store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    prov = await discover(
+        oidc_server,
+        "web-basic",
+        client_secret="web-basic-secret-0123456789abcdef",
+        redirect_uri=WEB_CALLBACK,
+    )
+    config = OAuthConfig(refresh_timeout_s=0.3, lock_ttl_s=5, event_poll_interval_s=0.02)
+    m = OAuthManager(store, [prov], config=config)
+    try:
+        cred = await m.handle_callback(await web_login(m))
+        before = (await raw_tokens(store, m, cred.id))["access_token"]
+        advance_time(store, (3600 - 200) * 1000)  # stale (inside the lead), not expired
+        oidc_server.set_token_delay(1500)
+        with caplog.at_level(logging.WARNING, logger="coordinator"):
+            token = await m.get_access_token(cred.id)
+        assert token.reveal() == before
+        assert "stays valid" in caplog.text
+        advance_time(store, 200_000)  # now expired: no fallback any more
+        with pytest.raises(OAuthProviderError):
+            await m.get_access_token(cred.id)
+    finally:
+        oidc_server.reset()
+        await m.close()
+
+
 # -- revocation, device grant ---------------------------------------------------------------
 
 

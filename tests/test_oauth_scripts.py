@@ -320,3 +320,20 @@ async def test_all_oauth_keys_share_one_hash_slot(store: Store) -> None:
         k.events,
     ]
     assert all("{oauth}" in key for key in shapes)
+
+
+async def test_due_for_refresh_reads_the_expiry_index_on_redis_time(store: Store) -> None:
+    from coordinator.oauth import OAuthManager
+
+    await save(store, "p1:soon", expires_in_ms=60_000)
+    await save(store, "p1:later", expires_in_ms=3_600_000)
+    await save(store, "p1:never", expires_in_ms=-1)
+    m = OAuthManager(store)
+    try:
+        due = await m.due_for_refresh()  # the 5-minute lead
+        assert [cid for cid, _ in due] == ["p1:soon"]
+        advance_time(store, 3_600_000 - 200_000)
+        assert [cid for cid, _ in await m.due_for_refresh()] == ["p1:soon", "p1:later"]
+        assert len(await m.due_for_refresh(limit=1)) == 1
+    finally:
+        await m.close()

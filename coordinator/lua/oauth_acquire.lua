@@ -5,7 +5,7 @@
 -- ARGV[4] refresh lead ms   ARGV[5] lock TTL ms
 -- ARGV[6] mode: 'get' (lock only when the token is stale) | 'force' (always lock)
 -- Returns {code, fence, version, access ct, refresh ct, expires_at_ms, remaining_ms,
---          lock_wait_ms, token_type, status}
+--          lock_wait_ms, token_type, status, provider}
 --   code: fresh | locked (the caller refreshes, then commits or releases) | busy (another
 --   holder; retry after lock_wait_ms) | no-refresh (stale, no refresh token) | missing |
 --   needs-reauth. remaining_ms = expires_at_ms - now (-1 when the expiry is unknown).
@@ -16,7 +16,9 @@ local K_CRED, K_LOCK, K_FENCES, K_EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, owner, lead, ttl, mode = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local now = now_ms()
 
-if redis.call('EXISTS', K_CRED) == 0 then return {'missing', 0, 0, '', '', -1, -1, 0, '', ''} end
+if redis.call('EXISTS', K_CRED) == 0 then
+  return {'missing', 0, 0, '', '', '-1', '-1', '0', '', '', ''}
+end
 local c = redis.call('HMGET', K_CRED, 'version', 'access_token', 'refresh_token',
   'expires_at_ms', 'token_type', 'status', 'provider', 'expired_version')
 local version = tonumber(c[1]) or 0
@@ -28,7 +30,7 @@ if expires_at >= 0 then remaining = expires_at - now end
 
 local function reply(code, fence, wait)
   return {code, fence, version, access, refresh, int(expires_at), int(remaining), int(wait),
-    token_type, status}
+    token_type, status, c[7] or ''}
 end
 
 if status ~= 'active' then return reply('needs-reauth', 0, 0) end

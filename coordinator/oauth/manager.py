@@ -25,10 +25,9 @@ import orjson
 
 from ..errors import (
     ConfigError,
+    CoordinatorError,
     CredentialNotFoundError,
-    LoginTimeoutError,
     OAuthAuthorizationError,
-    OAuthError,
     OAuthProviderError,
     OAuthStateError,
     ReauthRequiredError,
@@ -39,6 +38,7 @@ from ..keys import OAuthKeys, validate_id, validate_name
 from ..secrets import Secret, SecretBox, redact
 from ..store import Store
 from . import _http, pkce
+from .device import poll_for_tokens, request_device_code
 from .providers import OAuthProvider
 from .types import AuthorizationRequest, DeviceAuthorization, OAuthConfig, OAuthCredential
 
@@ -54,7 +54,8 @@ _STATE_MESSAGES = {
     "expired": "state expired: the login took too long, start it again",
     "provider": "state was issued for another provider",
 }
-_DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# A refresh that fails transiently falls back to the current token if it has this much left.
+_FALLBACK_MIN_MS = 30_000
 _ID_SAFE = re.compile(r"[A-Za-z0-9._:@+-]{1,100}")
 
 
@@ -295,7 +296,7 @@ class OAuthManager:
         try:
             prov = self.provider(prov_name)
             return await self._finish_code_login(prov, params, record, digest)
-        except OAuthError as exc:
+        except CoordinatorError as exc:
             await self._emit(
                 "auth:failed",
                 "",
@@ -438,84 +439,31 @@ class OAuthManager:
     async def start_device_login(
         self, provider: str, scopes: Iterable[str] | None = None
     ) -> DeviceAuthorization:
-        """Ask for a device code: show ``user_code`` and ``verification_uri`` to the user."""
+        """Ask for a device code: show ``user_code`` and ``verification_uri`` to the user.
+
+        Emits ``auth:started``. Then call :meth:`complete_device_login`.
+        """
         prov = self.provider(provider)
-        if prov.device_authorization_endpoint is None:
-            raise ConfigError(
-                "device_authorization_endpoint", f"provider {provider!r} has no device flow"
-            )
-        self._box()
-        chosen = tuple(scopes) if scopes is not None else prov.scopes
-        form = {"scope": " ".join(chosen)} if chosen else {}
-        body = await _http.post_form(
-            self._http,
-            prov,
-            prov.device_authorization_endpoint,
-            form,
-            what=f"device authorization at {prov.name}",
-            timeout_s=self.config.http_timeout_s,
+        self._box()  # fail before the user types a code that could not be stored
+        device = await request_device_code(
+            self._http, prov, scopes, timeout_s=self.config.http_timeout_s
         )
-        device_code, user_code = body.get("device_code"), body.get("user_code")
-        uri = body.get("verification_uri") or body.get("verification_url")  # Google's name
-        if not all(isinstance(v, str) and v for v in (device_code, user_code, uri)):
-            raise OAuthProviderError(
-                f"device authorization at {prov.name}: response lacks device_code, user_code "
-                "or verification_uri"
-            )
-        complete = body.get("verification_uri_complete")
-        expires_in = body.get("expires_in", 600)
-        interval = body.get("interval", 5)
-        if not isinstance(expires_in, int | float) or not isinstance(interval, int | float):
-            raise OAuthProviderError(f"device authorization at {prov.name}: invalid timing")
         await self._emit("auth:started", "", {"provider": prov.name, "flow": "device"})
-        return DeviceAuthorization(
-            provider=prov.name,
-            user_code=str(user_code),
-            verification_uri=str(uri),
-            verification_uri_complete=complete if isinstance(complete, str) else None,
-            expires_in_s=float(expires_in),
-            interval_s=max(1.0, float(interval)),
-            scopes=chosen,
-            device_code=Secret(str(device_code)),
-        )
+        return device
 
     async def complete_device_login(self, device: DeviceAuthorization) -> OAuthCredential:
-        """Poll the token endpoint until the user approves (or refuses, or the code expires).
+        """Poll until the user approves the device code, then store the credential.
 
-        ``authorization_pending`` waits ``interval``; ``slow_down`` adds 5 s (RFC 8628 §3.5).
+        Refused or expired codes raise :class:`OAuthAuthorizationError`; ``auth:success``
+        or ``auth:failed`` is emitted.
         """
         prov = self.provider(device.provider)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + device.expires_in_s
-        interval = device.interval_s
-        code = device.device_code.reveal()
-        form = {"grant_type": _DEVICE_GRANT, "device_code": code}
         try:
-            while True:
-                try:
-                    tokens = await _http.token_request(
-                        self._http,
-                        prov,
-                        form,
-                        what=f"device token poll at {prov.name}",
-                        timeout_s=self.config.http_timeout_s,
-                        secrets=[code],
-                    )
-                except OAuthProviderError as exc:
-                    if exc.error == "authorization_pending":
-                        pass
-                    elif exc.error == "slow_down":
-                        interval += 5
-                    elif exc.error in ("access_denied", "expired_token"):
-                        raise OAuthAuthorizationError(exc.error, str(exc)) from exc
-                    else:
-                        raise
-                else:
-                    return await self._store_login(prov, tokens, device.scopes, "device")
-                if loop.time() + interval > deadline:
-                    raise LoginTimeoutError(f"device code for {prov.name} expired unapproved")
-                await self._sleep(interval)
-        except OAuthError as exc:
+            tokens = await poll_for_tokens(
+                self._http, prov, device, timeout_s=self.config.http_timeout_s, sleep=self._sleep
+            )
+            return await self._store_login(prov, tokens, device.scopes, "device")
+        except CoordinatorError as exc:
             await self._emit(
                 "auth:failed",
                 "",
@@ -653,6 +601,16 @@ class OAuthManager:
 
     # -- tokens and refresh ----------------------------------------------------------------
 
+    async def due_for_refresh(
+        self, within_s: float | None = None, *, limit: int = 100
+    ) -> list[tuple[str, int]]:
+        """Credentials whose token expires within ``within_s`` (default: the refresh lead),
+        soonest first, as ``(id, expires_at_ms)`` on Redis time (for a refresh worker)."""
+        window = self.config.refresh_lead_ms if within_s is None else int(within_s * 1000)
+        reply = await self.store.run("oauth_due", [self.keys.expiry], [window, int(limit)])
+        items = list(reply[1:])
+        return [(str(i), int(t)) for i, t in zip(items[0::2], items[1::2], strict=True)]
+
     async def _acquire(self, credential_id: str, owner: str, mode: str) -> dict[str, Any]:
         k = self.keys
         reply = await self.store.run(
@@ -677,6 +635,7 @@ class OAuthManager:
             "wait_ms",
             "token_type",
             "status",
+            "provider",
         )
         out = dict(zip(names, reply, strict=True))
         for name in ("fence", "version", "expires_at_ms", "remaining_ms", "wait_ms"):
@@ -739,7 +698,21 @@ class OAuthManager:
                     f"credential {cid!r} has no refresh token and its access token expired"
                 )
             if code == "locked":
-                refreshed = await self._refresh_locked(cid, owner, got)
+                started = loop.time()
+                try:
+                    refreshed = await self._refresh_locked(cid, owner, got)
+                except OAuthProviderError as exc:
+                    # A transient failure (timeout, 5xx): the current token may still serve.
+                    left_ms = got["remaining_ms"] - int((loop.time() - started) * 1000)
+                    if force or left_ms < _FALLBACK_MIN_MS:
+                        raise
+                    log.warning(
+                        "refresh of %s failed (%s); the current token stays valid %d s more",
+                        cid,
+                        exc,
+                        left_ms // 1000,
+                    )
+                    return self._open(cid, "access_token", got["access"])
                 if refreshed is not None:
                     return refreshed
                 force = False  # someone else stored a newer token: read it
@@ -758,8 +731,7 @@ class OAuthManager:
         k = self.keys
         released = False
         try:
-            raw = await self._hgetall(k.credential(cid))
-            prov = self.provider(raw.get("provider", ""))
+            prov = self.provider(str(got["provider"]))
             refresh = self._open(cid, "refresh_token", str(got["refresh"])).reveal()
             form = {"grant_type": "refresh_token", "refresh_token": refresh}
             try:
@@ -842,5 +814,7 @@ async def _show_url(url: str, *, open_browser: bool) -> None:
         import webbrowser
 
         opened = await asyncio.to_thread(webbrowser.open, url)
-    if not opened:
-        print(f"Open this URL to sign in:\n{url}")
+    # Printed even when a browser opened: it may have opened somewhere the user is not.
+    lead = "Opened your browser; if it did not, open" if opened else "Open"
+    print(f"{lead} this URL to sign in:")
+    print(url)
