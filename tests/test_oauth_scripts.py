@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 
 from coordinator import Store
 from coordinator.keys import OAuthKeys
@@ -335,5 +336,33 @@ async def test_due_for_refresh_reads_the_expiry_index_on_redis_time(store: Store
         advance_time(store, 3_600_000 - 200_000)
         assert [cid for cid, _ in await m.due_for_refresh()] == ["p1:soon", "p1:later"]
         assert len(await m.due_for_refresh(limit=1)) == 1
+    finally:
+        await m.close()
+
+
+async def test_manager_lists_defaults_and_removes_without_secrets(store: Store) -> None:
+    from coordinator.errors import CredentialNotFoundError
+    from coordinator.oauth import OAuthManager
+
+    await save(store, "p1:a")
+    advance_time(store, 5)
+    await save(store, "p1:b")
+    await save(store, "p2:c", provider="p2")
+    m = OAuthManager(store)
+    try:
+        listed = await m.list_credentials()
+        assert [c.id for c in listed] == ["p1:a", "p1:b", "p2:c"]
+        assert [c.is_default for c in listed] == [True, False, True]
+        assert [c.id for c in await m.list_credentials("p1")] == ["p1:a", "p1:b"]
+        assert all("ct-" not in repr(c) for c in listed)
+        await m.set_default("p1:b")
+        assert (await m.get_default("p1")).id == "p1:b"  # type: ignore[union-attr]
+        assert await m.remove_credential("p1:b") is True
+        assert (await m.get_default("p1")).id == "p1:a"  # type: ignore[union-attr]
+        assert await m.remove_credential("p1:b") is False
+        with pytest.raises(CredentialNotFoundError):
+            await m.get_credential("p1:b")
+        await m.remove_credential("p1:a")
+        assert await m.get_default("p1") is None
     finally:
         await m.close()

@@ -277,9 +277,8 @@ class OAuthManager:
         state = params.get("state")
         if not state:
             error = params.get("error")
-            await self._emit(
-                "auth:failed", "", {"provider": provider or "", "reason": error or "no_state"}
-            )
+            reason = redact(error, limit=60) if error else "no_state"
+            await self._emit("auth:failed", "", {"provider": provider or "", "reason": reason})
             if error:
                 raise OAuthAuthorizationError(
                     redact(error, limit=60), redact(params.get("error_description", "")) or None
