@@ -81,7 +81,6 @@ class EventHub:
         self._queues: list[tuple[frozenset[str] | None, asyncio.Queue[Event]]] = []
         self._task: asyncio.Task[None] | None = None
         self._last_ids: dict[str, str] = {}
-        self._start_id = "0-0"
         self._started = asyncio.Event()
         self._closed = False
 
@@ -131,9 +130,15 @@ class EventHub:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        now = await self._store.time_ms() - self._store.time_offset_ms
-        self._start_id = f"{now}-0"
-        self._started.set()
+        # Start exactly after the newest entry of every stream that exists now; streams that
+        # appear later are read from their beginning (all their events are new to us).
+        try:
+            for key in await self._streams():
+                async with self._store.guard("XREVRANGE events"):
+                    newest = await self._store.client.xrevrange(key, count=1)
+                self._last_ids[key] = newest[0][0] if newest else "0-0"
+        finally:
+            self._started.set()
         while not self._closed:
             try:
                 delivered = await self._poll_once()
@@ -147,7 +152,7 @@ class EventHub:
         streams = await self._streams()
         delivered = 0
         for key, source in streams.items():
-            last = self._last_ids.get(key, self._start_id)
+            last = self._last_ids.get(key, "0-0")
             async with self._store.guard("XREAD events"):
                 reply = await self._store.client.xread({key: last}, count=500)
             for _stream, entries in reply or []:

@@ -28,7 +28,8 @@ def validate_id(value: object, field: str = "id") -> str:
     """Check a profile or credential id: 1–128 of ``A-Z a-z 0-9 . _ : @ + -``."""
     if not isinstance(value, str) or not _ID_RE.fullmatch(value):
         raise ConfigError(
-            field, f"{value!r} is not a valid id (1-128 of A-Z a-z 0-9 . _ : @ + -, no leading sign)"
+            field,
+            f"{value!r} is not a valid id (1-128 of A-Z a-z 0-9 . _ : @ + -, no leading sign)",
         )
     return value
 
@@ -101,13 +102,19 @@ class PoolKeys:
 
     @property
     def meta(self) -> str:
-        """HASH of pool counters: ``seq`` (rotation), ``gen`` (profile generations)."""
+        """HASH of pool counters: ``seq`` (rotation), ``gen`` (profile generations),
+        ``next_due`` (the soonest cooldown end, so recovery checks cost one HGET)."""
         return f"{self.prefix}:meta"
 
     @property
     def events(self) -> str:
         """STREAM of this pool's transitions (capped)."""
         return f"{self.prefix}:events"
+
+    @property
+    def usage(self) -> str:
+        """HASH id -> when the profile was last picked (ms, Redis time)."""
+        return f"{self.prefix}:usage"
 
     def session(self, session_id: str) -> str:
         """STRING ``<id>\\t<generation>\\t<expires ms>`` with a TTL: one sticky session."""
@@ -125,6 +132,7 @@ class PoolKeys:
             self.model_state,
             self.meta,
             self.events,
+            self.usage,
         ]
 
 
@@ -143,51 +151,6 @@ class IndexKeys:
     def pools(self) -> str:
         """SET of providers that have (or had) a pool."""
         return f"{self.namespace}:{{index}}:pools"
-
-
-@dataclass(frozen=True, slots=True)
-class ModelKeys:
-    """The keys of the model profiles (all in hash tag ``{models}``)."""
-
-    namespace: str
-
-    @property
-    def prefix(self) -> str:
-        """``<ns>:{models}``, the start of every model key."""
-        return f"{self.namespace}:{{models}}"
-
-    @property
-    def profiles(self) -> str:
-        """HASH id -> model profile definition (JSON; an API key is ciphertext)."""
-        return f"{self.prefix}:profiles"
-
-    @property
-    def breakers(self) -> str:
-        """HASH id -> circuit breaker state (JSON: state, epoch, streak, window, permits)."""
-        return f"{self.prefix}:breakers"
-
-    @property
-    def ranked(self) -> str:
-        """ZSET id -> minus priority, of enabled profiles (selection order)."""
-        return f"{self.prefix}:ranked"
-
-    @property
-    def meta(self) -> str:
-        """HASH of counters (``probe_seq``: probe permit tokens)."""
-        return f"{self.prefix}:meta"
-
-    @property
-    def events(self) -> str:
-        """STREAM of model profile transitions (capped)."""
-        return f"{self.prefix}:events"
-
-    def session(self, session_id: str) -> str:
-        """STRING profile id with a TTL: one sticky session."""
-        return f"{self.prefix}:session:{session_id}"
-
-    def all_static(self) -> list[str]:
-        """The keys every model script receives, in the order the scripts expect them."""
-        return [self.profiles, self.breakers, self.ranked, self.meta, self.events]
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,3 +204,53 @@ class OAuthKeys:
     def events(self) -> str:
         """STREAM of OAuth events (capped)."""
         return f"{self.prefix}:events"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelKeys:
+    """The keys of the model profiles (all in hash tag ``{models}``)."""
+
+    namespace: str
+
+    @property
+    def prefix(self) -> str:
+        """``<ns>:{models}``, the start of every model key."""
+        return f"{self.namespace}:{{models}}"
+
+    @property
+    def profiles(self) -> str:
+        """HASH id -> model profile definition (JSON; an API key is ciphertext)."""
+        return f"{self.prefix}:profiles"
+
+    @property
+    def breakers(self) -> str:
+        """HASH id -> circuit breaker state (JSON: state, epoch, streak, window, permits)."""
+        return f"{self.prefix}:breakers"
+
+    @property
+    def ranked(self) -> str:
+        """ZSET id -> minus priority, of enabled profiles (selection order)."""
+        return f"{self.prefix}:ranked"
+
+    @property
+    def meta(self) -> str:
+        """HASH of counters (``probe_seq``: probe permit tokens)."""
+        return f"{self.prefix}:meta"
+
+    @property
+    def events(self) -> str:
+        """STREAM of model profile transitions (capped)."""
+        return f"{self.prefix}:events"
+
+    @property
+    def usage(self) -> str:
+        """HASH id -> when the profile was last picked (ms, Redis time)."""
+        return f"{self.prefix}:usage"
+
+    def session(self, session_id: str) -> str:
+        """STRING profile id with a TTL: one sticky session."""
+        return f"{self.prefix}:session:{session_id}"
+
+    def all_static(self) -> list[str]:
+        """The keys every model script receives, in the order the scripts expect them."""
+        return [self.profiles, self.breakers, self.ranked, self.meta, self.events]

@@ -9,6 +9,7 @@ arguments, decodes replies and raises clear errors; it decides nothing on its ow
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -30,6 +31,8 @@ __all__ = [
     "get_auth_profile_manager",
     "reset_auth_profile_manager",
 ]
+
+log = logging.getLogger("coordinator.profiles")
 
 _SNAPSHOT_FORMAT = 1
 _PARSE_CACHE_LIMIT = 4096
@@ -59,6 +62,7 @@ class AuthProfileManager:
         self.config = config or AuthConfig()
         self._index = IndexKeys(store.namespace)
         self._pool_keys: dict[str, PoolKeys] = {}
+        self._static_keys: dict[str, list[str]] = {}
         self._pool_of: dict[str, str] = {}
         self._parsed: dict[str, AuthProfile] = {}
         self._sleep = sleep
@@ -72,9 +76,9 @@ class AuthProfileManager:
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _build_policy_args(self) -> list[Any]:
+    def _build_policy_args(self) -> str:
         c = self.config
-        return [
+        values = [
             c.cooldown.base_ms,
             c.cooldown.multiplier,
             c.cooldown.cap_ms,
@@ -84,12 +88,20 @@ class AuthProfileManager:
             c.failure_window_ms,
             c.max_retry_after_ms,
         ]
+        return ",".join(repr(v) for v in values)
 
     def _keys(self, provider: str) -> PoolKeys:
         keys = self._pool_keys.get(provider)
         if keys is None:
             keys = self._pool_keys[provider] = PoolKeys(self.store.namespace, provider)
         return keys
+
+    def _static(self, provider: str) -> list[str]:
+        """The pool's static key list (built once: it is on every hot path)."""
+        static = self._static_keys.get(provider)
+        if static is None:
+            static = self._static_keys[provider] = self._keys(provider).all_static()
+        return static
 
     async def _providers(self) -> list[str]:
         members = await self.store.command("SMEMBERS", self._index.pools)
@@ -129,14 +141,12 @@ class AuthProfileManager:
         provider = await self._locate(profile_id)
         if provider is None:
             return None, None
-        reply = await self.store.run(script, self._keys(provider).all_static(), [profile_id, *args])
+        reply = await self.store.run(script, self._static(provider), [profile_id, *args])
         if _is_missing(reply):
             fresh = await self._locate(profile_id, refresh=True)
             if fresh is not None and fresh != provider:
                 provider = fresh
-                reply = await self.store.run(
-                    script, self._keys(provider).all_static(), [profile_id, *args]
-                )
+                reply = await self.store.run(script, self._static(provider), [profile_id, *args])
         return provider, reply
 
     # -- profiles ------------------------------------------------------------------------
@@ -254,13 +264,12 @@ class AuthProfileManager:
         model: str | None,
         exclude: Iterable[str],
     ) -> tuple[AuthProfile | None, int | None]:
-        validate_name(provider)
-        keys = self._keys(provider)
+        script_keys = self._static_keys.get(provider) or self._static(validate_name(provider))
         excluded = list(exclude)
-        script_keys = keys.all_static()
         ttl_ms = 0
         if session_id is not None and self.config.session_sticky:
-            script_keys.append(keys.session(validate_session_id(session_id)))
+            session_key = self._keys(provider).session(validate_session_id(session_id))
+            script_keys = [*script_keys, session_key]
             ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
         reply = await self.store.run(
             "pick",
@@ -347,15 +356,14 @@ class AuthProfileManager:
         _provider, reply = await self._run_for_profile(
             "mark_failed",
             profile_id,
-            [failure.value, redact(text), retry_ms, model or "", *self._policy_args],
+            [failure.value, redact(text), retry_ms, model or "", self._policy_args],
         )
         if reply is None or _is_missing(reply):
             return CooldownResult("missing")
-        status = reply[0]
-        if status == "ignored":
+        if reply[0] == "ignored":
             return CooldownResult("ignored")
-        if status == "corrupt":
-            raise CorruptStateError(profile_id, str(reply[1]))
+        if reply[5]:
+            log.warning("profile %s: replaced corrupt state record (field %s)", profile_id, reply[5])
         return CooldownResult(
             "cooling",
             until_ms=int(reply[1]),
@@ -370,8 +378,8 @@ class AuthProfileManager:
         _provider, reply = await self._run_for_profile("mark_success", profile_id, [model or ""])
         if reply is None or _is_missing(reply):
             return False
-        if reply[0] == "corrupt":
-            raise CorruptStateError(profile_id, str(reply[1]))
+        if reply[1]:
+            log.warning("profile %s: replaced corrupt state record (field %s)", profile_id, reply[1])
         return True
 
     async def clear_cooldown(self, profile_id: str) -> bool:
@@ -417,6 +425,7 @@ class AuthProfileManager:
                 "model_cooling": [[k, int(float(v))] for k, v in _pairs(reply[5])],
                 "model_state": dict(_pairs(reply[6])),
                 "meta": {k: int(v) for k, v in _pairs(reply[7])},
+                "usage": {k: int(v) for k, v in _pairs(reply[8])},
             }
         return {
             "format": _SNAPSHOT_FORMAT,
@@ -488,7 +497,7 @@ def _describe(error: BaseException | None) -> str:
 def _status_row(
     provider: str, now: int, row: Sequence[Any], model_cooldowns: Mapping[str, int]
 ) -> ProfileStatus:
-    pid, raw_def, raw_state, cooling, ready, failures, billing, broken_field = row
+    pid, raw_def, raw_state, cooling, ready, failures, billing, broken_field, last_used = row
     # Validation of stored values is the scripts' (load_def/load_state); here we only read.
     broken = broken_field or None
     definition = _json_object(raw_def)
@@ -512,8 +521,7 @@ def _status_row(
         billing_failures=int(billing),
         last_error=state.get("last_error"),
         last_error_kind=state.get("last_error_kind"),
-        last_used_ms=_int_or_none(state.get("last_used_ms")),
-        uses=_int_or_none(state.get("uses")) or 0,
+        last_used_ms=int(last_used) if last_used else None,
         successes=_int_or_none(state.get("successes")) or 0,
         model_cooldowns=dict(model_cooldowns),
         broken_field=broken,

@@ -174,9 +174,15 @@ class Store:
     async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """Run one Lua operation (EVALSHA, reloaded on NOSCRIPT) in one round trip."""
         script = self._scripts[name]
-        async with self.guard(f"script {name}"):
-            result = await script(keys=list(keys), args=[self.time_offset_ms, *args])
-        self._schedule_persist()
+        # Inline rather than `guard()`: this is the hot path of every operation.
+        try:
+            result = await script(keys=keys, args=[self.time_offset_ms, *args])
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailableError(
+                f"script {name} failed on {self.url}: {type(exc).__name__}: {str(exc)[:200]}"
+            ) from exc
+        if self._persist_path is not None:
+            self._schedule_persist()
         return result
 
     async def command(self, *args: Any) -> Any:
@@ -256,7 +262,10 @@ def _make_client(target: _Target) -> Any:
         "health_check_interval": 30,
     }
     if target.backend == "redis":
-        return aioredis.Redis.from_url(target.url, **options)
+        # A blocking pool: under a burst, callers wait (up to 10 s) for a free connection
+        # instead of failing with "too many connections". ?max_connections=N in the URL.
+        pool = aioredis.BlockingConnectionPool.from_url(target.url, timeout=10, **options)
+        return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
     parts = urlsplit(target.url)
     user, password = _credentials(parts.netloc)
     if target.backend == "cluster":

@@ -10,7 +10,6 @@ import pytest
 from coordinator import (
     AuthProfile,
     ConfigError,
-    CorruptStateError,
     Event,
     Store,
     connect,
@@ -98,8 +97,8 @@ async def test_status_reports_health_and_masks_secrets(store: Store) -> None:
         "key-1", "Incorrect API key provided: sk-proj-abcdefghijklmnop", kind="auth"
     )
     status = {s.id: s for s in await manager.get_status()}
-    assert status["key-0"].healthy and status["key-0"].uses == 1
-    assert status["key-0"].last_used_ms is not None
+    assert status["key-0"].healthy and status["key-0"].last_used_ms is not None
+    assert status["key-1"].last_used_ms is None
     cooling = status["key-1"]
     assert not cooling.healthy and cooling.in_cooldown and cooling.cooldown_kind == "auth"
     assert 0 < cooling.cooldown_remaining_ms <= MINUTE_MS
@@ -114,21 +113,31 @@ async def test_hand_edited_garbage_never_breaks_selection(store: Store) -> None:
     await store.client.hset(keys.state, "key-0", "{not json")
     await store.client.hset(keys.state, "key-1", orjson.dumps({"failures": "many"}).decode())
     await store.client.hset(keys.profiles, "key-2", '{"id":"key-2","type":"api-key"}')
-    picks = {(await manager.get_next_profile("openai")).id for _ in range(4)}  # type: ignore[union-attr]
-    assert picks == {"key-3"}
+    await store.client.hset(keys.profiles, "key-3", "garbage")
+    # A broken definition is never handed out; broken state records do not matter to
+    # selection (cooldowns live in the cooling sets), so the others keep rotating.
+    picks = [(await manager.get_next_profile("openai")).id for _ in range(4)]  # type: ignore[union-attr]
+    assert sorted(picks) == ["key-0", "key-0", "key-1", "key-1"]
     status = {s.id: s for s in await manager.get_status()}
     assert status["key-0"].broken_field == "state" and not status["key-0"].healthy
     assert status["key-1"].broken_field == "failures"
     assert status["key-2"].broken_field == "priority"
-    assert status["key-3"].broken_field is None
-    with pytest.raises(CorruptStateError) as info:
-        await manager.mark_failed("key-1", "x", kind="server")
-    assert info.value.field == "failures" and "key-1" in str(info.value)
-    # An operator repairs the state record with clear_cooldown.
-    await manager.clear_cooldown("key-1")
-    assert (await manager.mark_failed("key-1", "x", kind="server")).status == "cooling"
-    # list_profiles skips the broken definition instead of failing.
-    assert "key-2" not in [p.id for p in await manager.list_profiles()]
+    assert status["key-3"].broken_field == "definition"
+    # A failure on a broken record still cools the profile down (the record is replaced).
+    seen: list[Event] = []
+    manager.on("profile:failed", seen.append)
+    await manager.events.wait_started()
+    result = await manager.mark_failed("key-1", "x", kind="server")
+    assert result.status == "cooling" and result.failures == 1
+    await _collect_until(seen, lambda e: e.profile_id == "key-1")
+    assert seen[0].data["repaired"] == "failures"
+    assert await manager.mark_success("key-0")
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["key-0"].broken_field is None and status["key-1"].in_cooldown
+    assert [(await manager.get_next_profile("openai")).id for _ in range(2)] == ["key-0"] * 2  # type: ignore[union-attr]
+    # list_profiles skips the broken definitions instead of failing.
+    assert [p.id for p in await manager.list_profiles()] == ["key-0", "key-1"]
+    await manager.close()
 
 
 async def test_priority_edited_by_hand_is_reindexed(store: Store) -> None:

@@ -3,11 +3,12 @@
 --   1 profiles (HASH id -> definition JSON)   2 breakers (HASH id -> breaker state JSON)
 --   3 ranked (ZSET id -> -priority, enabled profiles only)   4 meta (HASH probe_seq)
 --   5 events (STREAM)                          6 a sticky session key (optional)
--- and the breaker configuration as ARGV[2..13] (every replica passes its own copy):
---   2 failure_threshold  3 window_size  4 min_calls  5 failure_rate_threshold (0..1)
---   6 failure_decay_ms   7 reset_timeout_ms  8 max_open_ms  9 half_open_max_probes
---   10 probe_timeout_ms  11 success_threshold  12 billing_cooldown_ms  13 max_retry_after_ms
--- Script-specific arguments start at ARGV[14] (MARG).
+-- and the breaker configuration as ARGV[2], one comma-separated text (one argument, not twelve:
+-- every argument costs the client time to encode), in this order:
+--   failure_threshold, window_size, min_calls, failure_rate_threshold (0..1), failure_decay_ms,
+--   reset_timeout_ms, max_open_ms, half_open_max_probes, probe_timeout_ms, success_threshold,
+--   billing_cooldown_ms, max_retry_after_ms
+-- Script-specific arguments start at ARGV[3] (MARG).
 --
 -- Breaker state (readable with HGET <ns>:{models}:breakers <id>):
 --   state 'closed' | 'open' | 'half_open'; epoch (+1 at every state change: a report carries the
@@ -15,16 +16,23 @@
 --   of the current run of consecutive failures); window ('0'/'1' per call, newest last);
 --   opened_ms, open_ms, open_until_ms, reopens (re-opens without closing: the open period
 --   doubles each time, up to max_open_ms); permits (probe token -> expiry ms);
---   probe_successes; cooldown_until_ms (Retry-After, rate-limit reset, billing); counters.
+--   probe_successes; cooldown_until_ms (Retry-After, rate-limit reset, billing);
+--   failures_total, last_failure_ms, last_error, last_error_kind. Successes are not counted
+--   one by one (a success in a steady closed state writes nothing: it is the hot path).
+-- The functions that record outcomes are in _model_record.lua (only model_report needs them).
 
 local K_PROFILES, K_BREAKERS, K_RANKED, K_META, K_EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local C = {
-  threshold = tonumber(ARGV[2]), window = tonumber(ARGV[3]), min_calls = tonumber(ARGV[4]),
-  rate = tonumber(ARGV[5]), decay = tonumber(ARGV[6]), reset = tonumber(ARGV[7]),
-  max_open = tonumber(ARGV[8]), probes = tonumber(ARGV[9]), probe_timeout = tonumber(ARGV[10]),
-  success = tonumber(ARGV[11]), billing = tonumber(ARGV[12]), max_retry = tonumber(ARGV[13]),
-}
-local MARG = 14
+local C = {}
+do
+  local names = {'threshold', 'window', 'min_calls', 'rate', 'decay', 'reset', 'max_open',
+    'probes', 'probe_timeout', 'success', 'billing', 'max_retry'}
+  local i = 1
+  for value in string.gmatch(ARGV[2], '[^,]+') do
+    C[names[i]] = tonumber(value)
+    i = i + 1
+  end
+end
+local MARG = 3
 local PAGE = 16
 
 local function emit(etype, id, data, now)
@@ -63,7 +71,7 @@ end
 
 local BREAKER_NUMBERS = {
   'epoch', 'opened_ms', 'open_ms', 'open_until_ms', 'reopens', 'probe_successes',
-  'cooldown_until_ms', 'failures_total', 'successes_total', 'last_failure_ms', 'last_success_ms'
+  'cooldown_until_ms', 'failures_total', 'last_failure_ms'
 }
 
 -- A breaker: returns (state, nil) or (nil, broken field). No record yet: a closed breaker.
@@ -131,135 +139,6 @@ local function refresh(id, b, now)
     return dropped
   end
   return false
-end
-
-local function open_breaker(id, b, now, reason, kind)
-  local reopens = 0
-  if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
-  local period = math.min(C.max_open, C.reset * (2 ^ reopens))
-  period = math.floor(period)
-  b.state = 'open'
-  b.epoch = b.epoch + 1
-  b.opened_ms = now
-  b.open_ms = period
-  b.open_until_ms = now + period
-  b.reopens = reopens
-  b.permits = {}
-  b.probe_successes = 0
-  b.streak = {}
-  b.window = ''
-  emit('profile:circuit-opened', id, {
-    reason = reason, kind = kind, epoch = b.epoch, open_ms = period,
-    until_ms = now + period, reopens = reopens
-  }, now)
-end
-
-local function close_breaker(id, b, now)
-  local since = b.opened_ms or now
-  b.state = 'closed'
-  b.epoch = b.epoch + 1
-  b.reopens = 0
-  b.permits = {}
-  b.probe_successes = 0
-  b.streak = {}
-  b.window = ''
-  b.opened_ms = nil
-  b.open_until_ms = nil
-  b.half_open_ms = nil
-  emit('profile:circuit-closed', id, {epoch = b.epoch, after_ms = now - since}, now)
-end
-
--- Record the outcome of one call. outcome: 'success' | 'failure' | 'release' (the call did not
--- test the provider: free its probe permit, change nothing else) | 'unusable' (the credential
--- could not be obtained: free the permit, cool down for the given time, no breaker count). epoch '' means "current"
--- (a report without a selection); token is the probe permit ('' for none).
--- Returns the status: 'recorded' (counted by the breaker) | 'stale' (selected in another epoch,
--- or an expired/unknown permit: only the statistics and cooldowns are updated) | 'ignored'
--- (a caller error) | 'released'.
-local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms)
-  refresh(id, b, now)
-  local caller = outcome == 'failure' and kind == 'caller'
-  if outcome == 'release' or outcome == 'unusable' or caller then
-    if token ~= '' and b.permits[token] then b.permits[token] = nil end
-    if caller then return 'ignored' end
-  end
-
-  -- Cooldown: a Retry-After or an exhausted quota (also on a success), a billing failure, a
-  -- credential that is not usable now.
-  local cooldown = 0
-  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, C.max_retry) end
-  if outcome == 'failure' and kind == 'billing' then cooldown = math.max(cooldown, C.billing) end
-  local cooldown_set = false
-  if outcome ~= 'release' and cooldown > 0 and now + cooldown > (b.cooldown_until_ms or 0) then
-    b.cooldown_until_ms = math.floor(now + cooldown)
-    cooldown_set = true
-  end
-  if outcome == 'release' or outcome == 'unusable' then
-    if cooldown_set then
-      emit('profile:cooldown', id, {kind = kind, outcome = outcome,
-        until_ms = b.cooldown_until_ms, duration_ms = b.cooldown_until_ms - now}, now)
-    end
-    return 'released'
-  end
-
-  -- Does this report count for the breaker?
-  local counted = false
-  if b.state == 'half_open' then
-    counted = token ~= '' and b.permits[token] ~= nil and b.permits[token] > now
-  elseif b.state == 'closed' then
-    counted = token == '' and (epoch == '' or tonumber(epoch) == b.epoch)
-  end
-
-  if outcome == 'success' then
-    b.successes_total = (b.successes_total or 0) + 1
-    b.last_success_ms = now
-  else
-    b.failures_total = (b.failures_total or 0) + 1
-    b.last_failure_ms = now
-    b.last_error = message
-    b.last_error_kind = kind
-    local data = {kind = kind, error = message, counted = counted, state = b.state,
-      epoch = b.epoch}
-    if cooldown_set then data.cooldown_until_ms = b.cooldown_until_ms end
-    emit('profile:failure', id, data, now)
-  end
-  if cooldown_set then
-    emit('profile:cooldown', id, {kind = kind, outcome = outcome,
-      until_ms = b.cooldown_until_ms, duration_ms = b.cooldown_until_ms - now}, now)
-  end
-  if not counted then return 'stale' end
-
-  if b.state == 'half_open' then
-    b.permits[token] = nil
-    if outcome == 'success' then
-      b.probe_successes = (b.probe_successes or 0) + 1
-      if b.probe_successes >= C.success then close_breaker(id, b, now) end
-    else
-      open_breaker(id, b, now, 'probe-failed', kind)
-    end
-    return 'recorded'
-  end
-
-  -- closed
-  if outcome == 'success' then
-    b.streak = {}
-    b.window = string.sub(b.window .. '0', -C.window)
-    return 'recorded'
-  end
-  local streak = {}
-  for _, t in ipairs(b.streak) do
-    if now - t <= C.decay then streak[#streak + 1] = t end
-  end
-  streak[#streak + 1] = now
-  b.streak = streak
-  b.window = string.sub(b.window .. '1', -C.window)
-  if #streak >= C.threshold then
-    open_breaker(id, b, now, 'consecutive-failures', kind)
-  elseif #b.window >= C.min_calls then
-    local _, fails = string.gsub(b.window, '1', '')
-    if fails / #b.window >= C.rate then open_breaker(id, b, now, 'failure-rate', kind) end
-  end
-  return 'recorded'
 end
 
 -- Whether a profile serves a model: exact names, 'prefix*' wildcards, '*' for all.

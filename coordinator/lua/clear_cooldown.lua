@@ -1,5 +1,5 @@
 -- clear_cooldown.lua: end a profile's cooldowns now and reset its counters (operator action).
--- KEYS[1..9]  the static pool keys (see _pool.lua)
+-- KEYS[1..10]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] profile id
 -- Returns {'missing'} | {'cleared', was cooling 0|1}
 -- Also repairs a state record edited into an invalid form (it is replaced by a clean one that
@@ -22,6 +22,7 @@ state.billing_failures = 0
 state.cooldown_until_ms = nil
 state.cooldown_kind = nil
 save_state(id, state)
+recheck_due()
 if was_cooling == 1 or pairs_cleared > 0 then
   emit('profile:recovered', id, {manual = true}, now)
 end

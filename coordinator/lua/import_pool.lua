@@ -1,9 +1,9 @@
 -- import_pool.lua: replace one pool's profiles and health with a snapshot from export_pool.
--- KEYS[1..9]  the static pool keys (see _pool.lua)
+-- KEYS[1..10]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] snapshot JSON:
 --   {profiles = {id = definition JSON}, state = {id = state JSON}, ready = {{id, seq}...},
 --    cooling = {{id, until}...}, model_cooling = {{pair, until}...},
---    model_state = {pair = JSON}, meta = {seq = n, gen = n}}
+--    model_state = {pair = JSON}, meta = {seq = n, gen = n}, usage = {id = last used ms}}
 -- Returns the number of profiles imported. The event stream is kept; sessions are not part of
 -- a snapshot. The ranked index is rebuilt from the definitions.
 --!include _pool.lua
@@ -11,6 +11,7 @@
 local snap = cjson.decode(ARGV[2])
 local now = now_ms()
 for i = 1, 8 do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', K_USAGE)
 local count = 0
 for id, raw in pairs(snap.profiles or {}) do
   redis.call('HSET', K_PROFILES, id, raw)
@@ -27,6 +28,7 @@ for _, entry in ipairs(snap.model_cooling or {}) do
   redis.call('ZADD', K_MCOOLING, entry[2], entry[1])
 end
 for pair, raw in pairs(snap.model_state or {}) do redis.call('HSET', K_MSTATE, pair, raw) end
+for id, ms in pairs(snap.usage or {}) do redis.call('HSET', K_USAGE, id, int(ms)) end
 local meta = snap.meta or {}
 redis.call('HSET', K_META, 'seq', int(tonumber(meta.seq) or 0), 'gen', int(tonumber(meta.gen) or 0))
 emit('pool:imported', '', {profiles = count}, now)

@@ -1,42 +1,47 @@
 -- mark_failed.lua: record a failure and, unless it is the caller's fault, cool the profile down.
--- KEYS[1..9]  the static pool keys (see _pool.lua)
+-- KEYS[1..10]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] profile id  ARGV[3] kind: rate_limit | billing | auth |
 --   server | timeout | unknown | caller   ARGV[4] error text (already redacted)
 -- ARGV[5] retry-after ms ('' for none)  ARGV[6] model ('' for none)
--- ARGV[7] base ms  ARGV[8] multiplier  ARGV[9] cap ms            (ordinary failures)
--- ARGV[10] billing base ms  ARGV[11] billing multiplier  ARGV[12] billing cap ms
--- ARGV[13] failure window ms  ARGV[14] longest honoured retry-after ms
--- Returns {'missing'} | {'ignored'} | {'corrupt', field}
---      | {'cooling', until ms, duration ms, failure count, scope ('profile' or 'model')}
+-- ARGV[7] the policy, comma-separated (one argument: this is a hot path):
+--   base ms, multiplier, cap ms (ordinary), billing base ms, billing multiplier, billing cap ms,
+--   failure window ms, longest honoured retry-after ms
+-- Returns {'missing'} | {'ignored'}
+--      | {'cooling', until ms, duration ms, failure count, scope ('profile' or 'model'),
+--         repaired field or ''}
+-- A state record edited into garbage is replaced by a fresh one (its field is returned and
+-- put in the event), so that a broken record can never stop a failing profile cooling down.
 -- Rules: cooldown = min(cap, base * multiplier^(n-1)) with n the failure count of its kind
 -- (billing has its own counter); counts reset after a failure-free window; a retry-after can
 -- only lengthen it; a new failure never moves an existing deadline earlier; a report that
--- arrives while a cooldown of the same class runs lengthens it at most, without escalating. With a model, a
--- rate limit cools only that (profile, model) pair; every other kind benches the whole profile.
+-- arrives while a cooldown of the same class runs lengthens it at most, without escalating.
+-- With a model, a rate limit cools only that (profile, model) pair; every other kind benches
+-- the whole profile.
 --!include _pool.lua
 
 local id, kind, message = ARGV[2], ARGV[3], ARGV[4]
 local retry_after = tonumber(ARGV[5])
 local model = ARGV[6]
-local window = tonumber(ARGV[13])
+local policy = {}
+for value in string.gmatch(ARGV[7], '[^,]+') do policy[#policy + 1] = tonumber(value) end
+local window, max_retry_after = policy[7], policy[8]
 
 local now = now_ms()
 sweep(now)
 
-local def = load_def(id)
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
 if kind == 'caller' then return {'ignored'} end
 
 local state, broken = load_state(id)
-if not state then return {'corrupt', broken} end
+if not state then state = {} end
 
 local base, mult, cap
 local count
 local billing = (kind == 'billing')
 if billing then
-  base, mult, cap = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12])
+  base, mult, cap = policy[4], policy[5], policy[6]
 else
-  base, mult, cap = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+  base, mult, cap = policy[1], policy[2], policy[3]
 end
 
 local pair_scope = (model ~= '' and kind == 'rate_limit')
@@ -80,7 +85,7 @@ local duration = math.min(cap, base * (mult ^ (count - 1)))
 -- A duplicate report keeps the running deadline; only a provider's retry-after may extend it.
 if duplicate then duration = 0 end
 if retry_after and retry_after > duration then
-  duration = math.min(retry_after, math.max(tonumber(ARGV[14]), duration))
+  duration = math.min(retry_after, math.max(max_retry_after, duration))
 end
 duration = math.floor(duration)
 local until_ms = now + duration
@@ -92,26 +97,29 @@ state.last_error_ms = now
 
 local event = {kind = kind, error = message, failures = count}
 if pair_scope then event.model = model end
+if broken then event.repaired = broken end
 emit('profile:failed', id, event, now)
 
 if pair_scope then
   if existing > until_ms then until_ms = existing end
   redis.call('ZADD', K_MCOOLING, until_ms, pair)
+  note_due(until_ms)
   redis.call('HSET', K_MSTATE, pair, cjson.encode(pair_state))
   save_state(id, state)
   emit('profile:cooldown', id,
     {kind = kind, model = model, until_ms = until_ms, duration_ms = until_ms - now}, now)
-  return {'cooling', until_ms, until_ms - now, count, 'model'}
+  return {'cooling', until_ms, until_ms - now, count, 'model', broken or ''}
 end
 
 local kept = existing >= until_ms
 if kept then until_ms = existing end
-if existing == 0 then dequeue(id, def) end
+if existing == 0 then redis.call('ZREM', K_READY, id) end  -- ranked is repaired lazily
 redis.call('ZADD', K_COOLING, until_ms, id)
+note_due(until_ms)
 state.cooldown_until_ms = until_ms
 -- The kind shown is the one whose deadline is in force.
 if not kept or not state.cooldown_kind then state.cooldown_kind = kind end
 save_state(id, state)
 emit('profile:cooldown', id,
   {kind = kind, until_ms = until_ms, duration_ms = until_ms - now}, now)
-return {'cooling', until_ms, until_ms - now, count, 'profile'}
+return {'cooling', until_ms, until_ms - now, count, 'profile', broken or ''}

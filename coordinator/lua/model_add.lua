@@ -1,9 +1,9 @@
 -- model_add.lua: create or update a model profile. Its circuit breaker is left as it is, so
 -- re-adding a profile never closes an open breaker.
 -- KEYS[1..5]  the static {models} keys (see _model.lua)
--- ARGV[1] clock offset ms   ARGV[2..13] breaker configuration (unused)
--- ARGV[14] profile id   ARGV[15] definition JSON (validated by the caller)
--- ARGV[16] priority   ARGV[17] enabled: 1 | 0
+-- ARGV[1] clock offset ms   ARGV[2] breaker configuration (unused)
+-- ARGV[3] profile id   ARGV[4] definition JSON (validated by the caller)
+-- ARGV[5] priority   ARGV[6] enabled: 1 | 0
 -- Returns {'created' | 'updated', breaker state}
 --!include _model.lua
 

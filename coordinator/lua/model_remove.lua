@@ -1,7 +1,7 @@
 -- model_remove.lua: delete a model profile. A breaker that is not closed is kept (removing and
 -- re-adding a profile is no way around an open breaker); a closed one is deleted.
 -- KEYS[1..5]  the static {models} keys (see _model.lua)
--- ARGV[1] clock offset ms   ARGV[2..13] breaker configuration   ARGV[14] profile id
+-- ARGV[1] clock offset ms   ARGV[2] breaker configuration   ARGV[3] profile id
 -- Returns 1 if the profile existed, else 0.
 --!include _model.lua
 

@@ -1,6 +1,6 @@
 -- model_reset.lua: an operator closes a profile's breaker and ends its cooldown now.
 -- KEYS[1..5]  the static {models} keys (see _model.lua)
--- ARGV[1] clock offset ms   ARGV[2..13] breaker configuration   ARGV[14] profile id
+-- ARGV[1] clock offset ms   ARGV[2] breaker configuration   ARGV[3] profile id
 -- Returns {'missing'} | {previous state ('corrupt' if the record was broken)}
 -- A corrupt breaker record is replaced by a fresh closed one (the repair for a hand edit).
 --!include _model.lua
@@ -18,7 +18,6 @@ end
 local fresh = {state = 'closed', epoch = epoch + 1, window = '', streak = {}, permits = {}}
 if b then
   fresh.failures_total = b.failures_total
-  fresh.successes_total = b.successes_total
   fresh.last_error = b.last_error
   fresh.last_error_kind = b.last_error_kind
 end

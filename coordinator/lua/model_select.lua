@@ -1,9 +1,9 @@
 -- model_select.lua: choose the model profile to call now (breaker, probe permit, cooldown,
 -- sticky session, priority), in one round trip.
 -- KEYS[1..5]  the static {models} keys (see _model.lua); KEYS[6] the session key (optional)
--- ARGV[1] clock offset ms   ARGV[2..13] breaker configuration (see _model.lua)
--- ARGV[14] model ('' for any)   ARGV[15] session TTL ms   ARGV[16] count of excluded ids
--- ARGV[17..] excluded profile ids
+-- ARGV[1] clock offset ms   ARGV[2] breaker configuration (see _model.lua)
+-- ARGV[3] model ('' for any)   ARGV[4] session TTL ms   ARGV[5] count of excluded ids
+-- ARGV[6..] excluded profile ids
 -- Returns {1, id, definition JSON, model, reason, epoch, probe token, now, sticky, broken}
 --      or {0, soonest recovery in ms (-1 if none), now, broken}      (see select_profile)
 -- An open breaker whose reset timeout passed becomes half-open here (announced once).

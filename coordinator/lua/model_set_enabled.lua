@@ -1,7 +1,7 @@
 -- model_set_enabled.lua: enable or disable a model profile (its breaker is left as it is).
 -- KEYS[1..5]  the static {models} keys (see _model.lua)
--- ARGV[1] clock offset ms   ARGV[2..13] breaker configuration   ARGV[14] profile id
--- ARGV[15] 1 to enable, 0 to disable
+-- ARGV[1] clock offset ms   ARGV[2] breaker configuration   ARGV[3] profile id
+-- ARGV[4] 1 to enable, 0 to disable
 -- Returns {'missing'} | {'corrupt', field} | {'changed' | 'unchanged'}
 --!include _model.lua
 

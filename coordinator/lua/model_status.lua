@@ -1,7 +1,7 @@
 -- model_status.lua: every model profile with its breaker, on Redis time. Due open -> half-open
 -- transitions are applied (and announced once) first.
 -- KEYS[1..5]  the static {models} keys (see _model.lua)
--- ARGV[1] clock offset ms   ARGV[2..13] breaker configuration
+-- ARGV[1] clock offset ms   ARGV[2] breaker configuration
 -- Returns {now, {id, definition JSON, breaker JSON ('' if none), broken field ('' if sound)}...}
 --!include _model.lua
 

@@ -1,5 +1,5 @@
 -- pick.lua: choose the next profile of a pool, honouring stickiness, cooldowns and exclusions.
--- KEYS[1..9]  the static pool keys (see _pool.lua); KEYS[10] the session key (optional)
+-- KEYS[1..10]  the static pool keys (see _pool.lua); KEYS[11] the session key (optional)
 -- ARGV[1] clock offset ms   ARGV[2] strategy: round-robin | priority | random
 -- ARGV[3] model ('' for none)   ARGV[4] session TTL ms
 -- ARGV[5] a uniform random fraction in [0, 1) from the caller (used by the random strategy:
@@ -16,7 +16,7 @@ local session_ttl = tonumber(ARGV[4])
 local fraction = tonumber(ARGV[5]) or 0
 local excluded = {}
 for i = 1, tonumber(ARGV[6]) do excluded[ARGV[6 + i]] = true end
-local session_key = KEYS[10]
+local session_key = KEYS[11]
 
 local now = now_ms()
 sweep(now)
@@ -26,14 +26,12 @@ local function consider_until(t)
   if t and (soonest == nil or t < soonest) then soonest = t end
 end
 
--- A ready profile is usable when not excluded, its records are sound and, for a model, the
--- (profile, model) pair is not cooling down. Returns def, raw definition, state.
+-- A ready profile is usable when not excluded, its definition is sound and, for a model, the
+-- (profile, model) pair is not cooling down. Returns the definition and its raw JSON.
 local function usable(id)
   if excluded[id] then return nil end
   local def, raw = load_def(id)
   if not def then return nil end
-  local state = load_state(id)
-  if not state then return nil end
   if model ~= '' then
     local pair_until = redis.call('ZSCORE', K_MCOOLING, id .. '|' .. model)
     if pair_until and tonumber(pair_until) > now then
@@ -41,28 +39,32 @@ local function usable(id)
       return nil
     end
   end
-  return def, raw, state
+  return def, raw
 end
 
-local chosen, chosen_def, chosen_raw, chosen_state, reason = nil, nil, nil, nil, 'rotation'
+local chosen, chosen_def, chosen_raw, chosen_seq, reason = nil, nil, nil, nil, 'rotation'
 
 -- Sticky session: keep the bound profile while it is ready, of the same generation, unexpired.
 if session_key then
   local binding = redis.call('GET', session_key)
   if binding then
     local id, gen, expires = string.match(binding, '^([^\t]*)\t([^\t]*)\t([^\t]*)$')
-    local ok = id and tonumber(expires) and tonumber(expires) > now
+    local seq = id and tonumber(expires) and tonumber(expires) > now
       and redis.call('ZSCORE', K_READY, id)
-    if ok then
-      local def, raw, state = usable(id)
+    if seq then
+      local def, raw = usable(id)
       if def and int(def.gen) == gen then
-        chosen, chosen_def, chosen_raw, chosen_state, reason = id, def, raw, state, 'sticky'
+        chosen, chosen_def, chosen_raw, chosen_seq, reason = id, def, raw, seq, 'sticky'
       end
     end
   end
 end
 
+-- Walks read one entry first (the common case: it is usable) and then pages of 16; a
+-- WITHSCORES page costs the script about a microsecond per entry.
 local PAGE = 16
+local function page_size(offset) if offset == 0 then return 1 end return PAGE end
+
 -- random: start at a random rank and take the first usable profile from there (wrapping).
 if not chosen and strategy == 'random' then
   local count = redis.call('ZCARD', K_READY)
@@ -70,29 +72,35 @@ if not chosen and strategy == 'random' then
   local offset = 0
   while not chosen and offset < count do
     local first = (start + offset) % count
-    local page = redis.call('ZRANGE', K_READY, first, math.min(first + PAGE, count) - 1)
+    local page = redis.call('ZRANGE', K_READY, first,
+      math.min(first + page_size(offset), count) - 1, 'WITHSCORES')
     if #page == 0 then break end
-    for _, id in ipairs(page) do
-      local def, raw, state = usable(id)
-      if def then chosen, chosen_def, chosen_raw, chosen_state = id, def, raw, state; break end
+    for i = 1, #page, 2 do
+      local def, raw = usable(page[i])
+      if def then chosen, chosen_def, chosen_raw, chosen_seq = page[i], def, raw, page[i + 1]; break end
     end
-    offset = offset + #page
+    offset = offset + #page / 2
   end
 end
 
+-- priority: the lexicographic index puts the highest priority (OAuth first) and, within it,
+-- the least recently picked profile first.
 if not chosen and strategy == 'priority' then
   local offset = 0
   while not chosen do
-    local page = redis.call('ZRANGEBYLEX', K_RANKED, '-', '+', 'LIMIT', offset, PAGE)
+    local size = page_size(offset)
+    local page = redis.call('ZRANGEBYLEX', K_RANKED, '-', '+', 'LIMIT', offset, size)
     if #page == 0 then break end
-    local restart = false
+    local restart, dropped = false, 0
     for _, member in ipairs(page) do
       local id = id_of_member(member)
       local seq = id and redis.call('ZSCORE', K_READY, id)
-      local def, raw, state = nil, nil, nil
-      if seq then def, raw, state = usable(id) end
+      local def, raw = nil, nil
+      if seq then def, raw = usable(id) end
       if not seq then
-        redis.call('ZREM', K_RANKED, member)  -- left behind by a removal: drop it
+        -- Left behind by a cooldown or removal (the ranked index is repaired lazily).
+        redis.call('ZREM', K_RANKED, member)
+        dropped = dropped + 1
       elseif def and rank_member(def, tonumber(seq), id) ~= member then
         -- Priority or type edited by hand: re-index it and walk again from the top, since
         -- its new place may come earlier. Each stale entry is repaired once.
@@ -101,11 +109,11 @@ if not chosen and strategy == 'priority' then
         restart = true
         break
       elseif def then
-        chosen, chosen_def, chosen_raw, chosen_state = id, def, raw, state
+        chosen, chosen_def, chosen_raw, chosen_seq = id, def, raw, seq
         break
       end
     end
-    if restart then offset = 0 elseif not chosen then offset = offset + PAGE end
+    if restart then offset = 0 elseif not chosen then offset = offset + size - dropped end
   end
 end
 
@@ -113,13 +121,14 @@ end
 if not chosen and strategy ~= 'priority' and strategy ~= 'random' then
   local offset = 0
   while not chosen do
-    local page = redis.call('ZRANGE', K_READY, offset, offset + PAGE - 1)
+    local size = page_size(offset)
+    local page = redis.call('ZRANGE', K_READY, offset, offset + size - 1, 'WITHSCORES')
     if #page == 0 then break end
-    for _, id in ipairs(page) do
-      local def, raw, state = usable(id)
-      if def then chosen, chosen_def, chosen_raw, chosen_state = id, def, raw, state; break end
+    for i = 1, #page, 2 do
+      local def, raw = usable(page[i])
+      if def then chosen, chosen_def, chosen_raw, chosen_seq = page[i], def, raw, page[i + 1]; break end
     end
-    offset = offset + PAGE
+    offset = offset + size
   end
 end
 
@@ -130,18 +139,18 @@ if not chosen then
   return {0, math.max(0, soonest - now), now}
 end
 
--- Rotation: a pick (not a sticky hit) moves the profile to the end of its rotation.
+-- Rotation: a pick (not a sticky hit) moves the profile to the end of its rotation. Only
+-- priority picks keep the ranked index in step; after round-robin or random picks its
+-- entries carry an old sequence, which the priority walk notices and repairs (above).
 if reason == 'rotation' then
-  local old_seq = redis.call('ZSCORE', K_READY, chosen)
-  redis.call('ZREM', K_RANKED, rank_member(chosen_def, tonumber(old_seq), chosen))
   local seq = redis.call('HINCRBY', K_META, 'seq', 1)
   redis.call('ZADD', K_READY, seq, chosen)
-  redis.call('ZADD', K_RANKED, 0, rank_member(chosen_def, seq, chosen))
+  if strategy == 'priority' then
+    redis.call('ZREM', K_RANKED, rank_member(chosen_def, tonumber(chosen_seq), chosen))
+    redis.call('ZADD', K_RANKED, 0, rank_member(chosen_def, seq, chosen))
+  end
 end
-
-chosen_state.last_used_ms = now
-chosen_state.uses = (chosen_state.uses or 0) + 1
-save_state(chosen, chosen_state)
+redis.call('HSET', K_USAGE, chosen, int(now))
 
 if session_key and session_ttl > 0 then
   local binding = chosen .. '\t' .. int(chosen_def.gen) .. '\t' .. int(now + session_ttl)

@@ -1,8 +1,9 @@
 -- status.lua: every profile of a pool with its health, on Redis time.
--- KEYS[1..9]  the static pool keys (see _pool.lua)
+-- KEYS[1..10]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] failure window ms
 -- Returns {now, {id, definition JSON or '', state JSON or '', cooling until ms or '',
---   ready 0|1, effective failures, effective billing failures, broken field or ''}...,
+--   ready 0|1, effective failures, effective billing failures, broken field or '',
+--   last used ms or ''}...,
 --   {pair, until}...}   (the broken field names the first invalid stored value, if any)
 --   where the last element lists (profile|model) cooldowns as a flat array.
 -- Recoveries that are due are applied first (and announced once), as in every pool script.
@@ -26,7 +27,7 @@ for _, id in ipairs(ids) do
     if now - (state.last_billing_ms or 0) <= window then billing = state.billing_failures or 0 end
   end
   rows[#rows + 1] = {id, raw_def, raw_state, cooling, ready, failures, billing,
-    def_broken or state_broken or ''}
+    def_broken or state_broken or '', redis.call('HGET', K_USAGE, id) or ''}
 end
 local pairs_cooling = redis.call('ZRANGE', K_MCOOLING, 0, -1, 'WITHSCORES')
 return {now, rows, pairs_cooling}

@@ -1,0 +1,136 @@
+-- _model_record.lua: recording call outcomes into a breaker (included after _model.lua, by
+-- model_report only, so that selection does not pay for defining these functions).
+
+local function open_breaker(id, b, now, reason, kind)
+  local reopens = 0
+  if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
+  local period = math.min(C.max_open, C.reset * (2 ^ reopens))
+  period = math.floor(period)
+  b.state = 'open'
+  b.epoch = b.epoch + 1
+  b.opened_ms = now
+  b.open_ms = period
+  b.open_until_ms = now + period
+  b.reopens = reopens
+  b.permits = {}
+  b.probe_successes = 0
+  b.streak = {}
+  b.window = ''
+  emit('profile:circuit-opened', id, {
+    reason = reason, kind = kind, epoch = b.epoch, open_ms = period,
+    until_ms = now + period, reopens = reopens
+  }, now)
+end
+
+local function close_breaker(id, b, now)
+  local since = b.opened_ms or now
+  b.state = 'closed'
+  b.epoch = b.epoch + 1
+  b.reopens = 0
+  b.permits = {}
+  b.probe_successes = 0
+  b.streak = {}
+  b.window = ''
+  b.opened_ms = nil
+  b.open_until_ms = nil
+  b.half_open_ms = nil
+  emit('profile:circuit-closed', id, {epoch = b.epoch, after_ms = now - since}, now)
+end
+
+-- Record the outcome of one call. outcome: 'success' | 'failure' | 'release' (the call did not
+-- test the provider: free its probe permit, change nothing else) | 'unusable' (the credential
+-- could not be obtained: free the permit, cool down for the given time, no breaker count). epoch '' means "current"
+-- (a report without a selection); token is the probe permit ('' for none).
+-- Returns (status, changed): status 'recorded' (counted by the breaker) | 'stale' (selected in
+-- another epoch, or an expired/unknown permit: only the statistics and cooldowns are updated) |
+-- 'ignored' (a caller error) | 'released'; changed tells whether the record must be saved (a
+-- success in a steady closed state changes nothing).
+local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms)
+  local changed = refresh(id, b, now)
+  local caller = outcome == 'failure' and kind == 'caller'
+  if outcome == 'release' or outcome == 'unusable' or caller then
+    if token ~= '' and b.permits[token] then
+      b.permits[token] = nil
+      changed = true
+    end
+    if caller then return 'ignored', changed end
+  end
+
+  -- Cooldown: a Retry-After or an exhausted quota (also on a success), a billing failure, a
+  -- credential that is not usable now.
+  local cooldown = 0
+  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, C.max_retry) end
+  if outcome == 'failure' and kind == 'billing' then cooldown = math.max(cooldown, C.billing) end
+  local cooldown_set = false
+  if outcome ~= 'release' and cooldown > 0 and now + cooldown > (b.cooldown_until_ms or 0) then
+    b.cooldown_until_ms = math.floor(now + cooldown)
+    cooldown_set = true
+  end
+  if outcome == 'release' or outcome == 'unusable' then
+    if cooldown_set then
+      emit('profile:cooldown', id, {kind = kind, outcome = outcome,
+        until_ms = b.cooldown_until_ms, duration_ms = b.cooldown_until_ms - now}, now)
+    end
+    return 'released', changed or cooldown_set
+  end
+
+  -- Does this report count for the breaker?
+  local counted = false
+  if b.state == 'half_open' then
+    counted = token ~= '' and b.permits[token] ~= nil and b.permits[token] > now
+  elseif b.state == 'closed' then
+    counted = token == '' and (epoch == '' or tonumber(epoch) == b.epoch)
+  end
+
+  if outcome == 'failure' then
+    b.failures_total = (b.failures_total or 0) + 1
+    b.last_failure_ms = now
+    b.last_error = message
+    b.last_error_kind = kind
+    local data = {kind = kind, error = message, counted = counted, state = b.state,
+      epoch = b.epoch}
+    if cooldown_set then data.cooldown_until_ms = b.cooldown_until_ms end
+    emit('profile:failure', id, data, now)
+  end
+  if cooldown_set then
+    emit('profile:cooldown', id, {kind = kind, outcome = outcome,
+      until_ms = b.cooldown_until_ms, duration_ms = b.cooldown_until_ms - now}, now)
+  end
+  if not counted then return 'stale', changed or cooldown_set or outcome == 'failure' end
+
+  if b.state == 'half_open' then
+    b.permits[token] = nil
+    if outcome == 'success' then
+      b.probe_successes = (b.probe_successes or 0) + 1
+      if b.probe_successes >= C.success then close_breaker(id, b, now) end
+    else
+      open_breaker(id, b, now, 'probe-failed', kind)
+    end
+    return 'recorded', true
+  end
+
+  -- closed
+  if outcome == 'success' then
+    local window = string.sub(b.window .. '0', -C.window)
+    if window ~= b.window or next(b.streak) ~= nil then
+      b.streak = {}
+      b.window = window
+      changed = true
+    end
+    return 'recorded', changed or cooldown_set
+  end
+  local streak = {}
+  for _, t in ipairs(b.streak) do
+    if now - t <= C.decay then streak[#streak + 1] = t end
+  end
+  streak[#streak + 1] = now
+  b.streak = streak
+  b.window = string.sub(b.window .. '1', -C.window)
+  if #streak >= C.threshold then
+    open_breaker(id, b, now, 'consecutive-failures', kind)
+  elseif #b.window >= C.min_calls then
+    local _, fails = string.gsub(b.window, '1', '')
+    if fails / #b.window >= C.rate then open_breaker(id, b, now, 'failure-rate', kind) end
+  end
+  return 'recorded', true
+end

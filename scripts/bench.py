@@ -1,0 +1,144 @@
+"""Benchmark: each pool operation as a ratio to a bare Redis round trip, measured in one run.
+
+Usage: ``python scripts/bench.py [--url redis://...] [--iterations N]`` (``make bench``).
+Without ``--url`` (or ``COORDINATOR_REDIS_URL``) it starts a throw-away ``redis-server`` on a
+free loopback port. The bare round trip is an EVALSHA of ``return 1`` from the same client;
+operations and the bare round trip are interleaved so that machine noise hits both alike, and
+medians are reported. Targets: every operation <= 1.5x the bare round trip, and the 10,000
+profile pool within 1.5x of the 10 profile pool (a pick must not scan the pool).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from coordinator import AuthConfig, AuthProfile, AuthProfileManager, connect, generate_key  # noqa: E402
+from coordinator.testing import RedisServer  # noqa: E402
+
+SIZES = (10, 1_000, 10_000)
+TARGET_RATIO = 1.5
+
+
+async def _fill_pool(manager: AuthProfileManager, provider: str, size: int) -> None:
+    batch: list[Awaitable[AuthProfile]] = []
+    for i in range(size):
+        batch.append(
+            manager.add_profile(
+                AuthProfile(id=f"{provider}-{i}", provider=provider, api_key=f"sk-bench-{i:08d}xx")
+            )
+        )
+        if len(batch) == 50:
+            await asyncio.gather(*batch)
+            batch = []
+    await asyncio.gather(*batch)
+
+
+async def _timed(op: Callable[[], Awaitable[Any]]) -> float:
+    start = time.perf_counter_ns()
+    await op()
+    return (time.perf_counter_ns() - start) / 1000.0
+
+
+async def measure(url: str, iterations: int) -> list[dict[str, Any]]:
+    """Run the benchmark; one row per (pool size, operation)."""
+    store = await connect(url, namespace=f"bench{os.getpid()}", secret_key=generate_key())
+    bare = store.client.register_script("return 1")
+    await bare(keys=["bench"], args=[])
+    rows: list[dict[str, Any]] = []
+    try:
+        for size in SIZES:
+            provider = f"bench{size}"
+            manager = AuthProfileManager(store, AuthConfig())
+            await _fill_pool(manager, provider, size)
+            samples: dict[str, list[float]] = {
+                k: [] for k in ("bare", "get_next_profile", "mark_success", "mark_failed")
+            }
+            # Warm up: scripts cached, locator cache filled.
+            for i in range(50):
+                await manager.get_next_profile(provider)
+                await manager.mark_success(f"{provider}-{i % size}")
+            for i in range(iterations):
+                victim = f"{provider}-{i % size}"
+                samples["bare"].append(await _timed(lambda: bare(keys=["bench"], args=[])))
+                samples["get_next_profile"].append(
+                    await _timed(lambda: manager.get_next_profile(provider))
+                )
+                samples["mark_success"].append(await _timed(lambda v=victim: manager.mark_success(v)))
+                samples["mark_failed"].append(
+                    await _timed(
+                        lambda v=victim: manager.mark_failed(v, "bench", kind="server")
+                    )
+                )
+                if i % size == size - 1:
+                    # Every profile is cooling now: bring them back so picks keep succeeding.
+                    store.time_offset_ms += 2 * 3_600_000
+            bare_median = statistics.median(samples["bare"])
+            for op, values in samples.items():
+                median = statistics.median(values)
+                rows.append(
+                    {
+                        "size": size,
+                        "op": op,
+                        "median_us": median,
+                        "p90_us": statistics.quantiles(values, n=10)[-1],
+                        "ratio": median / bare_median,
+                    }
+                )
+    finally:
+        await store.close()
+    return rows
+
+
+def report(rows: list[dict[str, Any]]) -> bool:
+    """Print the table and the verdict on the targets; returns whether all were met."""
+    print(f"{'pool':>7} {'operation':<18} {'median µs':>10} {'p90 µs':>9} {'× bare':>7}")
+    ok = True
+    for row in rows:
+        flag = ""
+        if row["op"] != "bare" and row["ratio"] > TARGET_RATIO:
+            flag, ok = "  over target", False
+        print(
+            f"{row['size']:>7} {row['op']:<18} {row['median_us']:>10.1f} "
+            f"{row['p90_us']:>9.1f} {row['ratio']:>7.2f}{flag}"
+        )
+    print()
+    for op in ("get_next_profile", "mark_success", "mark_failed"):
+        small = next(r for r in rows if r["size"] == SIZES[0] and r["op"] == op)
+        large = next(r for r in rows if r["size"] == SIZES[-1] and r["op"] == op)
+        growth = large["ratio"] / small["ratio"]
+        flag = "" if growth <= TARGET_RATIO else "  over target"
+        ok = ok and growth <= TARGET_RATIO
+        print(f"{op:<18} pool {SIZES[-1]:,} vs {SIZES[0]}: {growth:.2f}×{flag}")
+    print(f"\ntargets (≤ {TARGET_RATIO}× bare, ≤ {TARGET_RATIO}× growth): {'met' if ok else 'NOT met'}")
+    return ok
+
+
+def main() -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", default=os.environ.get("COORDINATOR_REDIS_URL"))
+    parser.add_argument("--iterations", type=int, default=3000)
+    args = parser.parse_args()
+    with ExitStack() as stack:
+        url = args.url
+        if not url or url.startswith("memory://"):
+            url = stack.enter_context(RedisServer()).url
+        print(f"coordinator pool benchmark on {url} ({args.iterations} iterations per size)\n")
+        rows = asyncio.run(measure(url, args.iterations))
+    report(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
