@@ -125,10 +125,11 @@ class ModelConfig:
         if _number("event_poll_interval_s", self.event_poll_interval_s, low=0) <= 0:
             raise ConfigError("event_poll_interval_s", "must be > 0")
 
-    def script_args(self) -> list[Any]:
-        """ARGV[2..13] of every model script (see ``coordinator/lua/_model.lua``)."""
+    def script_args(self) -> list[str]:
+        """ARGV[2] of every model script: the breaker settings as one comma-separated text
+        (see ``coordinator/lua/_model.lua``; one argument is cheaper to send than twelve)."""
         b = self.breaker
-        return [
+        values = [
             b.failure_threshold,
             b.window_size,
             b.min_calls,
@@ -142,6 +143,7 @@ class ModelConfig:
             self.billing_cooldown_ms,
             self.max_retry_after_ms,
         ]
+        return [",".join(str(v) for v in values)]
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ModelConfig:

@@ -448,7 +448,6 @@ class ModelProfileStatus:
     probes_in_flight: int
     reopens: int
     failures_total: int
-    successes_total: int
     last_error: str | None
     last_error_kind: str | None
     broken_field: str | None = None

@@ -739,7 +739,6 @@ def _status_row(now: int, decay_ms: int, row: Sequence[Any]) -> ModelProfileStat
         probes_in_flight=in_flight,
         reopens=_num(breaker.get("reopens")),
         failures_total=_num(breaker.get("failures_total")),
-        successes_total=_num(breaker.get("successes_total")),
         last_error=last_error if isinstance(last_error, str) else None,
         last_error_kind=last_kind if isinstance(last_kind, str) else None,
         broken_field=broken or None,

@@ -22,15 +22,18 @@
 -- The functions that record outcomes are in _model_record.lua (only model_report needs them).
 
 local K_PROFILES, K_BREAKERS, K_RANKED, K_META, K_EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local C = {}
-do
-  local names = {'threshold', 'window', 'min_calls', 'rate', 'decay', 'reset', 'max_open',
-    'probes', 'probe_timeout', 'success', 'billing', 'max_retry'}
-  local i = 1
-  for value in string.gmatch(ARGV[2], '[^,]+') do
-    C[names[i]] = tonumber(value)
-    i = i + 1
+-- The configuration is parsed on first use only: a selection of a closed breaker never needs it
+-- (parsing twelve numbers costs more than the rest of such a selection).
+local C = nil
+local function conf()
+  if C == nil then
+    local v = {}
+    for value in string.gmatch(ARGV[2], '[^,]+') do v[#v + 1] = tonumber(value) end
+    C = {threshold = v[1], window = v[2], min_calls = v[3], rate = v[4], decay = v[5],
+      reset = v[6], max_open = v[7], probes = v[8], probe_timeout = v[9], success = v[10],
+      billing = v[11], max_retry = v[12]}
   end
+  return C
 end
 local MARG = 3
 local PAGE = 16
@@ -195,10 +198,10 @@ local function select_profile(now, model, excluded, session_key, session_ttl)
       soonest = min_of(soonest, b.open_until_ms)
     else
       local n, first = live_permits(b, now)
-      if n < C.probes then
+      if n < conf().probes then
         local seq = redis.call('HINCRBY', K_META, 'probe_seq', 1)
         local token = 'p' .. int(seq)
-        b.permits[token] = now + C.probe_timeout
+        b.permits[token] = now + conf().probe_timeout
         changed = true
         pick = {id = id, raw = raw, def = def, epoch = b.epoch, token = token}
       else

@@ -2,6 +2,7 @@
 -- model_report only, so that selection does not pay for defining these functions).
 
 local function open_breaker(id, b, now, reason, kind)
+  local C = conf()
   local reopens = 0
   if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
   local period = math.min(C.max_open, C.reset * (2 ^ reopens))
@@ -46,6 +47,7 @@ end
 -- 'ignored' (a caller error) | 'released'; changed tells whether the record must be saved (a
 -- success in a steady closed state changes nothing).
 local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms)
+  local C = conf()
   local changed = refresh(id, b, now)
   local caller = outcome == 'failure' and kind == 'caller'
   if outcome == 'release' or outcome == 'unusable' or caller then

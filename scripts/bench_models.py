@@ -1,0 +1,159 @@
+"""Benchmark of the model profile manager against a bare Redis round trip.
+
+Usage: ``python scripts/bench_models.py [redis://host:port/db] [--iterations N]``
+
+Without a URL, a throw-away ``redis-server`` is started on a free loopback port. Measures, in
+one run and on one client: a bare round trip (EVALSHA of ``return 1``), ``select_profile``,
+``execute`` with a no-op call (target <= 1.3x two bare round trips: it costs select + report)
+and one failover hop (``get_next_available_profile``: report and pick in one script; target
+<= 1.5x one bare round trip). Prints medians in microseconds and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from coordinator import connect, generate_key
+from coordinator.breaker_config import BreakerConfig, ModelConfig
+from coordinator.model_defaults import default_model_profiles
+from coordinator.model_types import ModelAuth, ModelCall, ModelProfile
+from coordinator.models import ModelProfileManager
+from coordinator.testing import RedisServer
+
+
+async def _interleaved_medians(
+    ops: dict[str, Callable[[], Awaitable[Any]]],
+    iterations: int,
+    *,
+    between: Callable[[int], Awaitable[None]],
+) -> dict[str, float]:
+    """Median µs of each operation, measured in turn within every iteration, so that load from
+    other processes on the machine weighs on all of them alike."""
+    for i in range(min(200, iterations)):  # warm up (connections, script cache, parse cache)
+        for op in ops.values():
+            await op()
+        await between(i)
+    samples: dict[str, list[float]] = {name: [] for name in ops}
+    gc.disable()
+    try:
+        for i in range(iterations):
+            for name, op in ops.items():
+                start = time.perf_counter_ns()
+                await op()
+                samples[name].append((time.perf_counter_ns() - start) / 1000.0)
+            await between(i)
+    finally:
+        gc.enable()
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+async def run(url: str, iterations: int) -> dict[str, float]:
+    """Measure every operation; returns medians in microseconds."""
+    store = await connect(url, namespace=f"bench{uuid.uuid4().hex[:8]}", secret_key=generate_key())
+    # A breaker that never opens during the run (the hop benchmark reports many failures;
+    # the breaker record is reset between samples, outside the timed region).
+    config = ModelConfig(
+        breaker=BreakerConfig(
+            failure_threshold=1_000_000, window_size=20, min_calls=20, failure_rate_threshold=1.0
+        )
+    )
+    manager = ModelProfileManager(store, config)
+    try:
+        # The five default providers, all enabled and keyed (keys encrypted at rest).
+        for i, p in enumerate(default_model_profiles({})):
+            await manager.add_profile(
+                ModelProfile(
+                    id=p.id, provider=p.provider, base_url=p.base_url, models=p.models,
+                    default_model=p.default_model, priority=p.priority, enabled=True,
+                    auth=ModelAuth.api_key(f"sk-bench-{i}-0123456789abcdef"),
+                )
+            )  # fmt: skip
+        bare_script = store.client.register_script("return 1")
+
+        async def bare() -> Any:
+            return await bare_script(keys=[], args=[])
+
+        async def select() -> Any:
+            return await manager.select_profile()
+
+        async def noop(call: ModelCall) -> None:
+            return None
+
+        async def execute() -> Any:
+            return await manager.execute(noop)
+
+        primary = await manager.select_profile()
+        assert primary is not None
+
+        async def hop() -> Any:
+            return await manager.get_next_available_profile(primary, kind="server")
+
+        async def reset(i: int) -> None:
+            # Keep the primary's failure streak short (outside the timed region).
+            if i % 4 == 3:
+                await manager.reset_breaker(primary.profile_id)
+
+        return await _interleaved_medians(
+            {
+                "bare round trip (EVALSHA return 1)": bare,
+                "select_profile": select,
+                "execute (no-op call)": execute,
+                "failover hop (report + pick)": hop,
+            },
+            iterations,
+            between=reset,
+        )
+    finally:
+        await store.close()
+
+
+def report(results: dict[str, float]) -> str:
+    """The results table with the ratios to the bare round trip."""
+    bare = results["bare round trip (EVALSHA return 1)"]
+    execute = results["execute (no-op call)"]
+    hop = results["failover hop (report + pick)"]
+    lines = [f"{'operation':<38}{'median µs':>12}{'ratio':>10}  target"]
+    lines.append("-" * 72)
+    lines.append(f"{'bare round trip (EVALSHA return 1)':<38}{bare:>12.1f}{1.0:>10.2f}")
+    lines.append(
+        f"{'select_profile':<38}{results['select_profile']:>12.1f}"
+        f"{results['select_profile'] / bare:>10.2f}  (vs 1 bare)"
+    )
+    lines.append(
+        f"{'execute (no-op call)':<38}{execute:>12.1f}{execute / (2 * bare):>10.2f}"
+        f"  <= 1.30 (vs 2 bare) {'ok' if execute / (2 * bare) <= 1.3 else 'MISSED'}"
+    )
+    lines.append(
+        f"{'failover hop (report + pick)':<38}{hop:>12.1f}{hop / bare:>10.2f}"
+        f"  <= 1.50 (vs 1 bare) {'ok' if hop / bare <= 1.5 else 'MISSED'}"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Parse arguments, start a throw-away server if needed, run and print."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url", nargs="?", help="Redis URL (default: a throw-away redis-server)")
+    parser.add_argument("--iterations", type=int, default=5000)
+    args = parser.parse_args()
+    if args.url:
+        results = asyncio.run(run(args.url, args.iterations))
+    else:
+        with RedisServer() as server:
+            results = asyncio.run(run(server.url, args.iterations))
+    print(report(results))
+
+
+if __name__ == "__main__":
+    main()
