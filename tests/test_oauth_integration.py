@@ -628,3 +628,27 @@ async def test_storing_tokens_without_an_encryption_key_is_a_config_error(
     finally:
         await m.close()
         await bare.close()
+
+
+async def test_login_opens_the_browser_and_prints_the_url(
+    manager: OAuthManager,
+    oidc_server: OidcServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import webbrowser
+
+    opened: list[str] = []
+
+    def fake_open(url: str) -> bool:
+        opened.append(url)
+        return True
+
+    monkeypatch.setattr(webbrowser, "open", fake_open)
+    login = asyncio.create_task(manager.login("testop", timeout_s=30))
+    while not opened:
+        await asyncio.sleep(0.01)
+    page = await browse(opened[0])
+    cred = await login
+    assert page.status_code == 200 and cred.provider == "testop"
+    assert opened[0] in capsys.readouterr().out

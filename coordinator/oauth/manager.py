@@ -111,6 +111,7 @@ class OAuthManager:
         self._http = http or httpx.AsyncClient()
         self._sleep = sleep
         self._instance = uuid.uuid4().hex[:12]
+        self._inflight: dict[str, asyncio.Task[Secret]] = {}
         self.events = EventHub(
             store, self._event_streams, poll_interval_s=self.config.event_poll_interval_s
         )
@@ -660,7 +661,20 @@ class OAuthManager:
         caller refreshes (under the Redis lock) and the others wait for its result.
         """
         cid = await self._resolve_id(credential_id, provider)
-        return await self._token(cid, force=False)
+        # Callers of this process share one attempt per credential (the Redis lock does the
+        # same across processes); the attempt is not cancelled when one caller gives up.
+        task = self._inflight.get(cid)
+        if task is None or task.done():
+            task = asyncio.get_running_loop().create_task(self._token(cid, force=False))
+            self._inflight[cid] = task
+            task.add_done_callback(lambda t: self._attempt_done(cid, t))
+        return await asyncio.shield(task)
+
+    def _attempt_done(self, cid: str, task: asyncio.Task[Secret]) -> None:
+        if self._inflight.get(cid) is task:
+            del self._inflight[cid]
+        if not task.cancelled():
+            task.exception()  # retrieved here too, so an unawaited failure is not reported
 
     async def refresh_token(self, credential_id: str) -> OAuthCredential:
         """Refresh now (under the lock). Keeps the old refresh token when no new one comes."""
@@ -723,7 +737,7 @@ class OAuthManager:
                     f"{self.config.wait_timeout_s:g} s"
                 )
             await self._sleep(min(backoff, max(0.001, got["wait_ms"] / 1000)))
-            backoff = min(backoff * 2, 0.25)
+            backoff = min(backoff * 2, 0.1)
 
     async def _refresh_locked(self, cid: str, owner: str, got: dict[str, Any]) -> Secret | None:
         """Refresh while holding the lock. ``None`` when a newer token was already stored."""
@@ -795,6 +809,10 @@ class OAuthManager:
 
     async def close(self) -> None:
         """Stop the event reader and close the HTTP client (if this manager made it)."""
+        pending = [t for t in self._inflight.values() if not t.done()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         await self.events.close()
         if self._own_http:
             await self._http.aclose()
