@@ -14,7 +14,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -39,6 +39,18 @@ class Event:
     ts_ms: int
     data: dict[str, Any] = field(default_factory=dict)
     stream_id: str | None = None
+
+    def expand(self) -> list[Event]:
+        """The events one stream entry stands for.
+
+        A failure that starts or extends a cooldown is written as one entry (one XADD on the
+        hot path); it is delivered as ``profile:failed`` followed by ``profile:cooldown``.
+        """
+        if self.type != "profile:failed" or "until_ms" not in self.data:
+            return [self]
+        keep = ("kind", "model", "scope", "until_ms", "duration_ms")
+        cooldown = {k: v for k, v in self.data.items() if k in keep}
+        return [self, replace(self, type="profile:cooldown", data=cooldown)]
 
     @classmethod
     def from_stream(cls, source: str, stream_id: str, fields: dict[str, str]) -> Event:
@@ -158,8 +170,9 @@ class EventHub:
             for _stream, entries in reply or []:
                 for stream_id, fields in entries:
                     self._last_ids[key] = stream_id
-                    await self._dispatch(Event.from_stream(source, stream_id, fields))
-                    delivered += 1
+                    for event in Event.from_stream(source, stream_id, fields).expand():
+                        await self._dispatch(event)
+                        delivered += 1
         return delivered
 
     async def _dispatch(self, event: Event) -> None:

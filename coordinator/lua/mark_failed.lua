@@ -11,6 +11,10 @@
 --         repaired field or ''}
 -- A state record edited into garbage is replaced by a fresh one (its field is returned and
 -- put in the event), so that a broken record can never stop a failing profile cooling down.
+-- Events: one stream entry, profile:failed; when the failure set or extended a deadline its
+-- data also carries until_ms and duration_ms, and readers deliver it as profile:failed then
+-- profile:cooldown (one XADD on the hot path, not two). A report that leaves the running
+-- deadline as it was is a profile:failed alone.
 -- Rules: cooldown = min(cap, base * multiplier^(n-1)) with n the failure count of its kind
 -- (billing has its own counter); counts reset after a failure-free window; a retry-after can
 -- only lengthen it; a new failure never moves an existing deadline earlier; a report that
@@ -98,16 +102,17 @@ state.last_error_ms = now
 local event = {kind = kind, error = message, failures = count}
 if pair_scope then event.model = model end
 if broken then event.repaired = broken end
-emit('profile:failed', id, event, now)
 
 if pair_scope then
-  if existing > until_ms then until_ms = existing end
+  local kept = existing >= until_ms
+  if kept then until_ms = existing end
   redis.call('ZADD', K_MCOOLING, until_ms, pair)
   note_due(until_ms)
   redis.call('HSET', K_MSTATE, pair, cjson.encode(pair_state))
   save_state(id, state)
-  emit('profile:cooldown', id,
-    {kind = kind, model = model, until_ms = until_ms, duration_ms = until_ms - now}, now)
+  event.scope = 'model'
+  if not kept then event.until_ms, event.duration_ms = until_ms, until_ms - now end
+  emit('profile:failed', id, event, now)
   return {'cooling', until_ms, until_ms - now, count, 'model', broken or ''}
 end
 
@@ -120,6 +125,7 @@ state.cooldown_until_ms = until_ms
 -- The kind shown is the one whose deadline is in force.
 if not kept or not state.cooldown_kind then state.cooldown_kind = kind end
 save_state(id, state)
-emit('profile:cooldown', id,
-  {kind = kind, until_ms = until_ms, duration_ms = until_ms - now}, now)
+event.scope = 'profile'
+if not kept then event.until_ms, event.duration_ms = until_ms, until_ms - now end
+emit('profile:failed', id, event, now)
 return {'cooling', until_ms, until_ms - now, count, 'profile', broken or ''}

@@ -1,0 +1,217 @@
+"""Demonstration: four replicas share credential pools through one store.
+
+Simulated providers answer 429 with Retry-After, 402 billing errors and 5xx on a schedule of
+virtual time; the replicas pick keys, report what happened, and every replica sees every
+cooldown and recovery. Time is virtual (the store's clock offset moves in 15 s steps), so the
+fifteen simulated minutes take a few seconds.
+
+Runs on the embedded backend (``memory://``) unless ``COORDINATOR_REDIS_URL`` is set, in which
+case the four replicas each open their own connection to that Redis, in a fresh namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from coordinator import (  # noqa: E402
+    AuthConfig,
+    AuthProfile,
+    AuthProfileManager,
+    Event,
+    NoProfileAvailableError,
+    Store,
+    connect,
+    generate_key,
+)
+from coordinator.classify import classify_response  # noqa: E402
+
+TICK_S = 15
+DURATION_S = 15 * 60
+REPLICAS = 4
+
+
+@dataclass
+class Outage:
+    """A window of virtual time in which a key (or a whole provider) answers with an error."""
+
+    start_s: int
+    end_s: int
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, object] = field(default_factory=dict)
+
+
+# What each simulated key does, by virtual time (seconds since the demo started).
+SCHEDULE: dict[str, list[Outage]] = {
+    "openai-team-a": [Outage(60, 200, 429, {"retry-after": "90"}, {"error": {"type": "requests"}})],
+    "openai-team-b": [
+        Outage(300, 10_000, 402, {}, {"error": {"code": "insufficient_quota", "message": "quota"}})
+    ],
+    "openai-team-c": [],
+    "anthropic-main": [Outage(120, 330, 529, {}, {"error": {"type": "overloaded_error"}})],
+    "anthropic-backup": [Outage(480, 560, 500, {}, {"error": {"type": "api_error"}})],
+}
+
+
+def simulated_call(profile_id: str, t_s: int) -> tuple[int, dict[str, str], dict[str, object]]:
+    """The simulated provider's answer for this key at this virtual time."""
+    for outage in SCHEDULE[profile_id]:
+        if outage.start_s <= t_s < outage.end_s:
+            return outage.status, outage.headers, outage.body
+    return 200, {}, {"choices": [{"message": {"content": "ok"}}]}
+
+
+@dataclass
+class Tally:
+    """What happened, per profile and per replica."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    outcomes: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    by_replica: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    refused: Counter[str] = field(default_factory=Counter)
+
+
+async def one_call(
+    replica: int, manager: AuthProfileManager, provider: str, t_s: int, tally: Tally, session: str
+) -> None:
+    """Pick a key, 'call' the provider with it and report the outcome."""
+    try:
+        profile = await manager.acquire(provider, session_id=session)
+    except NoProfileAvailableError:
+        tally.refused[provider] += 1
+        return
+    tally.calls[profile.id] += 1
+    tally.by_replica[replica][profile.id] += 1
+    status, headers, body = simulated_call(profile.id, t_s)
+    verdict = classify_response(status, headers, body, now=time.time())
+    if verdict.ok:
+        tally.outcomes[profile.id]["ok"] += 1
+        await manager.mark_success(profile.id)
+        return
+    assert verdict.kind is not None
+    tally.outcomes[profile.id][str(status)] += 1
+    await manager.mark_failed(
+        profile.id, f"HTTP {status}", kind=verdict.kind, retry_after_s=verdict.retry_after_s
+    )
+
+
+def clock(ms: int) -> str:
+    """Virtual time as +mm:ss."""
+    seconds = max(0, ms // 1000)
+    return f"+{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+async def main() -> None:
+    """Run the demonstration and print a timeline and a summary."""
+    url = os.environ.get("COORDINATOR_REDIS_URL") or "memory://"
+    namespace = f"demo{os.getpid()}"
+    key = os.environ.get("COORDINATOR_SECRET_KEY") or generate_key()
+    config = AuthConfig(strategy="round-robin", event_poll_interval_s=0.02)
+    stores: list[Store] = []
+    if url.startswith("memory://"):
+        shared = await connect(url, namespace=namespace, secret_key=key)
+        stores = [shared] * REPLICAS
+    else:
+        stores = [await connect(url, namespace=namespace, secret_key=key) for _ in range(REPLICAS)]
+    replicas = [AuthProfileManager(s, config) for s in stores]
+    print(f"coordinator demo: {REPLICAS} replicas on {stores[0].url} (namespace {namespace})")
+    print("simulated keys: openai-team-a/b/c, anthropic-main/backup; 15 virtual minutes\n")
+
+    for pid in SCHEDULE:
+        provider = pid.split("-")[0]
+        await replicas[0].add_profile(
+            AuthProfile(id=pid, provider=provider, api_key=f"sk-demo-{pid}-0123456789abcdef")
+        )
+
+    start_ms = await stores[0].time_ms()
+    timeline: list[str] = []
+
+    def show(event: Event) -> None:
+        when = clock(event.ts_ms - start_ms)
+        data = event.data
+        if event.type == "profile:cooldown":
+            line = (
+                f"[{when}] {event.profile_id:<17} cooling down {data['duration_ms'] // 1000:>6} s"
+                f"  ({data['kind']})"
+            )
+        elif event.type == "profile:recovered":
+            line = f"[{when}] {event.profile_id:<17} recovered: back in rotation"
+        else:
+            return
+        timeline.append(line)
+        print(line)
+
+    # The observer is replica 0: it prints transitions written by any replica.
+    windows: list[tuple[str, int, int]] = []
+
+    def record_window(event: Event) -> None:
+        windows.append((event.profile_id, event.ts_ms, int(event.data["until_ms"])))
+
+    replicas[0].on("*", show)
+    replicas[0].on("profile:cooldown", record_window)
+    # Every replica remembers its own picks (a local event) with their Redis time.
+    picks: list[tuple[str, int]] = []
+    for manager in replicas:
+        manager.on("profile:selected", lambda e: picks.append((e.profile_id, e.ts_ms)))
+    await replicas[0].events.wait_started()
+
+    tally = Tally()
+    for t_s in range(0, DURATION_S, TICK_S):
+        calls = []
+        for i, manager in enumerate(replicas):
+            calls.append(one_call(i, manager, "openai", t_s, tally, f"chat-{i}"))
+            calls.append(one_call(i, manager, "openai", t_s, tally, f"batch-{i}-{t_s}"))
+            calls.append(one_call(i, manager, "anthropic", t_s, tally, f"chat-{i}"))
+        await asyncio.gather(*calls)
+        await asyncio.sleep(0.03)  # let the event reader print this tick's transitions
+        for s in set(stores):
+            s.time_offset_ms += TICK_S * 1000
+    for manager in replicas:
+        await manager.get_status()  # any recoveries due now are announced
+    await asyncio.sleep(0.2)
+
+    handed_cooling = [
+        (pid, ts)
+        for pid, ts in picks
+        if any(pid == wid and start < ts < until for wid, start, until in windows)
+    ]
+    print(
+        f"\nchecked {len(picks)} picks against {len(windows)} cooldowns: "
+        f"{len(handed_cooling)} handed out a cooling key"
+    )
+    print("\nsummary")
+    print(f"{'profile':<18}{'calls':>6}{'ok':>6}{'429':>5}{'402':>5}{'5xx':>5}  now")
+    for status in await replicas[-1].get_status():
+        o = tally.outcomes[status.id]
+        five = sum(v for k, v in o.items() if k.startswith("5"))
+        state = (
+            f"cooling {status.cooldown_remaining_ms // 1000} s ({status.cooldown_kind})"
+            if status.in_cooldown
+            else "healthy"
+        )
+        print(
+            f"{status.id:<18}{tally.calls[status.id]:>6}{o['ok']:>6}{o['429']:>5}"
+            f"{o['402']:>5}{five:>5}  {state}"
+        )
+    for provider, count in tally.refused.items():
+        print(f"calls refused because every {provider} key was cooling: {count}")
+    print("\npicks per replica:")
+    for i in range(REPLICAS):
+        picks = ", ".join(f"{k}={v}" for k, v in sorted(tally.by_replica[i].items()))
+        print(f"  replica {i}: {picks}")
+    for manager in replicas:
+        await manager.close()
+    for s in set(stores):
+        await s.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
