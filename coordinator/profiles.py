@@ -363,7 +363,9 @@ class AuthProfileManager:
         if reply[0] == "ignored":
             return CooldownResult("ignored")
         if reply[5]:
-            log.warning("profile %s: replaced corrupt state record (field %s)", profile_id, reply[5])
+            log.warning(
+                "profile %s: replaced corrupt state record (field %s)", profile_id, reply[5]
+            )
         return CooldownResult(
             "cooling",
             until_ms=int(reply[1]),
@@ -379,7 +381,9 @@ class AuthProfileManager:
         if reply is None or _is_missing(reply):
             return False
         if reply[1]:
-            log.warning("profile %s: replaced corrupt state record (field %s)", profile_id, reply[1])
+            log.warning(
+                "profile %s: replaced corrupt state record (field %s)", profile_id, reply[1]
+            )
         return True
 
     async def clear_cooldown(self, profile_id: str) -> bool:

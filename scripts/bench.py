@@ -18,13 +18,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator import AuthConfig, AuthProfile, AuthProfileManager, connect, generate_key  # noqa: E402
-from coordinator.testing import RedisServer  # noqa: E402
+from coordinator import AuthConfig, AuthProfile, AuthProfileManager, connect, generate_key
+from coordinator.testing import RedisServer
 
 SIZES = (10, 1_000, 10_000)
 TARGET_RATIO = 1.5
@@ -68,17 +69,14 @@ async def measure(url: str, iterations: int) -> list[dict[str, Any]]:
             for i in range(50):
                 await manager.get_next_profile(provider)
                 await manager.mark_success(f"{provider}-{i % size}")
+            pick = partial(manager.get_next_profile, provider)
             for i in range(iterations):
                 victim = f"{provider}-{i % size}"
-                samples["bare"].append(await _timed(lambda: bare(keys=["bench"], args=[])))
-                samples["get_next_profile"].append(
-                    await _timed(lambda: manager.get_next_profile(provider))
-                )
-                samples["mark_success"].append(await _timed(lambda v=victim: manager.mark_success(v)))
+                samples["bare"].append(await _timed(partial(bare, keys=["bench"], args=[])))
+                samples["get_next_profile"].append(await _timed(pick))
+                samples["mark_success"].append(await _timed(partial(manager.mark_success, victim)))
                 samples["mark_failed"].append(
-                    await _timed(
-                        lambda v=victim: manager.mark_failed(v, "bench", kind="server")
-                    )
+                    await _timed(partial(manager.mark_failed, victim, "bench", kind="server"))
                 )
                 if i % size == size - 1:
                     # Every profile is cooling now: bring them back so picks keep succeeding.
@@ -120,7 +118,8 @@ def report(rows: list[dict[str, Any]]) -> bool:
         flag = "" if growth <= TARGET_RATIO else "  over target"
         ok = ok and growth <= TARGET_RATIO
         print(f"{op:<18} pool {SIZES[-1]:,} vs {SIZES[0]}: {growth:.2f}×{flag}")
-    print(f"\ntargets (≤ {TARGET_RATIO}× bare, ≤ {TARGET_RATIO}× growth): {'met' if ok else 'NOT met'}")
+    verdict = "met" if ok else "NOT met"
+    print(f"\ntargets (≤ {TARGET_RATIO}× bare, ≤ {TARGET_RATIO}× growth): {verdict}")
     return ok
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator import (  # noqa: E402
+from coordinator import (
     AuthConfig,
     AuthProfile,
     AuthProfileManager,
@@ -31,7 +31,7 @@ from coordinator import (  # noqa: E402
     connect,
     generate_key,
 )
-from coordinator.classify import classify_response  # noqa: E402
+from coordinator.classify import classify_response
 
 TICK_S = 15
 DURATION_S = 15 * 60
