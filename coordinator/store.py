@@ -246,6 +246,9 @@ class Store:
             await self.persist()
         with contextlib.suppress(Exception):
             await self._client.aclose()
+        for sentinel in getattr(self._client, "_coordinator_sentinels", ()):
+            with contextlib.suppress(Exception):
+                await sentinel.aclose()
 
     async def __aenter__(self) -> Store:
         return self
@@ -291,9 +294,12 @@ def _make_client(target: _Target) -> Any:
             sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
             socket_timeout=5.0,
         )
-        return sentinel.master_for(
+        client = sentinel.master_for(
             service, db=db, username=user, password=password, decode_responses=True
         )
+        # The Sentinel's own connections close with the store (see Store.close).
+        client._coordinator_sentinels = list(sentinel.sentinels)
+        return client
     raise AssertionError(target.backend)
 
 

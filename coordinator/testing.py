@@ -17,7 +17,7 @@ from types import TracebackType
 
 from .store import Store
 
-__all__ = ["RedisCluster", "RedisServer", "advance_time", "free_port"]
+__all__ = ["RedisCluster", "RedisSentinel", "RedisServer", "advance_time", "free_port"]
 
 
 def _is_free(port: int) -> bool:
@@ -189,6 +189,70 @@ class RedisCluster:
             node.stop()
 
     def __enter__(self) -> RedisCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisSentinel:
+    """A primary plus one Sentinel that monitors it as ``service`` (quorum 1)."""
+
+    def __init__(self, service: str = "coordinator") -> None:
+        self.service = service
+        self.primary = RedisServer()
+        self.port = free_port()
+        self._dir = tempfile.mkdtemp(prefix="coordinator-sentinel-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://127.0.0.1:<sentinel port>/<service>``."""
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}"
+
+    def start(self) -> RedisSentinel:
+        """Start the primary and the Sentinel; wait until the Sentinel knows the primary."""
+        self.primary.start()
+        conf = os.path.join(self._dir, "sentinel.conf")
+        with open(conf, "w") as handle:
+            handle.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self._dir}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
+            )
+        self._proc = subprocess.Popen(
+            [_binary("redis-server"), conf, "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            out = subprocess.run(
+                [_binary("redis-cli"), "-p", str(self.port), "sentinel",
+                 "get-master-addr-by-name", self.service],
+                capture_output=True, text=True, timeout=10,
+            )  # fmt: skip
+            if str(self.primary.port) in out.stdout:
+                return self
+            if self._proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("redis sentinel did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        """Stop the Sentinel and the primary."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            self._proc.wait(timeout=10)
+        self._proc = None
+        self.primary.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisSentinel:
         return self.start()
 
     def __exit__(

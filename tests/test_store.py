@@ -169,3 +169,21 @@ def test_repr_hides_passwords() -> None:
     from coordinator.store import redact_url
 
     assert redact_url("redis://user:pw123@host:6379/0") == "redis://user:****@host:6379/0"
+
+
+async def test_sentinel_urls_reach_the_monitored_primary(secret_key: str) -> None:
+    from coordinator.testing import RedisSentinel
+
+    with RedisSentinel("pool-primary") as sentinel:
+        store = await connect(sentinel.url, namespace=unique_namespace(), secret_key=secret_key)
+        try:
+            assert store.backend == "sentinel"
+            manager = manager_for(store)
+            await add_keys(manager, 2)
+            picks = {(await manager.get_next_profile("openai")).id for _ in range(2)}  # type: ignore[union-attr]
+            assert picks == {"key-0", "key-1"}
+            assert (await manager.mark_failed("key-0", "x", kind="server")).status == "cooling"
+        finally:
+            await store.close()
+    with pytest.raises(ConfigError):
+        await connect("redis+sentinel://127.0.0.1:1")
