@@ -187,3 +187,31 @@ async def test_sentinel_urls_reach_the_monitored_primary(secret_key: str) -> Non
             await store.close()
     with pytest.raises(ConfigError):
         await connect("redis+sentinel://127.0.0.1:1")
+
+
+async def test_one_manager_per_process_and_a_different_config_is_an_error() -> None:
+    from coordinator import AuthConfig, get_auth_profile_manager, reset_auth_profile_manager
+
+    await reset_auth_profile_manager()
+    try:
+        first = await get_auth_profile_manager("memory://")
+        assert await get_auth_profile_manager("memory://") is first
+        with pytest.raises(ConfigError):
+            await get_auth_profile_manager("memory://", config=AuthConfig(strategy="priority"))
+        with pytest.raises(ConfigError):
+            await get_auth_profile_manager("memory:///elsewhere.json")
+        await reset_auth_profile_manager()
+        second = await get_auth_profile_manager("memory://", config=AuthConfig(strategy="priority"))
+        assert second is not first and second.config.strategy == "priority"
+    finally:
+        await reset_auth_profile_manager()
+
+
+async def test_script_flush_reaches_every_node(store: coordinator.Store) -> None:
+    from coordinator import scripts
+
+    sha = store._scripts["pick"].sha
+    assert sha == __import__("hashlib").sha1(scripts.script_source("pick").encode()).hexdigest()
+    await store.flush_script_cache()
+    exists = await store.client.script_exists(sha)
+    assert not any(exists if isinstance(exists, list) else [exists])
