@@ -70,6 +70,7 @@ Clock = Callable[[], float]
 Outcome = Literal["success", "failure", "release", "unusable"]
 
 _PARSE_CACHE_LIMIT = 1024
+_CORRUPT_RETRIES = 4
 _RETRY_CAP_S = 10 * 365 * 86400
 # Failure kinds that concern one key of a pool, not the provider: for a pool-backed profile
 # they cool the key down in its pool and do not count against the model profile's breaker.
@@ -300,9 +301,15 @@ class ModelProfileManager:
     async def _select(
         self, model: str | None, session_id: str | None, exclude: Iterable[str]
     ) -> tuple[ModelSelection | None, int | None]:
-        args, keys = self._selection_args(model, session_id, exclude)
-        reply = await self._run("model_select", args, keys)
-        return self._decode_selection(reply)
+        excluded = list(exclude)
+        for _ in range(_CORRUPT_RETRIES):
+            args, keys = self._selection_args(model, session_id, excluded)
+            reply = await self._run("model_select", args, keys)
+            selection, retry_in = self._decode_selection(reply)
+            if selection is not None or int(reply[0]) == 0:
+                return selection, retry_in
+            excluded.append(str(reply[1]))  # its definition does not parse: skip it, pick again
+        return None, None
 
     async def select_profile(
         self,
@@ -336,6 +343,7 @@ class ModelProfileManager:
             profile_id, epoch, token = target.profile_id, str(target.epoch), target.permit or ""
         else:
             profile_id, epoch, token = validate_id(target, "profile_id"), "", ""
+        exclude = list(exclude)
         select_args: list[Any] = []
         keys: list[str] = []
         if pick_next:
@@ -369,6 +377,12 @@ class ModelProfileManager:
         if not pick_next or reply[1] == 0:
             return result, None, None
         selection, retry_in = self._decode_selection(reply[1])
+        if selection is None and int(reply[1][0]) == 1:
+            # The next profile's definition does not parse here: pick again without it (one
+            # more round trip, only when a stored value is corrupt).
+            selection, retry_in = await self._select(
+                model, session_id, [*exclude, profile_id, str(reply[1][1])]
+            )
         return result, selection, retry_in
 
     async def record_success(

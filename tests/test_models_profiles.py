@@ -514,3 +514,30 @@ async def test_breakers_survive_a_new_manager_and_a_script_flush(store: Store) -
     sel = await fresh.select_profile()
     assert sel is not None and sel.profile_id == "secondary"
     assert (await breaker(store, "primary"))["state"] == "open"
+
+
+async def test_a_definition_only_python_finds_broken_is_skipped_too(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    keys = ModelKeys(store.namespace)
+    raw = await store.command("HGET", keys.profiles, "secondary")
+    record = orjson.loads(raw)
+    record["base_url"] = "ftp://not-http"  # a string to the script, invalid to ModelProfile
+    await store.command("HSET", keys.profiles, "secondary", orjson.dumps(record).decode())
+    await fail(manager, 3)  # primary opens
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "tertiary"
+    assert "secondary" in caplog.text
+    nxt = await manager.get_next_available_profile(sel, kind="server")
+    assert nxt is None
+    advance_time(store, MINUTE_MS)
+    probe = await manager.select_profile()
+    assert probe is not None and probe.profile_id == "primary"
+    nxt = await manager.get_next_available_profile(probe, kind="server")
+    assert nxt is not None and nxt.profile_id == "tertiary"
+    record["auth"] = {"kind": "telepathy"}  # refused by the script itself
+    await store.command("HSET", keys.profiles, "secondary", orjson.dumps(record).decode())
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["secondary"].broken_field == "auth"

@@ -53,6 +53,8 @@ local function is_number(v)
   return type(v) == 'number' and v == v and v >= 0 and v < 1e300
 end
 
+local AUTH_KINDS = {api_key = true, env = true, oauth = true, pool = true, none = true}
+
 -- A definition: returns (def, raw, nil), (nil, nil, 'missing') or (nil, raw, broken field).
 local function load_def(id)
   local raw = redis.call('HGET', K_PROFILES, id)
@@ -61,7 +63,9 @@ local function load_def(id)
   if not d then return nil, raw, 'definition' end
   if type(d.priority) ~= 'number' or d.priority ~= d.priority then return nil, raw, 'priority' end
   if type(d.enabled) ~= 'boolean' then return nil, raw, 'enabled' end
-  if type(d.auth) ~= 'table' then return nil, raw, 'auth' end
+  if type(d.auth) ~= 'table' or not AUTH_KINDS[d.auth.kind] then return nil, raw, 'auth' end
+  if type(d.base_url) ~= 'string' then return nil, raw, 'base_url' end
+  if type(d.provider) ~= 'string' then return nil, raw, 'provider' end
   if type(d.models) ~= 'table' then return nil, raw, 'models' end
   for _, m in ipairs(d.models) do
     if type(m) ~= 'string' then return nil, raw, 'models' end
