@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from redis.crc import key_slot
 
 from coordinator import Store
 from coordinator.keys import OAuthKeys
@@ -320,7 +321,13 @@ async def test_all_oauth_keys_share_one_hash_slot(store: Store) -> None:
         k.fences,
         k.events,
     ]
-    assert all("{oauth}" in key for key in shapes)
+    assert len({key_slot(key.encode()) for key in shapes}) == 1
+
+
+async def test_scripts_reload_after_a_script_cache_flush(store: Store) -> None:
+    await store.flush_script_cache()
+    assert (await save(store, "p1:a"))[0] == 1
+    assert (await acquire(store, "p1:a", "o1"))["code"] == "fresh"
 
 
 async def test_due_for_refresh_reads_the_expiry_index_on_redis_time(store: Store) -> None:

@@ -707,8 +707,10 @@ class OAuthManager:
             if code == "no-refresh":
                 if got["remaining_ms"] > 0 and not force:
                     return self._open(cid, "access_token", got["access"])
+                why = "cannot be refreshed" if force else "expired"
                 raise ReauthRequiredError(
-                    f"credential {cid!r} has no refresh token and its access token expired"
+                    f"credential {cid!r} has no refresh token (the provider issued none) and "
+                    f"its access token {why}; sign in again"
                 )
             if code == "locked":
                 started = loop.time()
