@@ -37,7 +37,7 @@ async def providers() -> AsyncIterator[dict[str, FakeProvider]]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=httpx.Timeout(0.3)) as client:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(0.8)) as client:
         yield client
 
 
@@ -108,7 +108,7 @@ async def test_failover_breaker_probe_close_and_return_to_primary(
 
     # 3. After the cooldown: a 500 and a timeout make three failures in a row: it opens.
     advance_time(store, 20 * SECOND_MS + MARGIN)
-    grok.then(Reply(500, body=b"<html>boom</html>"), Reply(hang_s=2))
+    grok.then(Reply(500, body=b"<html>boom</html>"), Reply(hang_s=10))
     await manager.execute(call)
     assert served[-1] == ("anthropic", "failover")
     assert (await breaker(store, "grok"))["state"] == "closed"
@@ -124,7 +124,7 @@ async def test_failover_breaker_probe_close_and_return_to_primary(
     assert served[-1] == ("openai", "failover")
 
     # 5. The last one times out too: every attempt is reported with the soonest recovery.
-    openai.then(Reply(hang_s=2))
+    openai.then(Reply(hang_s=10))
     with pytest.raises(AllProfilesUnavailableError) as info:
         await manager.execute(call)
     err = info.value
