@@ -40,6 +40,7 @@ from .errors import (
     NoProfileAvailableError,
     OAuthError,
     ProfileNotFoundError,
+    StoreUnavailableError,
 )
 from .events import Event, EventCallback, EventHub
 from .failures import FailureKind
@@ -593,6 +594,8 @@ class ModelProfileManager:
                 if last:
                     raise AllProfilesUnavailableError(attempts, None) from None
                 continue
+            except StoreUnavailableError:
+                raise  # an outage is not the profile's fault, nor something to fail over from
             except ConfigError:
                 if selection.probe:
                     await self.release(selection)

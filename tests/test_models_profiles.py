@@ -541,3 +541,29 @@ async def test_a_definition_only_python_finds_broken_is_skipped_too(
     await store.command("HSET", keys.profiles, "secondary", orjson.dumps(record).decode())
     status = {s.id: s for s in await manager.get_status()}
     assert status["secondary"].broken_field == "auth"
+
+
+async def test_a_token_source_failure_is_an_auth_failure_and_an_outage_propagates(
+    store: Store,
+) -> None:
+    from coordinator import ReauthRequiredError, StoreUnavailableError
+
+    class Broken:
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        async def get_access_token(self, credential_id: str) -> Secret:
+            raise self.exc
+
+    async def call(c: Any) -> str:
+        return str(c.profile.id)
+
+    await model_manager(store).add_profile(profile("oa", 100, auth=ModelAuth.oauth("cred-1")))
+    await model_manager(store).add_profile(profile("plain", 10))
+    manager = ModelProfileManager(store, token_source=Broken(ReauthRequiredError("sign in")))
+    assert await manager.execute(call) == "plain"
+    failure = next(d for t, p, d in await events(store) if t == "profile:failure" and p == "oa")
+    assert failure["kind"] == "auth"
+    outage = ModelProfileManager(store, token_source=Broken(StoreUnavailableError("down")))
+    with pytest.raises(StoreUnavailableError):
+        await outage.execute(call)
