@@ -102,13 +102,16 @@ def _retry_ms(retry_after_s: float | None) -> int | str:
     return math.ceil(min(float(retry_after_s), _RETRY_CAP_S) * 1000)
 
 
-def _describe(error: BaseException | str | None) -> str:
+def _describe(error: BaseException | str | None, known: Sequence[str] = ()) -> str:
     if error is None:
         return ""
     if isinstance(error, str):
-        return redact(error)
-    text = str(error)
-    return redact(f"{type(error).__name__}: {text}" if text else type(error).__name__)
+        return redact(error, known)
+    try:
+        text = str(error)
+    except Exception:
+        text = ""
+    return redact(f"{type(error).__name__}: {text}" if text else type(error).__name__, known)
 
 
 class ModelProfileManager:
@@ -607,7 +610,7 @@ class ModelProfileManager:
                 if kind is not None or verdict.kind in (None, FailureKind.CALLER):
                     verdict = Classification(kind or FailureKind.AUTH, None, "credential")
                 error: BaseException | None = exc
-                key_id = None
+                secret, key_id = None, None
                 result: Any = None
             else:
                 context = ModelCall(
@@ -644,7 +647,8 @@ class ModelProfileManager:
                 if error is not None:
                     raise error
                 return cast(T, result)
-            message = _describe(error) if error is not None else verdict.reason
+            known = [secret.reveal()] if error is not None and secret is not None else []
+            message = _describe(error, known) if error is not None else verdict.reason
             attempts.append(
                 ModelAttempt(selection.profile_id, verdict.kind, message, selection.model)
             )

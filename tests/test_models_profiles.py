@@ -567,3 +567,23 @@ async def test_a_token_source_failure_is_an_auth_failure_and_an_outage_propagate
     outage = ModelProfileManager(store, token_source=Broken(StoreUnavailableError("down")))
     with pytest.raises(StoreUnavailableError):
         await outage.execute(call)
+
+
+async def test_a_secret_in_an_error_message_never_reaches_errors_or_events(store: Store) -> None:
+    manager = model_manager(store)
+    odd_key = "plainword1234"  # not shaped like a token: only knowing it can mask it
+    await manager.add_profile(profile("k", 100, auth=ModelAuth.api_key(odd_key)))
+
+    async def leaky(c: Any) -> str:
+        raise RuntimeError(f"provider said: bad key {c.secret.reveal()} (sk-abcdefghijklmnop)")
+
+    from coordinator import AllProfilesUnavailableError
+
+    with pytest.raises(AllProfilesUnavailableError) as info:
+        await manager.execute(leaky)
+    text = str(info.value) + repr(info.value.attempts)
+    assert odd_key not in text and "sk-abcdefghijklmnop" not in text and "****" in text
+    for _t, _p, data in await events(store):
+        assert odd_key not in str(data)
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["k"].last_error is not None and odd_key not in status["k"].last_error
