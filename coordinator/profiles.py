@@ -62,7 +62,7 @@ class AuthProfileManager:
         self.config = config or AuthConfig()
         self._index = IndexKeys(store.namespace)
         self._pool_keys: dict[str, PoolKeys] = {}
-        self._static_keys: dict[str, list[str]] = {}
+        self._static_keys: dict[str, list[bytes]] = {}
         self._pool_of: dict[str, str] = {}
         self._parsed: dict[str, AuthProfile] = {}
         self._sleep = sleep
@@ -96,11 +96,12 @@ class AuthProfileManager:
             keys = self._pool_keys[provider] = PoolKeys(self.store.namespace, provider)
         return keys
 
-    def _static(self, provider: str) -> list[str]:
-        """The pool's static key list (built once: it is on every hot path)."""
+    def _static(self, provider: str) -> list[bytes]:
+        """The pool's static keys, encoded once (they are on every hot path)."""
         static = self._static_keys.get(provider)
         if static is None:
-            static = self._static_keys[provider] = self._keys(provider).all_static()
+            keys = self._keys(provider).all_static()
+            static = self._static_keys[provider] = [k.encode() for k in keys]
         return static
 
     async def _providers(self) -> list[str]:
@@ -269,7 +270,7 @@ class AuthProfileManager:
         ttl_ms = 0
         if session_id is not None and self.config.session_sticky:
             session_key = self._keys(provider).session(validate_session_id(session_id))
-            script_keys = [*script_keys, session_key]
+            script_keys = [*script_keys, session_key.encode()]
             ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
         reply = await self.store.run(
             "pick",

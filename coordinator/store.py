@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
-from redis.commands.core import AsyncScript
 
 from . import scripts
 from .errors import ConfigError, StoreUnavailableError
@@ -136,8 +136,13 @@ class Store:
         self.namespace = namespace
         self.box = box
         self.time_offset_ms = 0
-        self._scripts: dict[str, AsyncScript] = {
-            name: client.register_script(scripts.script_source(name))
+        # name -> (sha1, source). The runner is ours rather than redis-py's Script: it is the
+        # hot path of every operation, and calling EVALSHA directly saves ~10 µs per call.
+        self._scripts: dict[str, tuple[str, str]] = {
+            name: (
+                hashlib.sha1(scripts.script_source(name).encode()).hexdigest(),
+                scripts.script_source(name),
+            )
             for name in scripts.script_names()
         }
         self._persist_path = persist_path
@@ -171,12 +176,26 @@ class Store:
                 f"{what} failed on {self.url}: {type(exc).__name__}: {str(exc)[:200]}"
             ) from exc
 
-    async def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Run one Lua operation (EVALSHA, reloaded on NOSCRIPT) in one round trip."""
-        script = self._scripts[name]
+    def script_sha(self, name: str) -> str:
+        """The SHA1 under which operation ``name`` is cached by Redis."""
+        return self._scripts[name][0]
+
+    async def run(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
+        """Run one Lua operation in one round trip: EVALSHA, and on NOSCRIPT (a flushed or
+        restarted server) SCRIPT LOAD and EVALSHA again. Keys may be pre-encoded bytes."""
+        sha, source = self._scripts[name]
+        client = self._client
         # Inline rather than `guard()`: this is the hot path of every operation.
         try:
-            result = await script(keys=keys, args=[self.time_offset_ms, *args])
+            try:
+                result = await client.execute_command(
+                    "EVALSHA", sha, len(keys), *keys, self.time_offset_ms, *args
+                )
+            except rexc.NoScriptError:
+                await client.script_load(source)
+                result = await client.execute_command(
+                    "EVALSHA", sha, len(keys), *keys, self.time_offset_ms, *args
+                )
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(
                 f"script {name} failed on {self.url}: {type(exc).__name__}: {str(exc)[:200]}"

@@ -2,7 +2,8 @@
 
 Usage: ``python scripts/bench.py [--url redis://...] [--iterations N]`` (``make bench``).
 Without ``--url`` (or ``COORDINATOR_REDIS_URL``) it starts a throw-away ``redis-server`` on a
-free loopback port. The bare round trip is an EVALSHA of ``return 1`` from the same client;
+free loopback port. The bare round trip is an EVALSHA of ``return 1`` (one key) sent with
+``execute_command`` on the same client, the leanest call redis-py makes;
 operations and the bare round trip are interleaved so that machine noise hits both alike, and
 medians are reported. Targets: every operation <= 1.5x the bare round trip, and the 10,000
 profile pool within 1.5x of the 10 profile pool (a pick must not scan the pool).
@@ -54,8 +55,9 @@ async def _timed(op: Callable[[], Awaitable[Any]]) -> float:
 async def measure(url: str, iterations: int) -> list[dict[str, Any]]:
     """Run the benchmark; one row per (pool size, operation)."""
     store = await connect(url, namespace=f"bench{os.getpid()}", secret_key=generate_key())
-    bare = store.client.register_script("return 1")
-    await bare(keys=["bench"], args=[])
+    bare_sha = await store.client.script_load("return 1")
+    bare = partial(store.client.execute_command, "EVALSHA", bare_sha, 1, b"bench")
+    await bare()
     rows: list[dict[str, Any]] = []
     try:
         for size in SIZES:
@@ -72,7 +74,7 @@ async def measure(url: str, iterations: int) -> list[dict[str, Any]]:
             pick = partial(manager.get_next_profile, provider)
             for i in range(iterations):
                 victim = f"{provider}-{i % size}"
-                samples["bare"].append(await _timed(partial(bare, keys=["bench"], args=[])))
+                samples["bare"].append(await _timed(bare))
                 samples["get_next_profile"].append(await _timed(pick))
                 samples["mark_success"].append(await _timed(partial(manager.mark_success, victim)))
                 samples["mark_failed"].append(

@@ -210,7 +210,7 @@ async def test_one_manager_per_process_and_a_different_config_is_an_error() -> N
 async def test_script_flush_reaches_every_node(store: coordinator.Store) -> None:
     from coordinator import scripts
 
-    sha = store._scripts["pick"].sha
+    sha = store.script_sha("pick")
     assert sha == __import__("hashlib").sha1(scripts.script_source("pick").encode()).hexdigest()
     await store.flush_script_cache()
     exists = await store.client.script_exists(sha)

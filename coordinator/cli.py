@@ -1,0 +1,100 @@
+"""``coordinator``: the operator's command line. It parses, calls the library, prints.
+
+No business logic lives here; every command is one library call. Errors from the library are
+printed as one line (no traceback, no secret) with exit status 1; bad usage exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from . import __version__
+from .errors import CoordinatorError
+from .profiles import AuthProfileManager
+from .secrets import generate_key
+from .store import connect
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coordinator",
+        description="Inspect and operate coordinator's shared credential pools.",
+    )
+    parser.add_argument("--version", action="version", version=f"coordinator {__version__}")
+    parser.add_argument("--url", help="store URL (default: $COORDINATOR_REDIS_URL, else memory://)")
+    parser.add_argument("--namespace", default="coord", help="key namespace (default: coord)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("keygen", help="print a new COORDINATOR_SECRET_KEY")
+    status = commands.add_parser("status", help="health of every profile")
+    status.add_argument("provider", nargs="?", help="only this provider's pool")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    clear = commands.add_parser("clear-cooldown", help="end a profile's cooldowns now")
+    clear.add_argument("profile_id")
+    commands.add_parser("export", help="print a JSON snapshot of every pool (keys stay encrypted)")
+    load = commands.add_parser("import", help="replace pools from an export file")
+    load.add_argument("file", type=argparse.FileType("r"))
+    return parser
+
+
+async def _run(args: argparse.Namespace) -> int:
+    store = await connect(args.url, namespace=args.namespace)
+    manager = AuthProfileManager(store)
+    try:
+        if args.command == "status":
+            rows = await manager.get_status(args.provider)
+            if args.json:
+                print(json.dumps([asdict(r) for r in rows], indent=2, default=str))
+            else:
+                _print_status(rows)
+        elif args.command == "clear-cooldown":
+            was = await manager.clear_cooldown(args.profile_id)
+            print(f"{args.profile_id}: {'cooldown cleared' if was else 'was not cooling down'}")
+        elif args.command == "export":
+            print(json.dumps(await manager.export_state(), indent=2))
+        elif args.command == "import":
+            count = await manager.import_state(json.load(args.file))
+            print(f"imported {count} profiles")
+    finally:
+        await manager.close()
+        await store.close()
+    return 0
+
+
+def _print_status(rows: Sequence[object]) -> None:
+    print(f"{'provider':<12} {'profile':<24} {'state':<10} {'remaining':>10} {'fail':>4} "
+          f"{'bill':>4}  last error")  # fmt: skip
+    for row in rows:
+        r = asdict(row)  # type: ignore[call-overload]
+        state = "broken" if r["broken_field"] else "cooling" if r["in_cooldown"] else "healthy"
+        remaining = f"{r['cooldown_remaining_ms'] // 1000} s" if r["in_cooldown"] else "-"
+        error = (r["last_error"] or "")[:60]
+        if r["broken_field"]:
+            error = f"corrupt field {r['broken_field']!r}"
+        print(
+            f"{r['provider']:<12} {r['id']:<24} {state:<10} {remaining:>10} "
+            f"{r['failures']:>4} {r['billing_failures']:>4}  {error}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``coordinator`` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "keygen":
+        print(generate_key())
+        return 0
+    try:
+        return asyncio.run(_run(args))
+    except CoordinatorError as exc:
+        print(f"coordinator: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
