@@ -372,7 +372,7 @@ class ModelProfileManager:
         state = str(head[1]) or None
         result = ReportResult(
             status=cast(Any, status),
-            state=cast(BreakerState | None, state),
+            state=cast("BreakerState | None", state),
             epoch=int(head[2]) if int(head[2]) >= 0 else None,
             broken_field=str(head[3]) or None,
         )
@@ -750,7 +750,7 @@ def _status_row(now: int, decay_ms: int, row: Sequence[Any]) -> ModelProfileStat
         else None,
         priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else None,
         enabled=enabled if isinstance(enabled, bool) else None,
-        state=cast(BreakerState | None, state),
+        state=cast("BreakerState | None", state),
         epoch=_num(breaker.get("epoch")),
         open_remaining_ms=max(0, open_until - now),
         cooldown_remaining_ms=max(0, _num(breaker.get("cooldown_until_ms")) - now),
