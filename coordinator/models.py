@@ -142,8 +142,9 @@ class ModelProfileManager:
         self.auth_manager = auth_manager
         self.token_source = token_source
         self.keys = ModelKeys(store.namespace)
-        self._static = self.keys.all_static()
-        self._cfg_args = self.config.script_args()
+        # Encoded once: keys and configuration are sent with every call (the hot path).
+        self._static = [k.encode() for k in self.keys.all_static()]
+        self._cfg_args = [a.encode() for a in self.config.script_args()]
         self._session_ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
         self._sleep = sleep
         self._clock = clock
@@ -161,7 +162,7 @@ class ModelProfileManager:
     async def _event_streams(self) -> dict[str, str]:
         return {self.keys.events: "models"}
 
-    async def _run(self, script: str, args: Sequence[Any], keys: Sequence[str] = ()) -> Any:
+    async def _run(self, script: str, args: Sequence[Any], keys: Sequence[bytes] = ()) -> Any:
         return await self.store.run(script, [*self._static, *keys], [*self._cfg_args, *args])
 
     def _profile_from_raw(self, raw: str) -> ModelProfile:
@@ -175,16 +176,16 @@ class ModelProfileManager:
 
     def _selection_args(
         self, model: str | None, session_id: str | None, exclude: Iterable[str]
-    ) -> tuple[list[Any], list[str]]:
+    ) -> tuple[list[Any], list[bytes]]:
         if model is not None and (not isinstance(model, str) or not model):
             raise ConfigError("model", "must be a non-empty string or None")
         excluded = [validate_id(e, "exclude") for e in exclude]
-        keys: list[str] = []
+        keys: list[bytes] = []
         ttl = 0
         if session_id is not None:
             validate_session_id(session_id)
             if self.config.session_sticky:
-                keys.append(self.keys.session(session_id))
+                keys.append(self.keys.session(session_id).encode())
                 ttl = self._session_ttl_ms
         return [model or "", ttl, len(excluded), *excluded], keys
 
@@ -349,7 +350,7 @@ class ModelProfileManager:
             profile_id, epoch, token = validate_id(target, "profile_id"), "", ""
         exclude = list(exclude)
         select_args: list[Any] = []
-        keys: list[str] = []
+        keys: list[bytes] = []
         if pick_next:
             select_args, keys = self._selection_args(model, session_id, exclude)
         reply = await self._run(
