@@ -14,6 +14,7 @@ from .errors import (
     CorruptStateError,
     CredentialNotFoundError,
     DecryptionError,
+    LoginTimeoutError,
     MissingSecretError,
     NoProfileAvailableError,
     NotFoundError,
@@ -29,6 +30,17 @@ from .errors import (
 )
 from .events import Event, EventHub
 from .failures import FailureKind
+from .oauth import PRESETS as OAUTH_PRESETS
+from .oauth import (
+    AuthorizationRequest,
+    DeviceAuthorization,
+    LoopbackCallbackServer,
+    OAuthConfig,
+    OAuthCredential,
+    OAuthManager,
+    OAuthProvider,
+)
+from .oauth import preset as oauth_preset
 from .profile_types import AuthProfile, CooldownResult, ProfileStatus
 from .profiles import AuthProfileManager, get_auth_profile_manager, reset_auth_profile_manager
 from .secrets import Secret, SecretBox, generate_key
@@ -37,7 +49,17 @@ from .store import Store, connect
 __version__ = "0.1.0"
 
 __all__ = [
+    "OAUTH_PRESETS",
     "AllProfilesUnavailableError",
+    "AuthorizationRequest",
+    "DeviceAuthorization",
+    "LoginTimeoutError",
+    "LoopbackCallbackServer",
+    "OAuthConfig",
+    "OAuthCredential",
+    "OAuthManager",
+    "OAuthProvider",
+    "oauth_preset",
     "AuthConfig",
     "AuthProfile",
     "AuthProfileManager",
