@@ -353,21 +353,11 @@ class ModelProfileManager:
         keys: list[bytes] = []
         if pick_next:
             select_args, keys = self._selection_args(model, session_id, exclude)
-        reply = await self._run(
-            "model_report",
-            [
-                profile_id,
-                outcome,
-                kind.value if kind is not None else "",
-                message,
-                retry_ms,
-                epoch,
-                token,
-                1 if pick_next else 0,
-                *select_args,
-            ],
-            keys,
+        header = (
+            f"{outcome},{kind.value if kind is not None else ''},{retry_ms},{epoch},{token},"
+            f"{1 if pick_next else 0}"
         )
+        reply = await self._run("model_report", [profile_id, header, message, *select_args], keys)
         head = reply[0]
         status = str(head[0])
         state = str(head[1]) or None

@@ -2,13 +2,16 @@
 -- the same round trip.
 -- KEYS[1..5]  the static {models} keys (see _model.lua); KEYS[6] the session key (optional)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (see _model.lua)
--- ARGV[3] profile id   ARGV[4] outcome: success | failure | release | unusable
--- ARGV[5] kind (rate_limit | billing | auth | server | timeout | unknown | caller; '' for a
---   success)   ARGV[6] error text (already redacted)   ARGV[7] cooldown ms ('' for none:
---   a Retry-After or a rate-limit reset, honoured up to max_retry_after_ms)
--- ARGV[8] epoch of the selection ('' for the current one)   ARGV[9] probe token ('' for none)
--- ARGV[10] 1 to pick the next profile (failover), else 0
--- ARGV[11] model   ARGV[12] session TTL ms   ARGV[13] count of excluded ids   ARGV[14..] ids
+-- ARGV[3] profile id
+-- ARGV[4] "<outcome>,<kind>,<cooldown ms>,<epoch>,<probe token>,<pick>" (one argument: each
+--   argument costs the client time to encode), where outcome is success | failure | release |
+--   unusable; kind is rate_limit | billing | auth | server | timeout | unknown | caller ('' for
+--   a success); cooldown ms is '' for none (a Retry-After or a rate-limit reset, honoured up to
+--   max_retry_after_ms); epoch is the selection's ('' for the current one); the probe token is
+--   '' for none; pick is 1 to pick the next profile (failover), else 0
+-- ARGV[5] error text (already redacted)
+-- ARGV[6] model   ARGV[7] session TTL ms   ARGV[8] count of excluded ids   ARGV[9..] ids
+--   (only read when pick is 1)
 -- Returns {{status, breaker state, epoch, broken field}, selection reply or 0}
 --   status: recorded | stale | ignored | released | missing | corrupt
 --   selection reply: as model_select (the reported profile is excluded); a pick emits
@@ -16,10 +19,12 @@
 --!include _model.lua
 --!include _model_record.lua
 
-local id, outcome, kind, message = ARGV[MARG], ARGV[MARG + 1], ARGV[MARG + 2], ARGV[MARG + 3]
-local cooldown = tonumber(ARGV[MARG + 4])
-local epoch, token = ARGV[MARG + 5], ARGV[MARG + 6]
-local pick_next = ARGV[MARG + 7] == '1'
+local id, message = ARGV[MARG], ARGV[MARG + 2]
+local outcome, kind, cooldown_text, epoch, token, pick = string.match(ARGV[MARG + 1],
+  '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)$')
+if not outcome then return redis.error_reply('model_report: malformed ARGV[4]') end
+local cooldown = tonumber(cooldown_text)
+local pick_next = pick == '1'
 local now = now_ms()
 
 local result
@@ -37,7 +42,7 @@ else
 end
 
 if not pick_next then return {result, 0} end
-local model, ttl, excluded = selection_args(MARG + 8)
+local model, ttl, excluded = selection_args(MARG + 3)
 excluded[id] = true
 local reply = select_profile(now, model, excluded, KEYS[6], ttl)
 if reply[1] == 1 then
