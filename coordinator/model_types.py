@@ -356,7 +356,8 @@ class ModelSelection:
     ``epoch`` is the breaker's epoch when it was chosen and ``permit`` the half-open probe
     permit (``None`` for an ordinary call): a report carrying an older epoch or an expired
     permit is not counted by the breaker. ``reason``: ``primary`` (the highest-priority profile
-    serving the model), ``failover`` (a lower one) or ``testing`` (a half-open probe).
+    serving the model), ``failover`` (a lower one, or one ranked below an excluded profile) or
+    ``testing`` (a half-open probe).
     """
 
     profile: ModelProfile

@@ -175,7 +175,8 @@ end
 --   {1, id, definition JSON, model, reason, epoch, probe token, now, sticky 0|1, broken}
 --   {0, soonest recovery in ms (-1 if nothing recovers by itself), now, broken}
 -- reason: 'primary' (the highest-priority enabled profile serving the model), 'failover'
--- (a lower one), 'testing' (a half-open probe; the token is its permit). broken lists
+-- (a lower one, or one below an excluded profile), 'testing' (a half-open probe; the token is
+-- its permit). broken lists
 -- 'id:field' of profiles skipped because a stored value is corrupt.
 -- Cost: O(log n) + the profiles ranked above the one chosen (a handful: one per provider).
 local function select_profile(now, model, excluded, session_key, session_ttl)
@@ -235,18 +236,24 @@ local function select_profile(now, model, excluded, session_key, session_ttl)
     local page = redis.call('ZRANGE', K_RANKED, offset, offset + PAGE - 1)
     if #page == 0 then break end
     for _, id in ipairs(page) do
-      local def, raw, bad = load_def(id)
-      if not def then
-        if bad == 'missing' then
-          redis.call('ZREM', K_RANKED, id)
-        else
-          broken[#broken + 1] = id .. ':' .. bad
-        end
-      elseif not def.enabled then
-        redis.call('ZREM', K_RANKED, id)
-      elseif serves(def, model) then
+      if excluded[id] then
+        -- Not even decoded (a failover hop excludes the profile that just failed): an
+        -- excluded profile ranked above the one chosen makes the choice a failover.
         if top == nil then top = id end
-        if not chosen and not excluded[id] then chosen = consider(id, def, raw, false) end
+      else
+        local def, raw, bad = load_def(id)
+        if not def then
+          if bad == 'missing' then
+            redis.call('ZREM', K_RANKED, id)
+          else
+            broken[#broken + 1] = id .. ':' .. bad
+          end
+        elseif not def.enabled then
+          redis.call('ZREM', K_RANKED, id)
+        elseif serves(def, model) then
+          if top == nil then top = id end
+          if not chosen then chosen = consider(id, def, raw, false) end
+        end
       end
       if chosen and top then break end
     end
