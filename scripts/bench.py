@@ -1,6 +1,7 @@
 """Benchmark: each pool operation as a ratio to a bare Redis round trip, measured in one run.
 
 Usage: ``python scripts/bench.py [--url redis://...] [--iterations N]`` (``make bench``).
+It also runs the model-profile benchmark (``scripts/bench_models.py``) in the same run.
 Without ``--url`` (or ``COORDINATOR_REDIS_URL``) it starts a throw-away ``redis-server`` on a
 free loopback port. The bare round trip is an EVALSHA of ``return 1`` (one key) sent with
 ``execute_command`` on the same client, the leanest call redis-py makes;
@@ -14,10 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
@@ -25,8 +24,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator import AuthConfig, AuthProfile, AuthProfileManager, connect, generate_key
+from coordinator import (
+    AuthConfig,
+    AuthProfile,
+    AuthProfileManager,
+    Store,
+    connect,
+    generate_key,
+)
 from coordinator.testing import RedisServer
+from scripts import bench_models
+from scripts._benchlib import bare_round_trip, interleaved_medians
 
 SIZES = (10, 1_000, 10_000)
 TARGET_RATIO = 1.5
@@ -46,58 +54,61 @@ async def _fill_pool(manager: AuthProfileManager, provider: str, size: int) -> N
     await asyncio.gather(*batch)
 
 
-async def _timed(op: Callable[[], Awaitable[Any]]) -> float:
-    start = time.perf_counter_ns()
-    await op()
-    return (time.perf_counter_ns() - start) / 1000.0
+async def _measure_pool(
+    store: Store, bare: Any, size: int, iterations: int
+) -> list[dict[str, Any]]:
+    provider = f"bench{size}"
+    manager = AuthProfileManager(store, AuthConfig())
+    await _fill_pool(manager, provider, size)
+    victim = {"id": f"{provider}-0"}
+
+    async def success() -> Any:
+        return await manager.mark_success(victim["id"])
+
+    async def failed() -> Any:
+        return await manager.mark_failed(victim["id"], "bench", kind="server")
+
+    async def between(i: int) -> None:
+        victim["id"] = f"{provider}-{(i + 1) % size}"
+        if i % size == size - 1:
+            # Every profile is cooling now: bring them back so picks keep succeeding.
+            store.time_offset_ms += 2 * 3_600_000
+
+    timings = await interleaved_medians(
+        {
+            "bare": bare,
+            "get_next_profile": partial(manager.get_next_profile, provider),
+            "mark_success": success,
+            "mark_failed": failed,
+        },
+        iterations,
+        between=between,
+        warmup=50,
+    )
+    bare_median = timings["bare"]["median"]
+    return [
+        {
+            "size": size,
+            "op": op,
+            "median_us": t["median"],
+            "p90_us": t["p90"],
+            "ratio": t["median"] / bare_median,
+        }
+        for op, t in timings.items()
+    ]
 
 
 async def measure(url: str, iterations: int) -> list[dict[str, Any]]:
     """Run the benchmark; one row per (pool size, operation)."""
     store = await connect(url, namespace=f"bench{os.getpid()}", secret_key=generate_key())
-    bare_sha = await store.client.script_load("return 1")
-    bare = partial(store.client.execute_command, "EVALSHA", bare_sha, 1, b"bench")
-    await bare()
-    rows: list[dict[str, Any]] = []
     try:
+        bare = await bare_round_trip(store)
+        rows: list[dict[str, Any]] = []
         for size in SIZES:
-            provider = f"bench{size}"
-            manager = AuthProfileManager(store, AuthConfig())
-            await _fill_pool(manager, provider, size)
-            samples: dict[str, list[float]] = {
-                k: [] for k in ("bare", "get_next_profile", "mark_success", "mark_failed")
-            }
-            # Warm up: scripts cached, locator cache filled.
-            for i in range(50):
-                await manager.get_next_profile(provider)
-                await manager.mark_success(f"{provider}-{i % size}")
-            pick = partial(manager.get_next_profile, provider)
-            for i in range(iterations):
-                victim = f"{provider}-{i % size}"
-                samples["bare"].append(await _timed(bare))
-                samples["get_next_profile"].append(await _timed(pick))
-                samples["mark_success"].append(await _timed(partial(manager.mark_success, victim)))
-                samples["mark_failed"].append(
-                    await _timed(partial(manager.mark_failed, victim, "bench", kind="server"))
-                )
-                if i % size == size - 1:
-                    # Every profile is cooling now: bring them back so picks keep succeeding.
-                    store.time_offset_ms += 2 * 3_600_000
-            bare_median = statistics.median(samples["bare"])
-            for op, values in samples.items():
-                median = statistics.median(values)
-                rows.append(
-                    {
-                        "size": size,
-                        "op": op,
-                        "median_us": median,
-                        "p90_us": statistics.quantiles(values, n=10)[-1],
-                        "ratio": median / bare_median,
-                    }
-                )
+            rows.extend(await _measure_pool(store, bare, size, iterations))
+        return rows
     finally:
         await store.close()
-    return rows
 
 
 def report(rows: list[dict[str, Any]]) -> bool:
@@ -137,7 +148,9 @@ def main() -> int:
             url = stack.enter_context(RedisServer()).url
         print(f"coordinator pool benchmark on {url} ({args.iterations} iterations per size)\n")
         rows = asyncio.run(measure(url, args.iterations))
-    report(rows)
+        report(rows)
+        print(f"\nmodel profiles ({args.iterations} iterations)\n")
+        print(bench_models.report(asyncio.run(bench_models.run(url, args.iterations))))
     return 0
 
 

@@ -3,7 +3,8 @@
 Usage: ``python scripts/bench_models.py [redis://host:port/db] [--iterations N]``
 
 Without a URL, a throw-away ``redis-server`` is started on a free loopback port. Measures, in
-one run and on one client: a bare round trip (EVALSHA of ``return 1``), ``select_profile``,
+one run and on one client: a bare round trip (EVALSHA of ``return 1``, see
+``scripts/_benchlib.py``), ``select_profile``,
 ``execute`` with a no-op call (target <= 1.3x two bare round trips: it costs select + report)
 and one failover hop (``get_next_available_profile``: report and pick in one script; target
 <= 1.5x one bare round trip). Prints medians in microseconds and the ratios.
@@ -13,12 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
-import statistics
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,32 +27,7 @@ from coordinator.model_defaults import default_model_profiles
 from coordinator.model_types import ModelAuth, ModelCall, ModelProfile
 from coordinator.models import ModelProfileManager
 from coordinator.testing import RedisServer
-
-
-async def _interleaved_medians(
-    ops: dict[str, Callable[[], Awaitable[Any]]],
-    iterations: int,
-    *,
-    between: Callable[[int], Awaitable[None]],
-) -> dict[str, float]:
-    """Median µs of each operation, measured in turn within every iteration, so that load from
-    other processes on the machine weighs on all of them alike."""
-    for i in range(min(200, iterations)):  # warm up (connections, script cache, parse cache)
-        for op in ops.values():
-            await op()
-        await between(i)
-    samples: dict[str, list[float]] = {name: [] for name in ops}
-    gc.disable()
-    try:
-        for i in range(iterations):
-            for name, op in ops.items():
-                start = time.perf_counter_ns()
-                await op()
-                samples[name].append((time.perf_counter_ns() - start) / 1000.0)
-            await between(i)
-    finally:
-        gc.enable()
-    return {name: statistics.median(values) for name, values in samples.items()}
+from scripts._benchlib import bare_round_trip, interleaved_medians
 
 
 async def run(url: str, iterations: int) -> dict[str, float]:
@@ -79,10 +51,7 @@ async def run(url: str, iterations: int) -> dict[str, float]:
                     auth=ModelAuth.api_key(f"sk-bench-{i}-0123456789abcdef"),
                 )
             )  # fmt: skip
-        bare_script = store.client.register_script("return 1")
-
-        async def bare() -> Any:
-            return await bare_script(keys=[], args=[])
+        bare = await bare_round_trip(store)
 
         async def select() -> Any:
             return await manager.select_profile()
@@ -104,7 +73,7 @@ async def run(url: str, iterations: int) -> dict[str, float]:
             if i % 4 == 3:
                 await manager.reset_breaker(primary.profile_id)
 
-        return await _interleaved_medians(
+        timings = await interleaved_medians(
             {
                 "bare round trip (EVALSHA return 1)": bare,
                 "select_profile": select,
@@ -114,6 +83,7 @@ async def run(url: str, iterations: int) -> dict[str, float]:
             iterations,
             between=reset,
         )
+        return {name: t["median"] for name, t in timings.items()}
     finally:
         await store.close()
 
