@@ -8,35 +8,18 @@ rejects unknown keys instead of silently ignoring a misspelt one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ConfigError
+from .validation import int_at_least, number, reject_unknown
 
 __all__ = ["BreakerConfig", "ModelConfig"]
 
 _SECOND_MS = 1000
 _MINUTE_MS = 60 * _SECOND_MS
 _HOUR_MS = 60 * _MINUTE_MS
-
-
-def _int_at_least(name: str, value: object, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(name, f"must be an integer, not {value!r}")
-    if value < low:
-        raise ConfigError(name, f"must be >= {low}")
-    return value
-
-
-def _number(name: str, value: object, *, low: float, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigError(name, f"must be a number, not {value!r}")
-    if value < low or math.isinf(value) or (high is not None and value > high):
-        bound = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ConfigError(name, f"must be a finite number {bound}")
-    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,22 +48,22 @@ class BreakerConfig:
     success_threshold: int = 1
 
     def __post_init__(self) -> None:
-        _int_at_least("failure_threshold", self.failure_threshold, 1)
-        _int_at_least("window_size", self.window_size, 1)
-        _int_at_least("min_calls", self.min_calls, 1)
+        int_at_least("failure_threshold", self.failure_threshold, 1)
+        int_at_least("window_size", self.window_size, 1)
+        int_at_least("min_calls", self.min_calls, 1)
         if self.min_calls > self.window_size:
             raise ConfigError("min_calls", "must be <= window_size")
-        rate = _number("failure_rate_threshold", self.failure_rate_threshold, low=0, high=1)
+        rate = number("failure_rate_threshold", self.failure_rate_threshold, low=0, high=1)
         if rate == 0:
             raise ConfigError("failure_rate_threshold", "must be > 0")
-        _int_at_least("failure_decay_ms", self.failure_decay_ms, 1)
-        _int_at_least("reset_timeout_ms", self.reset_timeout_ms, 1)
-        _int_at_least("max_open_ms", self.max_open_ms, 1)
+        int_at_least("failure_decay_ms", self.failure_decay_ms, 1)
+        int_at_least("reset_timeout_ms", self.reset_timeout_ms, 1)
+        int_at_least("max_open_ms", self.max_open_ms, 1)
         if self.max_open_ms < self.reset_timeout_ms:
             raise ConfigError("max_open_ms", "must be >= reset_timeout_ms")
-        _int_at_least("half_open_max_probes", self.half_open_max_probes, 1)
-        _int_at_least("probe_timeout_ms", self.probe_timeout_ms, 1)
-        _int_at_least("success_threshold", self.success_threshold, 1)
+        int_at_least("half_open_max_probes", self.half_open_max_probes, 1)
+        int_at_least("probe_timeout_ms", self.probe_timeout_ms, 1)
+        int_at_least("success_threshold", self.success_threshold, 1)
 
     def open_period_ms(self, reopens: int) -> int:
         """How long the breaker stays open after ``reopens`` re-opens without closing."""
@@ -114,15 +97,15 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.breaker, BreakerConfig):
             raise ConfigError("breaker", "must be a BreakerConfig")
-        _int_at_least("billing_cooldown_ms", self.billing_cooldown_ms, 0)
-        _int_at_least("max_retry_after_ms", self.max_retry_after_ms, 0)
-        _int_at_least("unusable_cooldown_ms", self.unusable_cooldown_ms, 1)
+        int_at_least("billing_cooldown_ms", self.billing_cooldown_ms, 0)
+        int_at_least("max_retry_after_ms", self.max_retry_after_ms, 0)
+        int_at_least("unusable_cooldown_ms", self.unusable_cooldown_ms, 1)
         if not isinstance(self.session_sticky, bool):
             raise ConfigError("session_sticky", "must be true or false")
-        if _number("session_ttl_s", self.session_ttl_s, low=0) <= 0:
+        if number("session_ttl_s", self.session_ttl_s, low=0) <= 0:
             raise ConfigError("session_ttl_s", "must be > 0")
-        _int_at_least("max_attempts", self.max_attempts, 1)
-        if _number("event_poll_interval_s", self.event_poll_interval_s, low=0) <= 0:
+        int_at_least("max_attempts", self.max_attempts, 1)
+        if number("event_poll_interval_s", self.event_poll_interval_s, low=0) <= 0:
             raise ConfigError("event_poll_interval_s", "must be > 0")
 
     def script_args(self) -> list[str]:
@@ -148,16 +131,10 @@ class ModelConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ModelConfig:
         """Build from plain data (parsed JSON/TOML); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(str(key), f"unknown setting (known: {', '.join(sorted(known))})")
+        reject_unknown(data, (f.name for f in fields(cls)))
         values = dict(data)
         breaker = values.get("breaker")
         if isinstance(breaker, Mapping):
-            allowed = {f.name for f in fields(BreakerConfig)}
-            for key in breaker:
-                if key not in allowed:
-                    raise ConfigError(f"breaker.{key}", "unknown setting")
+            reject_unknown(breaker, (f.name for f in fields(BreakerConfig)), prefix="breaker.")
             values["breaker"] = BreakerConfig(**dict(breaker))
         return cls(**values)

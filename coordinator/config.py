@@ -8,13 +8,13 @@ rejects unknown keys instead of silently ignoring a misspelt one.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, cast, get_args
 
 from .errors import ConfigError
 from .keys import validate_name
+from .validation import number, reject_unknown
 
 __all__ = ["AuthConfig", "CooldownPolicy", "Strategy"]
 
@@ -25,12 +25,8 @@ _MINUTE_MS = 60_000
 _HOUR_MS = 60 * _MINUTE_MS
 
 
-def _positive(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigError(name, f"must be a number, not {value!r}")
-    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
-        raise ConfigError(name, f"must be a finite number {'>=' if allow_zero else '>'} 0")
-    return float(value)
+def _positive(name: str, value: object) -> float:
+    return number(name, value, strict=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,18 +107,12 @@ class AuthConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AuthConfig:
         """Build from plain data (e.g. parsed JSON/TOML); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(str(key), f"unknown setting (known: {', '.join(sorted(known))})")
+        reject_unknown(data, (f.name for f in fields(cls)))
         values = dict(data)
         for name in ("cooldown", "billing_cooldown"):
             if isinstance(values.get(name), Mapping):
                 policy = cast(Mapping[str, Any], values[name])
-                allowed = {"base_ms", "multiplier", "cap_ms"}
-                extra = set(policy) - allowed
-                if extra:
-                    raise ConfigError(f"{name}.{sorted(extra)[0]}", "unknown setting")
+                reject_unknown(policy, ("base_ms", "multiplier", "cap_ms"), prefix=f"{name}.")
                 base = _billing() if name == "billing_cooldown" else _ordinary()
                 values[name] = replace(base, **policy)
         return cls(**values)

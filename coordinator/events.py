@@ -22,7 +22,7 @@ import orjson
 from .errors import CoordinatorError
 from .store import Store
 
-__all__ = ["Event", "EventCallback", "EventHub"]
+__all__ = ["Event", "EventCallback", "EventHub", "EventSource"]
 
 log = logging.getLogger("coordinator.events")
 
@@ -196,3 +196,18 @@ class EventHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+
+
+class EventSource:
+    """``on()`` and ``subscribe()`` for a manager whose :class:`EventHub` is ``self.events``."""
+
+    events: EventHub
+
+    def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
+        """Call ``callback(event)`` for each event of this type (``*``: all) from any replica.
+        Returns an unsubscribe function."""
+        return self.events.on(event_type, callback)
+
+    def subscribe(self, *event_types: str) -> AsyncIterator[Event]:
+        """Async iterator over events (of the given types) from every replica, from now on."""
+        return self.events.subscribe(*event_types)

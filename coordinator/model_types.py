@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -13,6 +12,7 @@ from .errors import ConfigError, CorruptStateError, MissingSecretError
 from .failures import FailureKind
 from .keys import validate_id, validate_name
 from .secrets import Secret, SecretBox
+from .validation import reject_unknown
 
 __all__ = [
     "AuthKind",
@@ -239,27 +239,13 @@ class ModelProfile:
         if self.auth.kind == "api_key":
             return self.auth.secret
         if self.auth.kind == "env":
-            var = str(self.auth.value)
-            profile_id = self.id
-
-            def read_env() -> str:
-                value = os.environ.get(var)
-                if not value:
-                    raise MissingSecretError(
-                        f"model profile {profile_id!r}: environment variable {var} is not set"
-                    )
-                return value
-
-            return Secret(loader=read_env)
+            return Secret.from_env(str(self.auth.value), f"model profile {self.id!r}")
         return None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ModelProfile:
         """Build from plain data (config files); unknown keys are an error."""
-        known = set(cls.__dataclass_fields__)
-        for key in data:
-            if key not in known:
-                raise ConfigError(str(key), f"unknown model profile field (known: {sorted(known)})")
+        reject_unknown(data, cls.__dataclass_fields__, what="model profile field")
         values = dict(data)
         if "auth" in values:
             values["auth"] = ModelAuth.from_value(values["auth"])

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, TypeVar, cast
 
 import httpx
@@ -42,7 +42,7 @@ from .errors import (
     ProfileNotFoundError,
     StoreUnavailableError,
 )
-from .events import Event, EventCallback, EventHub
+from .events import EventHub, EventSource
 from .failures import FailureKind
 from .keys import ModelKeys, validate_id, validate_session_id
 from .model_defaults import default_model_profiles
@@ -114,7 +114,7 @@ def _describe(error: BaseException | str | None, known: Sequence[str] = ()) -> s
     return redact(f"{type(error).__name__}: {text}" if text else type(error).__name__, known)
 
 
-class ModelProfileManager:
+class ModelProfileManager(EventSource):
     """Model profiles, circuit breakers and failover across providers, shared through Redis.
 
     * ``auth_manager``: the :class:`~coordinator.profiles.AuthProfileManager` whose pools
@@ -680,16 +680,7 @@ class ModelProfileManager:
         out.sort(key=lambda s: (-(s.priority or 0), s.id))
         return out
 
-    # -- events --------------------------------------------------------------------------
-
-    def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
-        """Call ``callback(event)`` for each event of this type (``*``: all) from any replica.
-        Returns an unsubscribe function."""
-        return self.events.on(event_type, callback)
-
-    def subscribe(self, *event_types: str) -> AsyncIterator[Event]:
-        """Async iterator over events (of the given types) from every replica, from now on."""
-        return self.events.subscribe(*event_types)
+    # -- lifecycle ----------------------------------------------------------------------
 
     async def close(self) -> None:
         """Stop the event reader (the store stays open; it may be shared)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -12,6 +11,7 @@ import orjson
 from .errors import ConfigError, CorruptStateError, MissingSecretError
 from .keys import validate_id, validate_name
 from .secrets import Secret, SecretBox
+from .validation import reject_unknown
 
 __all__ = ["AuthProfile", "CooldownResult", "ProfileStatus", "ProfileType"]
 
@@ -97,26 +97,13 @@ class AuthProfile:
         if self.api_key is not None:
             return self.api_key
         if self.api_key_env is not None:
-            var = self.api_key_env
-
-            def read_env() -> str:
-                value = os.environ.get(var)
-                if not value:
-                    raise MissingSecretError(
-                        f"profile {self.id!r}: environment variable {var} is not set"
-                    )
-                return value
-
-            return Secret(loader=read_env)
+            return Secret.from_env(self.api_key_env, f"profile {self.id!r}")
         return None
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> AuthProfile:
         """Build from plain data (config files); unknown keys are an error."""
-        known = set(cls.__dataclass_fields__)
-        for key in data:
-            if key not in known:
-                raise ConfigError(str(key), f"unknown profile field (known: {sorted(known)})")
+        reject_unknown(data, cls.__dataclass_fields__, what="profile field")
         return cls(**dict(data))
 
     # -- storage form --------------------------------------------------------------------

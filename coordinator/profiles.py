@@ -12,14 +12,14 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from .config import AuthConfig
 from .errors import ConfigError, CorruptStateError, NoProfileAvailableError, ProfileNotFoundError
-from .events import Event, EventCallback, EventHub
+from .events import Event, EventHub, EventSource
 from .failures import FailureKind
 from .keys import IndexKeys, PoolKeys, validate_id, validate_name, validate_session_id
 from .profile_types import AuthProfile, CooldownResult, ProfileStatus
@@ -44,7 +44,7 @@ def _pairs(flat: Sequence[Any]) -> list[tuple[Any, Any]]:
     return list(zip(flat[0::2], flat[1::2], strict=True))
 
 
-class AuthProfileManager:
+class AuthProfileManager(EventSource):
     """Credential pools with rotation, sticky sessions and cooldowns, shared through Redis.
 
     ``sleep`` is what :meth:`acquire` waits with (tests pass one that moves the store's clock
@@ -470,16 +470,7 @@ class AuthProfileManager:
                 self._pool_of[pid] = name
         return total
 
-    # -- events --------------------------------------------------------------------------
-
-    def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
-        """Call ``callback(event)`` for each event of this type (``*``: all) from any replica.
-        Returns an unsubscribe function."""
-        return self.events.on(event_type, callback)
-
-    def subscribe(self, *event_types: str) -> AsyncIterator[Event]:
-        """Async iterator over events (of the given types) from every replica, from now on."""
-        return self.events.subscribe(*event_types)
+    # -- lifecycle ----------------------------------------------------------------------
 
     async def close(self) -> None:
         """Stop the event reader (the store stays open; it may be shared)."""

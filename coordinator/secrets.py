@@ -22,7 +22,7 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import ConfigError, DecryptionError
+from .errors import ConfigError, DecryptionError, MissingSecretError
 
 __all__ = ["Secret", "SecretBox", "generate_key", "mask", "redact"]
 
@@ -137,6 +137,21 @@ class Secret:
             raise ValueError("Secret needs a value or a loader")
         self._value = value
         self._loader = loader
+
+    @classmethod
+    def from_env(cls, var: str, owner: str) -> Secret:
+        """A secret read from environment variable ``var`` on first use, on this replica.
+
+        An unset or empty variable raises :class:`MissingSecretError` naming ``owner``.
+        """
+
+        def read_env() -> str:
+            value = os.environ.get(var)
+            if not value:
+                raise MissingSecretError(f"{owner}: environment variable {var} is not set")
+            return value
+
+        return cls(loader=read_env)
 
     def reveal(self) -> str:
         """Return the secret in clear. Never log the result."""

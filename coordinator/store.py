@@ -140,7 +140,10 @@ class Store:
         # hot path of every operation, and calling EVALSHA directly saves ~10 µs per call.
         self._scripts: dict[str, tuple[str, str]] = {
             name: (
-                hashlib.sha1(scripts.script_source(name).encode()).hexdigest(),
+                # The script cache's own name for it (SHA1), not a security measure.
+                hashlib.sha1(
+                    scripts.script_source(name).encode(), usedforsecurity=False
+                ).hexdigest(),
                 scripts.script_source(name),
             )
             for name in scripts.script_names()

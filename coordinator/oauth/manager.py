@@ -16,7 +16,7 @@ import hashlib
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -33,7 +33,7 @@ from ..errors import (
     ReauthRequiredError,
     RefreshInProgressError,
 )
-from ..events import Event, EventCallback, EventHub
+from ..events import EventHub, EventSource
 from ..keys import OAuthKeys, validate_id, validate_name
 from ..secrets import Secret, SecretBox, redact
 from ..store import Store
@@ -83,7 +83,7 @@ def _callback_params(params_or_url: str | Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-class OAuthManager:
+class OAuthManager(EventSource):
     """OAuth 2.0 logins (PKCE, loopback or web callback, device grant) and shared credentials.
 
     ``providers`` are the configured :class:`OAuthProvider` objects (see
@@ -182,16 +182,6 @@ class OAuthManager:
 
     def _owner(self) -> str:
         return f"{self._instance}:{uuid.uuid4().hex}"
-
-    # -- events ----------------------------------------------------------------------------
-
-    def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
-        """Call ``callback(event)`` for each OAuth event of ``event_type`` (``*`` for all)."""
-        return self.events.on(event_type, callback)
-
-    def subscribe(self, *event_types: str) -> AsyncIterator[Event]:
-        """Iterate over OAuth events (of the given types, or all) from now on."""
-        return self.events.subscribe(*event_types)
 
     # -- login -----------------------------------------------------------------------------
 
