@@ -6,6 +6,8 @@ Start with :func:`connect` and :class:`AuthProfileManager`.
 
 from __future__ import annotations
 
+from .breaker_config import BreakerConfig, ModelConfig
+from .classify import Classification, classify, classify_exception, classify_response
 from .config import AuthConfig, CooldownPolicy, Strategy
 from .errors import (
     AllProfilesUnavailableError,
@@ -30,6 +32,18 @@ from .errors import (
 )
 from .events import Event, EventHub
 from .failures import FailureKind
+from .model_defaults import default_model_profiles
+from .model_types import (
+    ModelAttempt,
+    ModelAuth,
+    ModelCall,
+    ModelProfile,
+    ModelProfileStatus,
+    ModelSelection,
+    ReportResult,
+    TokenSource,
+)
+from .models import ModelProfileManager
 from .oauth import PRESETS as OAUTH_PRESETS
 from .oauth import (
     AuthorizationRequest,
@@ -50,6 +64,22 @@ __version__ = "0.1.0"
 
 __all__ = [
     "OAUTH_PRESETS",
+    "BreakerConfig",
+    "Classification",
+    "ModelAttempt",
+    "ModelAuth",
+    "ModelCall",
+    "ModelConfig",
+    "ModelProfile",
+    "ModelProfileManager",
+    "ModelProfileStatus",
+    "ModelSelection",
+    "ReportResult",
+    "TokenSource",
+    "classify",
+    "classify_exception",
+    "classify_response",
+    "default_model_profiles",
     "AllProfilesUnavailableError",
     "AuthorizationRequest",
     "DeviceAuthorization",

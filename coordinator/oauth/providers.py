@@ -5,7 +5,7 @@ authorization parameters). :data:`PRESETS` holds the well-known providers withou
 :func:`preset` fills one in (every field can be overridden) and
 :meth:`OAuthProvider.from_discovery` builds one from an OpenID Connect discovery document.
 Endpoints of presets marked ``documented=False`` are what the providers' own command-line tools
-use, not a published API (see ``docs/oauth.md``).
+use, not a published API (see the OAuth section of README.md).
 """
 
 from __future__ import annotations
