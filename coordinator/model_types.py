@@ -12,7 +12,7 @@ from .errors import ConfigError, CorruptStateError, MissingSecretError
 from .failures import FailureKind
 from .keys import validate_id, validate_name
 from .secrets import Secret, SecretBox
-from .validation import reject_unknown
+from .validation import json_mapping, reject_unknown
 
 __all__ = [
     "AuthKind",
@@ -200,12 +200,7 @@ class ModelProfile:
             raise ConfigError("default_model", "must be a non-empty string or None")
         if not isinstance(self.enabled, bool):
             raise ConfigError("enabled", "must be true or false")
-        if not isinstance(self.metadata, Mapping):
-            raise ConfigError("metadata", "must be a mapping")
-        try:
-            orjson.dumps(dict(self.metadata))
-        except TypeError as exc:
-            raise ConfigError("metadata", f"must be JSON-serialisable ({exc})") from None
+        json_mapping("metadata", self.metadata)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ModelProfile):

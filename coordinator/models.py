@@ -60,6 +60,7 @@ from .model_types import (
 from .profiles import AuthProfileManager
 from .secrets import Secret, redact
 from .store import Store
+from .validation import retry_after_ms
 
 __all__ = ["ModelProfileManager"]
 
@@ -72,7 +73,6 @@ Outcome = Literal["success", "failure", "release", "unusable"]
 
 _PARSE_CACHE_LIMIT = 1024
 _CORRUPT_RETRIES = 4
-_RETRY_CAP_S = 10 * 365 * 86400
 # Failure kinds that concern one key of a pool, not the provider: for a pool-backed profile
 # they cool the key down in its pool and do not count against the model profile's breaker.
 _KEY_LEVEL = frozenset({FailureKind.AUTH, FailureKind.BILLING, FailureKind.RATE_LIMIT})
@@ -87,19 +87,6 @@ class _Unusable(Exception):
         self.message = message
         self.outcome = outcome
         self.cooldown_ms = cooldown_ms
-
-
-def _retry_ms(retry_after_s: float | None) -> int | str:
-    if retry_after_s is None:
-        return ""
-    if (
-        isinstance(retry_after_s, bool)
-        or not isinstance(retry_after_s, int | float)
-        or math.isnan(retry_after_s)
-        or retry_after_s < 0
-    ):
-        raise ConfigError("retry_after_s", "must be a number >= 0")
-    return math.ceil(min(float(retry_after_s), _RETRY_CAP_S) * 1000)
 
 
 def _describe(error: BaseException | str | None, known: Sequence[str] = ()) -> str:
@@ -386,7 +373,7 @@ class ModelProfileManager(EventSource):
         """Record a successful call (one round trip). ``retry_after_s``: the response said a
         quota is exhausted; the profile cools down that long even though the call worked."""
         result, _sel, _retry = await self._report(
-            selection, "success", None, "", _retry_ms(retry_after_s)
+            selection, "success", None, "", retry_after_ms(retry_after_s)
         )
         return result
 
@@ -403,7 +390,7 @@ class ModelProfileManager(EventSource):
         for a call selected before the breaker changed state is recognised as late."""
         failure, retry = self._failure_of(kind, error, retry_after_s)
         result, _sel, _retry = await self._report(
-            selection, "failure", failure, _describe(error), _retry_ms(retry)
+            selection, "failure", failure, _describe(error), retry_after_ms(retry)
         )
         return result
 
@@ -445,7 +432,7 @@ class ModelProfileManager(EventSource):
             "failure",
             failure,
             _describe(error),
-            _retry_ms(retry),
+            retry_after_ms(retry),
             pick_next=True,
             model=preferred_model,
             session_id=session_id,
@@ -644,7 +631,7 @@ class ModelProfileManager(EventSource):
                 ModelAttempt(selection.profile_id, verdict.kind, message, selection.model)
             )
             outcome: Outcome = "failure"
-            retry: int | str = _retry_ms(verdict.retry_after_s)
+            retry: int | str = retry_after_ms(verdict.retry_after_s)
             if key_id is not None and verdict.kind in _KEY_LEVEL:
                 # The key is at fault, not the provider: the pool cools the key down.
                 outcome, retry = "release", ""

@@ -11,7 +11,7 @@ import orjson
 from .errors import ConfigError, CorruptStateError, MissingSecretError
 from .keys import validate_id, validate_name
 from .secrets import Secret, SecretBox
-from .validation import reject_unknown
+from .validation import json_mapping, reject_unknown
 
 __all__ = ["AuthProfile", "CooldownResult", "ProfileStatus", "ProfileType"]
 
@@ -74,12 +74,7 @@ class AuthProfile:
             raise ConfigError("priority", f"must be an integer, not {self.priority!r}")
         if abs(self.priority) > PRIORITY_LIMIT:
             raise ConfigError("priority", f"must be within ±{PRIORITY_LIMIT}")
-        if not isinstance(self.metadata, Mapping):
-            raise ConfigError("metadata", "must be a mapping")
-        try:
-            orjson.dumps(dict(self.metadata))
-        except TypeError as exc:
-            raise ConfigError("metadata", f"must be JSON-serialisable ({exc})") from None
+        json_mapping("metadata", self.metadata)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AuthProfile):

@@ -25,6 +25,7 @@ from .keys import IndexKeys, PoolKeys, validate_id, validate_name, validate_sess
 from .profile_types import AuthProfile, CooldownResult, ProfileStatus
 from .secrets import redact
 from .store import Store
+from .validation import retry_after_ms
 
 __all__ = [
     "AuthProfileManager",
@@ -343,16 +344,7 @@ class AuthProfileManager(EventSource):
         """Record a failure (one round trip) and cool the profile down by the rules of
         ``kind``. A profile another replica removed meanwhile is reported as ``missing``."""
         failure = FailureKind.parse(kind)
-        retry_ms: str | int = ""
-        if retry_after_s is not None:
-            if (
-                isinstance(retry_after_s, bool)
-                or not isinstance(retry_after_s, int | float)
-                or math.isnan(retry_after_s)
-                or retry_after_s < 0
-            ):
-                raise ConfigError("retry_after_s", "must be a number >= 0")
-            retry_ms = math.ceil(min(retry_after_s, 10 * 365 * 86400) * 1000)
+        retry_ms = retry_after_ms(retry_after_s)
         text = error if isinstance(error, str) else _describe(error)
         _provider, reply = await self._run_for_profile(
             "mark_failed",

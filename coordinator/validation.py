@@ -7,9 +7,14 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import orjson
+
 from .errors import ConfigError
 
-__all__ = ["int_at_least", "number", "reject_unknown"]
+__all__ = ["int_at_least", "json_mapping", "number", "reject_unknown", "retry_after_ms"]
+
+# A provider's retry-after beyond ten years is garbage; it is cut there before the policy cap.
+_RETRY_CAP_S = 10 * 365 * 86400
 
 
 def int_at_least(name: str, value: object, low: int) -> int:
@@ -35,6 +40,24 @@ def number(
             bound = f"> {low}" if strict else f">= {low}"
         raise ConfigError(name, f"must be a finite number {bound}")
     return float(value)
+
+
+def json_mapping(name: str, value: object) -> None:
+    """A mapping that JSON can store (free ``metadata``)."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(name, "must be a mapping")
+    try:
+        orjson.dumps(dict(value))
+    except TypeError as exc:
+        raise ConfigError(name, f"must be JSON-serialisable ({exc})") from None
+
+
+def retry_after_ms(retry_after_s: object) -> int | str:
+    """A caller's ``retry_after_s`` as the scripts' argument: whole ms, or ``""`` for none."""
+    if retry_after_s is None:
+        return ""
+    seconds = number("retry_after_s", retry_after_s)
+    return math.ceil(min(seconds, _RETRY_CAP_S) * 1000)
 
 
 def reject_unknown(
