@@ -3,10 +3,10 @@
 Each ``<operation>.lua`` file is one atomic operation headed by its KEYS/ARGV/return contract.
 Files whose name starts with ``_`` are libraries: ``_lib.lua`` (clock, JSON, events) is
 prepended to every script, and a script names any other library it needs on a line of its own,
-``--!include _pool.lua``, which is replaced by that file. So shared helpers have one
-implementation and every script still runs as one self-contained EVALSHA. Every script
-receives the test clock offset as ``ARGV[1]`` (zero in production); the helper ``now_ms()``
-reads Redis ``TIME`` and adds it.
+``--!include _pool.lua``, which is replaced by that file (libraries may include libraries;
+each is included once). So shared helpers have one implementation and every script still runs
+as one self-contained EVALSHA. Every script receives the test clock offset as ``ARGV[1]`` (zero
+in production); the helper ``now_ms()`` reads Redis ``TIME`` and adds it.
 """
 
 from __future__ import annotations
@@ -44,5 +44,17 @@ def script_source(name: str) -> str:
     """The full source of one operation: the shared library followed by the operation."""
     if name not in script_names():
         raise KeyError(name)
-    body = _INCLUDE.sub(lambda m: _read(m.group(1)), _read(f"{name}.lua"))
-    return _read("_lib.lua") + "\n" + body
+    return _read("_lib.lua") + "\n" + _expand(_read(f"{name}.lua"), set())
+
+
+def _expand(text: str, seen: set[str]) -> str:
+    """Replace each ``--!include`` line by that library, recursively, each library once."""
+
+    def include(match: re.Match[str]) -> str:
+        library = match.group(1)
+        if library in seen:
+            return ""
+        seen.add(library)
+        return _expand(_read(library), seen)
+
+    return _INCLUDE.sub(include, text)

@@ -73,21 +73,10 @@ local function enqueue(id, def)
   return seq
 end
 
-local function dequeue(id, def)
-  local seq = redis.call('ZSCORE', K_READY, id)
-  if seq and def then redis.call('ZREM', K_RANKED, rank_member(def, tonumber(seq), id)) end
-  redis.call('ZREM', K_READY, id)
-end
-
 -- Remember the soonest cooldown end, so that sweep() costs one HGET until something is due.
 local function note_due(until_ms)
   local due = tonumber(redis.call('HGET', K_META, 'next_due'))
   if not due or until_ms < due then redis.call('HSET', K_META, 'next_due', int(until_ms)) end
-end
-
--- Force the next sweep to look (after a change that may have removed the soonest deadline).
-local function recheck_due()
-  redis.call('HDEL', K_META, 'next_due')
 end
 
 -- Lazy recovery: move profiles whose cooldown ended back into the rotation and emit
@@ -125,27 +114,4 @@ local function sweep(now)
   first = redis.call('ZRANGE', K_MCOOLING, 0, 0, 'WITHSCORES')
   if first[2] then next_due = math.min(next_due, tonumber(first[2])) end
   redis.call('HSET', K_META, 'next_due', int(next_due))
-end
-
--- Remove every (profile, model) entry of one profile (rare: removal and manual clearing).
-local function drop_model_entries(id)
-  local prefix = id .. '|'
-  local cursor = '0'
-  repeat
-    local page = redis.call('ZSCAN', K_MCOOLING, cursor, 'COUNT', 200)
-    cursor = page[1]
-    local items = page[2]
-    for i = 1, #items, 2 do
-      if string.sub(items[i], 1, #prefix) == prefix then redis.call('ZREM', K_MCOOLING, items[i]) end
-    end
-  until cursor == '0'
-  cursor = '0'
-  repeat
-    local page = redis.call('HSCAN', K_MSTATE, cursor, 'COUNT', 200)
-    cursor = page[1]
-    local items = page[2]
-    for i = 1, #items, 2 do
-      if string.sub(items[i], 1, #prefix) == prefix then redis.call('HDEL', K_MSTATE, items[i]) end
-    end
-  until cursor == '0'
 end

@@ -4,7 +4,7 @@
 -- Returns {'missing'} | {'cleared', was cooling 0|1}
 -- Also repairs a state record edited into an invalid form (it is replaced by a clean one that
 -- keeps the usage figures that are still readable).
---!include _pool.lua
+--!include _pool_admin.lua
 
 local id = ARGV[2]
 local now = now_ms()

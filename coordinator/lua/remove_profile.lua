@@ -4,7 +4,7 @@
 -- Returns 1 if it existed, else 0.
 -- Sticky sessions bound to it become invalid at once: a binding names the profile's
 -- generation, and a profile added again under the same id gets a new one.
---!include _pool.lua
+--!include _pool_admin.lua
 
 local id = ARGV[2]
 local now = now_ms()

@@ -1,0 +1,37 @@
+-- _pool_admin.lua: helpers of the rarer pool operations (removal, manual clearing); kept out
+-- of _pool.lua because a Lua script creates every helper it includes on every call.
+--!include _pool.lua
+
+local function dequeue(id, def)
+  local seq = redis.call('ZSCORE', K_READY, id)
+  if seq and def then redis.call('ZREM', K_RANKED, rank_member(def, tonumber(seq), id)) end
+  redis.call('ZREM', K_READY, id)
+end
+
+-- Force the next sweep to look (after a change that may have removed the soonest deadline).
+local function recheck_due()
+  redis.call('HDEL', K_META, 'next_due')
+end
+
+-- Remove every (profile, model) entry of one profile (rare: removal and manual clearing).
+local function drop_model_entries(id)
+  local prefix = id .. '|'
+  local cursor = '0'
+  repeat
+    local page = redis.call('ZSCAN', K_MCOOLING, cursor, 'COUNT', 200)
+    cursor = page[1]
+    local items = page[2]
+    for i = 1, #items, 2 do
+      if string.sub(items[i], 1, #prefix) == prefix then redis.call('ZREM', K_MCOOLING, items[i]) end
+    end
+  until cursor == '0'
+  cursor = '0'
+  repeat
+    local page = redis.call('HSCAN', K_MSTATE, cursor, 'COUNT', 200)
+    cursor = page[1]
+    local items = page[2]
+    for i = 1, #items, 2 do
+      if string.sub(items[i], 1, #prefix) == prefix then redis.call('HDEL', K_MSTATE, items[i]) end
+    end
+  until cursor == '0'
+end
