@@ -93,6 +93,8 @@ class EventHub:
         self._queues: list[tuple[frozenset[str] | None, asyncio.Queue[Event]]] = []
         self._task: asyncio.Task[None] | None = None
         self._last_ids: dict[str, str] = {}
+        self._stream_list: dict[str, str] | None = None
+        self._streams_due = 0.0
         self._started = asyncio.Event()
         self._closed = False
 
@@ -160,19 +162,38 @@ class EventHub:
             if not delivered:
                 await asyncio.sleep(self._poll_interval_s)
 
+    async def _current_streams(self) -> dict[str, str]:
+        # The list of streams changes rarely (a new pool); re-read it about once a second.
+        # A stream found later is read from its beginning, so nothing is lost meanwhile.
+        loop = asyncio.get_running_loop()
+        if self._stream_list is None or loop.time() >= self._streams_due:
+            self._stream_list = await self._streams()
+            self._streams_due = loop.time() + max(1.0, 10 * self._poll_interval_s)
+        return self._stream_list
+
     async def _poll_once(self) -> int:
-        streams = await self._streams()
+        streams = await self._current_streams()
+        if not streams:
+            return 0
+        wanted = {key: self._last_ids.get(key, "0-0") for key in streams}
+        async with self._store.guard("XREAD events"):
+            if self._store.backend == "cluster":
+                # Streams live in different slots: one XREAD each, pipelined (one round trip
+                # per node).
+                pipe = self._store.client.pipeline()
+                for key, last in wanted.items():
+                    pipe.xread({key: last}, count=500)
+                replies = [item for reply in await pipe.execute() for item in reply or []]
+            else:
+                replies = await self._store.client.xread(wanted, count=500) or []
         delivered = 0
-        for key, source in streams.items():
-            last = self._last_ids.get(key, "0-0")
-            async with self._store.guard("XREAD events"):
-                reply = await self._store.client.xread({key: last}, count=500)
-            for _stream, entries in reply or []:
-                for stream_id, fields in entries:
-                    self._last_ids[key] = stream_id
-                    for event in Event.from_stream(source, stream_id, fields).expand():
-                        await self._dispatch(event)
-                        delivered += 1
+        for key, entries in replies:
+            source = streams.get(key, "")
+            for stream_id, fields in entries:
+                self._last_ids[key] = stream_id
+                for event in Event.from_stream(source, stream_id, fields).expand():
+                    await self._dispatch(event)
+                    delivered += 1
         return delivered
 
     async def _dispatch(self, event: Event) -> None:
