@@ -8,10 +8,10 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
-from .errors import ConfigError, CorruptStateError, MissingSecretError
+from .errors import ConfigError, CorruptStateError
 from .failures import FailureKind
 from .keys import validate_id, validate_name
-from .secrets import Secret, SecretBox
+from .secrets import Secret, SecretBox, seal
 from .validation import json_mapping, reject_unknown
 
 __all__ = [
@@ -252,17 +252,11 @@ class ModelProfile:
         """The definition stored in Redis; an API key is encrypted under the profile id."""
         auth: dict[str, Any]
         if self.auth.kind == "api_key":
-            if box is None:
-                raise ConfigError(
-                    "secret_key",
-                    "storing an API key needs COORDINATOR_SECRET_KEY (or secret_key=) on this "
-                    "backend; or use ModelAuth.env() so that no secret reaches Redis",
-                )
             assert self.auth.secret is not None
-            auth = {
-                "kind": "api_key",
-                "ciphertext": box.encrypt(self.auth.secret.reveal(), aad=_aad(self.id)),
-            }
+            ciphertext = seal(
+                box, self.auth.secret, aad=_aad(self.id), alternative="use ModelAuth.env()"
+            )
+            auth = {"kind": "api_key", "ciphertext": ciphertext}
         elif self.auth.kind == "none":
             auth = {"kind": "none"}
         else:
@@ -298,16 +292,13 @@ class ModelProfile:
                 ciphertext = auth_data.get("ciphertext")
                 if not isinstance(ciphertext, str):
                     raise CorruptStateError(profile_id, "auth.ciphertext")
-
-                def decrypt() -> str:
-                    if box is None:
-                        raise MissingSecretError(
-                            f"model profile {profile_id!r} holds an encrypted key but no "
-                            "secret_key is set"
-                        )
-                    return box.decrypt(ciphertext, aad=_aad(str(profile_id)))
-
-                auth = ModelAuth("api_key", secret=Secret(loader=decrypt))
+                secret = Secret.from_ciphertext(
+                    box,
+                    ciphertext,
+                    aad=_aad(str(profile_id)),
+                    owner=f"model profile {profile_id!r}",
+                )
+                auth = ModelAuth("api_key", secret=secret)
             elif kind == "none":
                 auth = ModelAuth.none()
             else:

@@ -8,9 +8,9 @@ from typing import Any, Literal
 
 import orjson
 
-from .errors import ConfigError, CorruptStateError, MissingSecretError
+from .errors import ConfigError, CorruptStateError
 from .keys import validate_id, validate_name
-from .secrets import Secret, SecretBox
+from .secrets import Secret, SecretBox, seal
 from .validation import json_mapping, reject_unknown
 
 __all__ = ["AuthProfile", "CooldownResult", "ProfileStatus", "ProfileType"]
@@ -107,16 +107,8 @@ class AuthProfile:
         """The definition stored in Redis; the API key is encrypted under the profile id."""
         credential: dict[str, Any]
         if self.api_key is not None:
-            if box is None:
-                raise ConfigError(
-                    "secret_key",
-                    "storing an API key needs COORDINATOR_SECRET_KEY (or secret_key=) on this "
-                    "backend; or give api_key_env so that no secret reaches Redis",
-                )
-            credential = {
-                "kind": "secret",
-                "ciphertext": box.encrypt(self.api_key.reveal(), aad=_aad(self.id)),
-            }
+            ciphertext = seal(box, self.api_key, aad=_aad(self.id), alternative="give api_key_env")
+            credential = {"kind": "secret", "ciphertext": ciphertext}
         elif self.api_key_env is not None:
             credential = {"kind": "env", "var": self.api_key_env}
         else:
@@ -145,15 +137,9 @@ class AuthProfile:
             ciphertext = credential.get("ciphertext")
             if not isinstance(ciphertext, str):
                 raise CorruptStateError(profile_id, "credential.ciphertext")
-
-            def decrypt() -> str:
-                if box is None:
-                    raise MissingSecretError(
-                        f"profile {profile_id!r} holds an encrypted key but no secret_key is set"
-                    )
-                return box.decrypt(ciphertext, aad=_aad(profile_id))
-
-            api_key = Secret(loader=decrypt)
+            api_key = Secret.from_ciphertext(
+                box, ciphertext, aad=_aad(profile_id), owner=f"profile {profile_id!r}"
+            )
         elif kind not in ("env", "oauth"):
             raise CorruptStateError(profile_id, "credential.kind", repr(kind))
         try:

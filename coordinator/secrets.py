@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import ConfigError, DecryptionError, MissingSecretError
 
-__all__ = ["Secret", "SecretBox", "generate_key", "mask", "redact"]
+__all__ = ["Secret", "SecretBox", "generate_key", "mask", "redact", "seal"]
 
 _PREFIX = "v1"
 _NONCE_BYTES = 12
@@ -117,6 +117,18 @@ class SecretBox:
         return f"SecretBox(key_id={self._primary!r}, keys={len(self._ciphers)})"
 
 
+def seal(box: SecretBox | None, secret: Secret, *, aad: str, alternative: str) -> str:
+    """Encrypt a secret for storage; with no key configured this is a ``ConfigError`` (never
+    plaintext). ``alternative`` tells the user how to keep the secret out of Redis instead."""
+    if box is None:
+        raise ConfigError(
+            "secret_key",
+            "storing an API key needs COORDINATOR_SECRET_KEY (or secret_key=) on this "
+            f"backend; or {alternative} so that no secret reaches Redis",
+        )
+    return box.encrypt(secret.reveal(), aad=aad)
+
+
 def mask(value: str) -> str:
     """Show a secret as ``****`` plus at most its last four characters (only for long values)."""
     if len(value) >= 16:
@@ -137,6 +149,20 @@ class Secret:
             raise ValueError("Secret needs a value or a loader")
         self._value = value
         self._loader = loader
+
+    @classmethod
+    def from_ciphertext(
+        cls, box: SecretBox | None, ciphertext: str, *, aad: str, owner: str
+    ) -> Secret:
+        """A secret decrypted from ``ciphertext`` on first use (so a record can be read, and
+        its other fields used, without the key)."""
+
+        def decrypt() -> str:
+            if box is None:
+                raise MissingSecretError(f"{owner} holds an encrypted key but no secret_key is set")
+            return box.decrypt(ciphertext, aad=aad)
+
+        return cls(loader=decrypt)
 
     @classmethod
     def from_env(cls, var: str, owner: str) -> Secret:

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import time
 from types import TracebackType
+from typing import Any, Self
 
 from .store import Store
 
@@ -70,7 +71,29 @@ def _ping(port: int) -> bool:
         return False
 
 
-class RedisServer:
+class _Process:
+    """Context-manager protocol shared by the launchers: ``with X() as x`` starts and stops."""
+
+    def start(self) -> Any:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_Process):
     """One ``redis-server`` on a free loopback port, without persistence."""
 
     def __init__(self, *extra: str, port: int | None = None) -> None:
@@ -122,19 +145,8 @@ class RedisServer:
         self._proc = None
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    def __enter__(self) -> RedisServer:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class RedisCluster:
+class RedisCluster(_Process):
     """A Redis Cluster of ``masters`` primaries (no replicas) on free loopback ports."""
 
     def __init__(self, masters: int = 3) -> None:
@@ -188,19 +200,8 @@ class RedisCluster:
         for node in self.nodes:
             node.stop()
 
-    def __enter__(self) -> RedisCluster:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class RedisSentinel:
+class RedisSentinel(_Process):
     """A primary plus one Sentinel that monitors it as ``service`` (quorum 1)."""
 
     def __init__(self, service: str = "coordinator") -> None:
@@ -251,14 +252,3 @@ class RedisSentinel:
         self._proc = None
         self.primary.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisSentinel:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

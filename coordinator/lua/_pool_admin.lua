@@ -13,25 +13,21 @@ local function recheck_due()
   redis.call('HDEL', K_META, 'next_due')
 end
 
--- Remove every (profile, model) entry of one profile (rare: removal and manual clearing).
-local function drop_model_entries(id)
-  local prefix = id .. '|'
+-- Delete every member/field of a ZSET or HASH whose name starts with prefix (SCAN, no KEYS).
+local function delete_prefixed(scan, delete, key, prefix)
   local cursor = '0'
   repeat
-    local page = redis.call('ZSCAN', K_MCOOLING, cursor, 'COUNT', 200)
+    local page = redis.call(scan, key, cursor, 'COUNT', 200)
     cursor = page[1]
     local items = page[2]
     for i = 1, #items, 2 do
-      if string.sub(items[i], 1, #prefix) == prefix then redis.call('ZREM', K_MCOOLING, items[i]) end
+      if string.sub(items[i], 1, #prefix) == prefix then redis.call(delete, key, items[i]) end
     end
   until cursor == '0'
-  cursor = '0'
-  repeat
-    local page = redis.call('HSCAN', K_MSTATE, cursor, 'COUNT', 200)
-    cursor = page[1]
-    local items = page[2]
-    for i = 1, #items, 2 do
-      if string.sub(items[i], 1, #prefix) == prefix then redis.call('HDEL', K_MSTATE, items[i]) end
-    end
-  until cursor == '0'
+end
+
+-- Remove every (profile, model) entry of one profile (rare: removal and manual clearing).
+local function drop_model_entries(id)
+  delete_prefixed('ZSCAN', 'ZREM', K_MCOOLING, id .. '|')
+  delete_prefixed('HSCAN', 'HDEL', K_MSTATE, id .. '|')
 end
