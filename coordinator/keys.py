@@ -72,7 +72,8 @@ class PoolKeys:
 
     @property
     def state(self) -> str:
-        """HASH id -> health state (JSON: counters, cooldown, last error, usage)."""
+        """HASH of health records (JSON): ``<id>`` -> a profile's counters, last error and
+        cooldown kind; ``<id>|<model>`` -> the counters of one (profile, model) pair."""
         return f"{self.prefix}:state"
 
     @property
@@ -87,34 +88,21 @@ class PoolKeys:
 
     @property
     def cooling(self) -> str:
-        """ZSET id -> cooldown end (ms, Redis time)."""
+        """ZSET -> cooldown end (ms, Redis time): ``<id>`` for a whole profile, ``<id>|<model>``
+        for one (profile, model) pair."""
         return f"{self.prefix}:cooling"
-
-    @property
-    def model_cooling(self) -> str:
-        """ZSET ``<id>|<model>`` -> cooldown end of one (profile, model) pair."""
-        return f"{self.prefix}:model_cooling"
-
-    @property
-    def model_state(self) -> str:
-        """HASH ``<id>|<model>`` -> JSON counters of one (profile, model) pair."""
-        return f"{self.prefix}:model_state"
 
     @property
     def meta(self) -> str:
         """HASH of pool counters: ``seq`` (rotation), ``gen`` (profile generations),
-        ``next_due`` (the soonest cooldown end, so recovery checks cost one HGET)."""
+        ``next_due`` (the soonest cooldown end, so recovery checks cost one HGET) and
+        ``used:<id>`` (when that profile was last picked, ms on Redis time)."""
         return f"{self.prefix}:meta"
 
     @property
     def events(self) -> str:
         """STREAM of this pool's transitions (capped)."""
         return f"{self.prefix}:events"
-
-    @property
-    def usage(self) -> str:
-        """HASH id -> when the profile was last picked (ms, Redis time)."""
-        return f"{self.prefix}:usage"
 
     def session(self, session_id: str) -> str:
         """STRING ``<id>\\t<generation>\\t<expires ms>`` with a TTL: one sticky session."""
@@ -128,11 +116,8 @@ class PoolKeys:
             self.ready,
             self.ranked,
             self.cooling,
-            self.model_cooling,
-            self.model_state,
             self.meta,
             self.events,
-            self.usage,
         ]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from .config import AuthConfig
+from .config import AuthConfig, CooldownPolicy
 from .errors import ConfigError, CorruptStateError, NoProfileAvailableError, ProfileNotFoundError
 from .events import Event, EventHub, EventSource
 from .failures import FailureKind
@@ -77,19 +77,22 @@ class AuthProfileManager(EventSource):
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _build_policy_args(self) -> str:
+    def _build_policy_args(self) -> dict[bool, str]:
+        """mark_failed's policy argument per cooldown class (billing or not): only the schedule
+        that applies is sent, as one comma-separated argument (this is a hot path)."""
         c = self.config
-        values = [
-            c.cooldown.base_ms,
-            c.cooldown.multiplier,
-            c.cooldown.cap_ms,
-            c.billing_cooldown.base_ms,
-            c.billing_cooldown.multiplier,
-            c.billing_cooldown.cap_ms,
-            c.failure_window_ms,
-            c.max_retry_after_ms,
-        ]
-        return ",".join(repr(v) for v in values)
+
+        def policy(schedule: CooldownPolicy) -> str:
+            values = [
+                schedule.base_ms,
+                schedule.multiplier,
+                schedule.cap_ms,
+                c.failure_window_ms,
+                c.max_retry_after_ms,
+            ]
+            return ",".join(repr(v) for v in values)
+
+        return {False: policy(c.cooldown), True: policy(c.billing_cooldown)}
 
     def _keys(self, provider: str) -> PoolKeys:
         keys = self._pool_keys.get(provider)
@@ -267,24 +270,24 @@ class AuthProfileManager(EventSource):
         exclude: Iterable[str],
     ) -> tuple[AuthProfile | None, int | None]:
         script_keys = self._static_keys.get(provider) or self._static(validate_name(provider))
-        excluded = list(exclude)
-        ttl_ms = 0
+        ttl_ms: int | str = ""
         if session_id is not None and self.config.session_sticky:
             session_key = self._keys(provider).session(validate_session_id(session_id))
             script_keys = [*script_keys, session_key.encode()]
             ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
-        reply = await self.store.run(
-            "pick",
-            script_keys,
+        strategy = self.config.strategy_for(provider)
+        excluded = list(exclude)
+        args = _without_empty_tail(
             [
-                self.config.strategy_for(provider),
+                strategy,
                 model or "",
                 ttl_ms,
-                random.random(),
-                len(excluded),
+                random.random() if strategy == "random" else "",
+                len(excluded) or "",
                 *excluded,
-            ],
+            ]
         )
+        reply = await self.store.run("pick", script_keys, args)
         if int(reply[0]) == 0:
             retry_in = int(reply[1])
             return None, (retry_in if retry_in >= 0 else None)
@@ -349,7 +352,15 @@ class AuthProfileManager(EventSource):
         _provider, reply = await self._run_for_profile(
             "mark_failed",
             profile_id,
-            [failure.value, redact(text), retry_ms, model or "", self._policy_args],
+            _without_empty_tail(
+                [
+                    failure.value,
+                    redact(text),
+                    self._policy_args[failure is FailureKind.BILLING],
+                    retry_ms,
+                    model or "",
+                ]
+            ),
         )
         if reply is None or _is_missing(reply):
             return CooldownResult("missing")
@@ -370,7 +381,9 @@ class AuthProfileManager(EventSource):
     async def mark_success(self, profile_id: str, model: str | None = None) -> bool:
         """Record a success (one round trip): failure counters reset. Returns ``False`` if
         the profile no longer exists."""
-        _provider, reply = await self._run_for_profile("mark_success", profile_id, [model or ""])
+        _provider, reply = await self._run_for_profile(
+            "mark_success", profile_id, _without_empty_tail([model or ""])
+        )
         if reply is None or _is_missing(reply):
             return False
         if reply[1]:
@@ -414,16 +427,7 @@ class AuthProfileManager(EventSource):
         for name in await self._providers():
             reply = await self.store.run("export_pool", self._keys(name).all_static(), [])
             exported_at = int(reply[0])
-            pools[name] = {
-                "profiles": dict(_pairs(reply[1])),
-                "state": dict(_pairs(reply[2])),
-                "ready": [[k, int(float(v))] for k, v in _pairs(reply[3])],
-                "cooling": [[k, int(float(v))] for k, v in _pairs(reply[4])],
-                "model_cooling": [[k, int(float(v))] for k, v in _pairs(reply[5])],
-                "model_state": dict(_pairs(reply[6])),
-                "meta": {k: int(v) for k, v in _pairs(reply[7])},
-                "usage": {k: int(v) for k, v in _pairs(reply[8])},
-            }
+            pools[name] = _snapshot_pool(reply)
         return {
             "format": _SNAPSHOT_FORMAT,
             "namespace": self.store.namespace,
@@ -467,6 +471,45 @@ class AuthProfileManager(EventSource):
     async def close(self) -> None:
         """Stop the event reader (the store stays open; it may be shared)."""
         await self.events.close()
+
+
+def _without_empty_tail(args: list[Any]) -> list[Any]:
+    """Drop trailing ``""`` arguments: the scripts read a missing optional argument as empty,
+    and every argument sent costs the client and Redis time on the hot path."""
+    while args and args[-1] == "":
+        args.pop()
+    return args
+
+
+def _snapshot_pool(reply: Sequence[Any]) -> dict[str, Any]:
+    """One pool of an export, from export_pool's reply: (profile, model) pairs and last-used
+    times are split out of the shared hashes and sets, so the snapshot format stays the same
+    whatever the Redis layout."""
+    state: dict[str, Any] = {}
+    model_state: dict[str, Any] = {}
+    for field, raw in _pairs(reply[2]):
+        (model_state if "|" in field else state)[field] = raw
+    cooling: list[list[Any]] = []
+    model_cooling: list[list[Any]] = []
+    for member, until in _pairs(reply[4]):
+        (model_cooling if "|" in member else cooling).append([member, int(float(until))])
+    meta: dict[str, int] = {}
+    usage: dict[str, int] = {}
+    for field, value in _pairs(reply[5]):
+        if field.startswith("used:"):
+            usage[field[5:]] = int(value)
+        elif field in ("seq", "gen"):
+            meta[field] = int(value)
+    return {
+        "profiles": dict(_pairs(reply[1])),
+        "state": state,
+        "ready": [[k, int(float(v))] for k, v in _pairs(reply[3])],
+        "cooling": cooling,
+        "model_cooling": model_cooling,
+        "model_state": model_state,
+        "meta": meta,
+        "usage": usage,
+    }
 
 
 def _is_missing(reply: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import random
 import statistics
 import time
 from collections.abc import Awaitable, Callable
@@ -31,18 +32,24 @@ async def interleaved_medians(
     warmup: int = 200,
 ) -> dict[str, dict[str, float]]:
     """Median and p90 (µs) of each operation, all measured in turn within every iteration, so
-    that load from other processes weighs on all of them alike. The garbage collector is off
-    while timing."""
+    that load from other processes weighs on all of them alike. The order is shuffled every
+    iteration (seeded, so runs are repeatable): in a fixed order, an operation always runs
+    right after the same neighbour and inherits its after-effects (CPU caches, the server's
+    Lua garbage). The garbage collector is off while timing."""
     for i in range(min(warmup, iterations)):
         for op in ops.values():
             await op()
         if between is not None:
             await between(i)
     samples: dict[str, list[float]] = {name: [] for name in ops}
+    order = list(ops)
+    shuffler = random.Random(20261127)
     gc.disable()
     try:
         for i in range(iterations):
-            for name, op in ops.items():
+            shuffler.shuffle(order)
+            for name in order:
+                op = ops[name]
                 start = time.perf_counter_ns()
                 await op()
                 samples[name].append((time.perf_counter_ns() - start) / 1000.0)

@@ -158,9 +158,20 @@ async def test_export_and_import_round_trip(
     await add_keys(manager, 3)
     await manager.mark_failed("key-0", "429", kind="rate_limit")
     await manager.mark_failed("key-1", "402", kind="billing")
+    await manager.mark_failed("key-2", "429", kind="rate_limit", model="gpt-x")
+    await manager.get_next_profile("openai")
     snapshot = await manager.export_state()
     text = orjson.dumps(snapshot).decode()
     assert "sk-test" not in text
+    # Pairs and last-used times are stored alongside profiles in Redis, but the snapshot keeps
+    # them apart, so that its format does not follow the key layout.
+    pool = snapshot["pools"]["openai"]
+    assert [entry[0] for entry in pool["model_cooling"]] == ["key-2|gpt-x"]
+    assert sorted(pool["cooling"], key=lambda e: e[0])[0][0] == "key-0"
+    assert all("|" not in entry[0] for entry in pool["cooling"])
+    assert set(pool["model_state"]) == {"key-2|gpt-x"}
+    assert "key-2|gpt-x" not in pool["state"]
+    assert set(pool["usage"]) == {"key-2"} and set(pool["meta"]) == {"seq", "gen"}
     target_store = await connect(backend_url, namespace=unique_namespace(), secret_key=secret_key)
     try:
         target_store.time_offset_ms = store.time_offset_ms
@@ -169,6 +180,10 @@ async def test_export_and_import_round_trip(
         status = {s.id: s for s in await target.get_status()}
         assert status["key-0"].in_cooldown and status["key-0"].failures == 1
         assert status["key-1"].cooldown_kind == "billing" and status["key-1"].billing_failures == 1
+        assert status["key-2"].last_used_ms is not None
+        assert set(status["key-2"].model_cooldowns) == {"gpt-x"}
+        again = await target.export_state()
+        assert again["pools"] == snapshot["pools"]
         picked = await target.get_next_profile("openai")
         assert picked is not None and picked.id == "key-2"
         secret = picked.secret()

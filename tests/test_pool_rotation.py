@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from coordinator import AuthProfile, NoProfileAvailableError, Store
+from coordinator.testing import advance_time
 
 from .helpers import MINUTE_MS, add_keys, manager_for
 
@@ -114,6 +115,40 @@ async def test_acquire_reports_time_until_soonest_recovery(store: Store) -> None
     assert info.value.retry_in_ms is not None
     assert MINUTE_MS - 2_000 <= info.value.retry_in_ms <= MINUTE_MS
     assert "openai" in str(info.value)
+
+
+async def test_retry_hint_ignores_model_cooldowns_of_other_models(store: Store) -> None:
+    # Whole-profile and (profile, model) cooldowns share one sorted set; the hint for a caller
+    # that found nothing must come from the whole-profile ones, not from a sooner pair.
+    manager = manager_for(store)
+    await add_keys(manager, 2)
+    await manager.mark_failed("key-1", "429", kind="rate_limit", model="gpt-x")
+    advance_time(store, 30_000)
+    await manager.mark_failed("key-0", "500", kind="server")
+    with pytest.raises(NoProfileAvailableError) as info:
+        await manager.acquire("openai", exclude=["key-1"])
+    assert info.value.retry_in_ms is not None
+    assert MINUTE_MS - 2_000 <= info.value.retry_in_ms <= MINUTE_MS
+    # A caller asking for that model sees the pair's recovery (30 s left) as the sooner one.
+    with pytest.raises(NoProfileAvailableError) as info:
+        await manager.acquire("openai", model="gpt-x")
+    assert info.value.retry_in_ms is not None
+    assert 28_000 <= info.value.retry_in_ms <= 30_000
+
+
+async def test_retry_hint_stays_bounded_behind_many_model_cooldowns(store: Store) -> None:
+    # The search for the soonest whole-profile cooldown reads at most 64 entries; past them
+    # the hint is a lower bound (a caller retries early, never late) and the pick stays cheap.
+    manager = manager_for(store)
+    await add_keys(manager, 2)
+    for i in range(70):
+        await manager.mark_failed("key-1", "429", kind="rate_limit", model=f"m{i}")
+    advance_time(store, 30_000)
+    await manager.mark_failed("key-0", "500", kind="server")
+    with pytest.raises(NoProfileAvailableError) as info:
+        await manager.acquire("openai", exclude=["key-1"])
+    assert info.value.retry_in_ms is not None
+    assert 28_000 <= info.value.retry_in_ms <= 30_000
 
 
 async def test_acquire_waits_for_recovery_within_wait_s(store: Store) -> None:

@@ -1,16 +1,18 @@
 -- _pool.lua: helpers of the credential-pool scripts (included with --!include _pool.lua).
--- Pool scripts receive the ten static pool keys as KEYS[1..10] in this order:
---   1 profiles (HASH id -> definition JSON)   2 state (HASH id -> state JSON)
+-- Pool scripts receive the seven static pool keys as KEYS[1..7] in this order:
+--   1 profiles (HASH id -> definition JSON)
+--   2 state (HASH id -> state JSON, "<id>|<model>" -> pair counters JSON)
 --   3 ready (ZSET id -> rotation seq)         4 ranked (ZSET lex "<inv prio>|<type>|<seq>|<id>")
---   5 cooling (ZSET id -> until ms)           6 model_cooling (ZSET "<id>|<model>" -> until ms)
---   7 model_state (HASH "<id>|<model>" -> JSON)
---   8 meta (HASH seq, gen, next_due)          9 events (STREAM)   10 usage (HASH id -> last used ms)
--- The cooldown truth is the cooling sets; the state record only carries counters and history,
+--   5 cooling (ZSET id or "<id>|<model>" -> until ms)
+--   6 meta (HASH seq, gen, next_due, "used:<id>" -> last picked ms)   7 events (STREAM)
+-- Ids cannot contain '|', so a member or field with one is always a (profile, model) pair.
+-- Seven keys, not ten: every key is an argument the client encodes and Redis copies into Lua
+-- on every call, and these scripts are the hot path.
+-- The cooldown truth is the cooling set; the state record only carries counters and history,
 -- so a state record edited into garbage never changes which profiles can be picked.
 
 local K_PROFILES, K_STATE, K_READY, K_RANKED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_COOLING, K_MCOOLING, K_MSTATE, K_META, K_EVENTS = KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
-local K_USAGE = KEYS[10]
+local K_COOLING, K_META, K_EVENTS = KEYS[5], KEYS[6], KEYS[7]
 local NEVER = 9007199254740991  -- 2^53 - 1: "nothing is due"
 
 -- Fields of a state record that must be non-negative numbers when present.
@@ -73,10 +75,17 @@ local function enqueue(id, def)
   return seq
 end
 
+-- The soonest cooldown end as sweep() left it this call (so note_due needs no second HGET).
+local known_due = nil
+
 -- Remember the soonest cooldown end, so that sweep() costs one HGET until something is due.
 local function note_due(until_ms)
-  local due = tonumber(redis.call('HGET', K_META, 'next_due'))
-  if not due or until_ms < due then redis.call('HSET', K_META, 'next_due', int(until_ms)) end
+  local due = known_due
+  if due == nil then due = tonumber(redis.call('HGET', K_META, 'next_due')) end
+  if not due or until_ms < due then
+    redis.call('HSET', K_META, 'next_due', int(until_ms))
+    known_due = until_ms
+  end
 end
 
 -- Lazy recovery: move profiles whose cooldown ended back into the rotation and emit
@@ -85,33 +94,33 @@ end
 local SWEEP_LIMIT = 100
 local function sweep(now)
   local due = tonumber(redis.call('HGET', K_META, 'next_due'))
-  if due and due > now then return end
-  local ids = redis.call('ZRANGEBYSCORE', K_COOLING, '-inf', now, 'LIMIT', 0, SWEEP_LIMIT)
-  for _, id in ipairs(ids) do
-    redis.call('ZREM', K_COOLING, id)
-    if redis.call('HEXISTS', K_PROFILES, id) == 1 then
-      enqueue(id, (load_def(id)))
-      local s = load_state(id)
+  if due and due > now then
+    known_due = due
+    return
+  end
+  local due_now = redis.call('ZRANGEBYSCORE', K_COOLING, '-inf', now, 'LIMIT', 0, SWEEP_LIMIT)
+  for _, member in ipairs(due_now) do
+    redis.call('ZREM', K_COOLING, member)
+    local id, model = string.match(member, '^([^|]*)|(.*)$')
+    if id then
+      -- A (profile, model) pair: the profile never left the rotation.
+      if redis.call('HEXISTS', K_PROFILES, id) == 1 then
+        emit('profile:recovered', id, {model = model}, now)
+      end
+    elseif redis.call('HEXISTS', K_PROFILES, member) == 1 then
+      enqueue(member, (load_def(member)))
+      local s = load_state(member)
       if s then
         s.cooldown_until_ms = nil
         s.cooldown_kind = nil
-        save_state(id, s)
+        save_state(member, s)
       end
-      emit('profile:recovered', id, {}, now)
-    end
-  end
-  local pairs_due = redis.call('ZRANGEBYSCORE', K_MCOOLING, '-inf', now, 'LIMIT', 0, SWEEP_LIMIT)
-  for _, pair in ipairs(pairs_due) do
-    redis.call('ZREM', K_MCOOLING, pair)
-    local id, model = string.match(pair, '^([^|]*)|(.*)$')
-    if id and redis.call('HEXISTS', K_PROFILES, id) == 1 then
-      emit('profile:recovered', id, {model = model}, now)
+      emit('profile:recovered', member, {}, now)
     end
   end
   local next_due = NEVER
   local first = redis.call('ZRANGE', K_COOLING, 0, 0, 'WITHSCORES')
-  if first[2] then next_due = math.min(next_due, tonumber(first[2])) end
-  first = redis.call('ZRANGE', K_MCOOLING, 0, 0, 'WITHSCORES')
-  if first[2] then next_due = math.min(next_due, tonumber(first[2])) end
+  if first[2] then next_due = tonumber(first[2]) end
   redis.call('HSET', K_META, 'next_due', int(next_due))
+  known_due = next_due
 end

@@ -28,6 +28,6 @@ end
 
 -- Remove every (profile, model) entry of one profile (rare: removal and manual clearing).
 local function drop_model_entries(id)
-  delete_prefixed('ZSCAN', 'ZREM', K_MCOOLING, id .. '|')
-  delete_prefixed('HSCAN', 'HDEL', K_MSTATE, id .. '|')
+  delete_prefixed('ZSCAN', 'ZREM', K_COOLING, id .. '|')
+  delete_prefixed('HSCAN', 'HDEL', K_STATE, id .. '|')
 end

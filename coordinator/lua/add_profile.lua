@@ -1,5 +1,5 @@
 -- add_profile.lua: create or update a profile; an update keeps its health history.
--- KEYS[1..10]  the static pool keys (see _pool.lua)
+-- KEYS[1..7]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] profile id  ARGV[3] definition JSON object (validated by
 --   the caller, without gen/created_ms/updated_ms, which this script appends as text so that
 --   the caller's JSON, metadata included, is stored byte for byte)

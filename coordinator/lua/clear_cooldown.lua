@@ -1,5 +1,5 @@
 -- clear_cooldown.lua: end a profile's cooldowns now and reset its counters (operator action).
--- KEYS[1..10]  the static pool keys (see _pool.lua)
+-- KEYS[1..7]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] profile id
 -- Returns {'missing'} | {'cleared', was cooling 0|1}
 -- Also repairs a state record edited into an invalid form (it is replaced by a clean one that
@@ -12,9 +12,9 @@ sweep(now)
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
 local def = load_def(id)
 local was_cooling = redis.call('ZREM', K_COOLING, id)
-local pair_count = redis.call('ZCARD', K_MCOOLING)
+local pair_count = redis.call('ZCARD', K_COOLING)
 drop_model_entries(id)
-local pairs_cleared = pair_count - redis.call('ZCARD', K_MCOOLING)
+local pairs_cleared = pair_count - redis.call('ZCARD', K_COOLING)
 if not redis.call('ZSCORE', K_READY, id) then enqueue(id, def) end
 local state = load_state(id) or {}
 state.failures = 0

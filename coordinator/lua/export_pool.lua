@@ -1,9 +1,10 @@
 -- export_pool.lua: a consistent raw snapshot of one pool (secrets stay ciphertext).
--- KEYS[1..10]  the static pool keys (see _pool.lua)
+-- KEYS[1..7]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms
--- Returns {now, profiles (flat HGETALL), state (flat), ready (id, seq flat),
---   cooling (id, until flat), model_cooling (pair, until flat), model_state (flat), meta (flat),
---   usage (flat)}
+-- Returns {now, profiles (flat HGETALL), state (flat: profile and "<id>|<model>" records),
+--   ready (id, seq flat), cooling (id or "<id>|<model>", until flat), meta (flat)}
+-- The caller splits pairs from profiles and "used:<id>" from the counters, so that the
+-- snapshot format does not depend on how the pool is laid out in Redis.
 --!include _pool.lua
 
 local now = now_ms()
@@ -13,8 +14,5 @@ return {
   redis.call('HGETALL', K_STATE),
   redis.call('ZRANGE', K_READY, 0, -1, 'WITHSCORES'),
   redis.call('ZRANGE', K_COOLING, 0, -1, 'WITHSCORES'),
-  redis.call('ZRANGE', K_MCOOLING, 0, -1, 'WITHSCORES'),
-  redis.call('HGETALL', K_MSTATE),
   redis.call('HGETALL', K_META),
-  redis.call('HGETALL', K_USAGE),
 }

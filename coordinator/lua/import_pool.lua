@@ -1,5 +1,5 @@
 -- import_pool.lua: replace one pool's profiles and health with a snapshot from export_pool.
--- KEYS[1..10]  the static pool keys (see _pool.lua)
+-- KEYS[1..7]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] snapshot JSON:
 --   {profiles = {id = definition JSON}, state = {id = state JSON}, ready = {{id, seq}...},
 --    cooling = {{id, until}...}, model_cooling = {{pair, until}...},
@@ -10,8 +10,7 @@
 
 local snap = cjson.decode(ARGV[2])
 local now = now_ms()
-for i = 1, 8 do redis.call('DEL', KEYS[i]) end
-redis.call('DEL', K_USAGE)
+for i = 1, 6 do redis.call('DEL', KEYS[i]) end
 local count = 0
 for id, raw in pairs(snap.profiles or {}) do
   redis.call('HSET', K_PROFILES, id, raw)
@@ -25,10 +24,10 @@ for _, entry in ipairs(snap.ready or {}) do
 end
 for _, entry in ipairs(snap.cooling or {}) do redis.call('ZADD', K_COOLING, entry[2], entry[1]) end
 for _, entry in ipairs(snap.model_cooling or {}) do
-  redis.call('ZADD', K_MCOOLING, entry[2], entry[1])
+  redis.call('ZADD', K_COOLING, entry[2], entry[1])
 end
-for pair, raw in pairs(snap.model_state or {}) do redis.call('HSET', K_MSTATE, pair, raw) end
-for id, ms in pairs(snap.usage or {}) do redis.call('HSET', K_USAGE, id, int(ms)) end
+for pair, raw in pairs(snap.model_state or {}) do redis.call('HSET', K_STATE, pair, raw) end
+for id, ms in pairs(snap.usage or {}) do redis.call('HSET', K_META, 'used:' .. id, int(ms)) end
 local meta = snap.meta or {}
 redis.call('HSET', K_META, 'seq', int(tonumber(meta.seq) or 0), 'gen', int(tonumber(meta.gen) or 0))
 emit('pool:imported', '', {profiles = count}, now)

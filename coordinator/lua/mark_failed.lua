@@ -1,11 +1,12 @@
 -- mark_failed.lua: record a failure and, unless it is the caller's fault, cool the profile down.
--- KEYS[1..10]  the static pool keys (see _pool.lua)
+-- KEYS[1..7]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] profile id  ARGV[3] kind: rate_limit | billing | auth |
 --   server | timeout | unknown | caller   ARGV[4] error text (already redacted)
--- ARGV[5] retry-after ms ('' for none)  ARGV[6] model ('' for none)
--- ARGV[7] the policy, comma-separated (one argument: this is a hot path):
---   base ms, multiplier, cap ms (ordinary), billing base ms, billing multiplier, billing cap ms,
---   failure window ms, longest honoured retry-after ms
+-- ARGV[5] the policy of this kind's cooldown class, comma-separated (one argument: this is a
+--   hot path): base ms, multiplier, cap ms, failure window ms, longest honoured retry-after ms
+--   (the caller sends the billing schedule for billing failures, the ordinary one otherwise)
+-- ARGV[6] retry-after ms (optional, '' for none)  ARGV[7] model (optional, '' for none)
+--   (optional arguments are left out when empty: each one costs the client and Redis time)
 -- Returns {'missing'} | {'ignored'}
 --      | {'cooling', until ms, duration ms, failure count, scope ('profile' or 'model'),
 --         repaired field or ''}
@@ -24,13 +25,13 @@
 --!include _pool.lua
 
 local id, kind, message = ARGV[2], ARGV[3], ARGV[4]
-local retry_after = tonumber(ARGV[5])
-local model = ARGV[6]
+local retry_after = tonumber(ARGV[6])
+local model = ARGV[7] or ''
 -- One match, not a gmatch loop: this is the hot path.
-local policy = {string.match(ARGV[7],
-  '^([^,]+),([^,]+),([^,]+),([^,]+),([^,]+),([^,]+),([^,]+),([^,]+)$')}
-for i = 1, 8 do policy[i] = tonumber(policy[i]) end
-local window, max_retry_after = policy[7], policy[8]
+local base, mult, cap, window, max_retry_after =
+  string.match(ARGV[5], '^([^,]+),([^,]+),([^,]+),([^,]+),([^,]+)$')
+base, mult, cap = tonumber(base), tonumber(mult), tonumber(cap)
+window, max_retry_after = tonumber(window), tonumber(max_retry_after)
 
 local now = now_ms()
 sweep(now)
@@ -41,20 +42,14 @@ if kind == 'caller' then return {'ignored'} end
 local state, broken = load_state(id)
 if not state then state = {} end
 
-local base, mult, cap
 local count
 local billing = (kind == 'billing')
-if billing then
-  base, mult, cap = policy[4], policy[5], policy[6]
-else
-  base, mult, cap = policy[1], policy[2], policy[3]
-end
 
 local pair_scope = (model ~= '' and kind == 'rate_limit')
 local pair = id .. '|' .. model
 local existing
 if pair_scope then
-  existing = tonumber(redis.call('ZSCORE', K_MCOOLING, pair) or '0')
+  existing = tonumber(redis.call('ZSCORE', K_COOLING, pair) or '0')
 else
   existing = tonumber(redis.call('ZSCORE', K_COOLING, id) or '0')
 end
@@ -66,7 +61,7 @@ local duplicate = existing > now and same_class
 
 local pair_state = nil
 if pair_scope then
-  pair_state = decode(redis.call('HGET', K_MSTATE, pair)) or {}
+  pair_state = decode(redis.call('HGET', K_STATE, pair)) or {}
   local last = tonumber(pair_state.last_failure_ms) or 0
   if now - last > window then pair_state.failures = 0 end
   count = tonumber(pair_state.failures) or 0
@@ -108,9 +103,9 @@ if broken then event.repaired = broken end
 if pair_scope then
   local kept = existing >= until_ms
   if kept then until_ms = existing end
-  redis.call('ZADD', K_MCOOLING, until_ms, pair)
+  redis.call('ZADD', K_COOLING, until_ms, pair)
   note_due(until_ms)
-  redis.call('HSET', K_MSTATE, pair, cjson.encode(pair_state))
+  redis.call('HSET', K_STATE, pair, cjson.encode(pair_state))
   save_state(id, state)
   event.scope = 'model'
   if not kept then event.until_ms, event.duration_ms = until_ms, until_ms - now end

@@ -1,7 +1,8 @@
 -- pick.lua: choose the next profile of a pool, honouring stickiness, cooldowns and exclusions.
--- KEYS[1..10]  the static pool keys (see _pool.lua); KEYS[11] the session key (optional)
+-- KEYS[1..7]  the static pool keys (see _pool.lua); KEYS[8] the session key (optional)
 -- ARGV[1] clock offset ms   ARGV[2] strategy: round-robin | priority | random
--- ARGV[3] model ('' for none)   ARGV[4] session TTL ms
+-- Optional, left out from the end when empty (each argument costs the client and Redis time):
+-- ARGV[3] model ('' for none)   ARGV[4] session TTL ms ('' for none)
 -- ARGV[5] a uniform random fraction in [0, 1) from the caller (used by the random strategy:
 --   entropy is not shared state, and Redis seeds the Lua generator identically every call)
 -- ARGV[6] count of excluded ids   ARGV[7..] excluded profile ids
@@ -11,12 +12,16 @@
 --!include _pool.lua
 
 local strategy = ARGV[2]
-local model = ARGV[3]
-local session_ttl = tonumber(ARGV[4])
+local model = ARGV[3] or ''
+local session_ttl = tonumber(ARGV[4]) or 0
 local fraction = tonumber(ARGV[5]) or 0
-local excluded = {}
-for i = 1, tonumber(ARGV[6]) do excluded[ARGV[6 + i]] = true end
-local session_key = KEYS[11]
+local excluded = nil  -- a table only when the caller excludes something (the hot path does not)
+local excluded_count = tonumber(ARGV[6]) or 0
+if excluded_count > 0 then
+  excluded = {}
+  for i = 1, excluded_count do excluded[ARGV[6 + i]] = true end
+end
+local session_key = KEYS[8]
 
 local now = now_ms()
 sweep(now)
@@ -29,11 +34,11 @@ end
 -- A ready profile is usable when not excluded, its definition is sound and, for a model, the
 -- (profile, model) pair is not cooling down. Returns the definition and its raw JSON.
 local function usable(id)
-  if excluded[id] then return nil end
+  if excluded and excluded[id] then return nil end
   local def, raw = load_def(id)
   if not def then return nil end
   if model ~= '' then
-    local pair_until = redis.call('ZSCORE', K_MCOOLING, id .. '|' .. model)
+    local pair_until = redis.call('ZSCORE', K_COOLING, id .. '|' .. model)
     if pair_until and tonumber(pair_until) > now then
       consider_until(tonumber(pair_until))
       return nil
@@ -133,8 +138,24 @@ if not chosen and strategy ~= 'priority' and strategy ~= 'random' then
 end
 
 if not chosen then
-  local first = redis.call('ZRANGE', K_COOLING, 0, 0, 'WITHSCORES')
-  if first[2] then consider_until(tonumber(first[2])) end
+  -- The soonest whole-profile cooldown: the first member without '|' ((profile, model) pairs
+  -- of other models do not help this caller). Bounded: past 64 pairs, the last score read is
+  -- a lower bound of it, which is a safe "try again by" for the caller.
+  local offset, found = 0, false
+  while not found and offset < 64 do
+    local page = redis.call('ZRANGE', K_COOLING, offset, offset + PAGE - 1, 'WITHSCORES')
+    if #page == 0 then break end
+    for i = 1, #page, 2 do
+      if not string.find(page[i], '|', 1, true) then
+        consider_until(tonumber(page[i + 1]))
+        found = true
+        break
+      end
+    end
+    if not found and #page < 2 * PAGE then break end
+    if not found and offset + PAGE >= 64 then consider_until(tonumber(page[#page])) end
+    offset = offset + PAGE
+  end
   if soonest == nil then return {0, -1, now} end
   return {0, math.max(0, soonest - now), now}
 end
@@ -150,7 +171,7 @@ if reason == 'rotation' then
     redis.call('ZADD', K_RANKED, 0, rank_member(chosen_def, seq, chosen))
   end
 end
-redis.call('HSET', K_USAGE, chosen, int(now))
+redis.call('HSET', K_META, 'used:' .. chosen, int(now))
 
 if session_key and session_ttl > 0 then
   local binding = chosen .. '\t' .. int(chosen_def.gen) .. '\t' .. int(now + session_ttl)

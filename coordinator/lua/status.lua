@@ -1,5 +1,5 @@
 -- status.lua: every profile of a pool with its health, on Redis time.
--- KEYS[1..10]  the static pool keys (see _pool.lua)
+-- KEYS[1..7]  the static pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] failure window ms
 -- Returns {now, {id, definition JSON or '', state JSON or '', cooling until ms or '',
 --   ready 0|1, effective failures, effective billing failures, broken field or '',
@@ -27,7 +27,14 @@ for _, id in ipairs(ids) do
     if now - (state.last_billing_ms or 0) <= window then billing = state.billing_failures or 0 end
   end
   rows[#rows + 1] = {id, raw_def, raw_state, cooling, ready, failures, billing,
-    def_broken or state_broken or '', redis.call('HGET', K_USAGE, id) or ''}
+    def_broken or state_broken or '', redis.call('HGET', K_META, 'used:' .. id) or ''}
 end
-local pairs_cooling = redis.call('ZRANGE', K_MCOOLING, 0, -1, 'WITHSCORES')
+local pairs_cooling = {}
+local all = redis.call('ZRANGE', K_COOLING, 0, -1, 'WITHSCORES')
+for i = 1, #all, 2 do
+  if string.find(all[i], '|', 1, true) then
+    pairs_cooling[#pairs_cooling + 1] = all[i]
+    pairs_cooling[#pairs_cooling + 1] = all[i + 1]
+  end
+end
 return {now, rows, pairs_cooling}
