@@ -196,6 +196,5 @@ class ProfileStatus:
     last_error: str | None
     last_error_kind: str | None
     last_used_ms: int | None
-    successes: int
     model_cooldowns: Mapping[str, int]
     broken_field: str | None = None

@@ -553,7 +553,6 @@ def _status_row(
         last_error=state.get("last_error"),
         last_error_kind=state.get("last_error_kind"),
         last_used_ms=int(last_used) if last_used else None,
-        successes=_int_or_none(state.get("successes")) or 0,
         model_cooldowns=dict(model_cooldowns),
         broken_field=broken,
     )
@@ -565,10 +564,6 @@ def _json_object(raw: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _int_or_none(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and value >= 0 else None
 
 
 # -- one manager per process ---------------------------------------------------------------

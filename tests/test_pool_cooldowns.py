@@ -83,9 +83,27 @@ async def test_success_resets_counters(store: Store) -> None:
     await _fail_after_recovery(store, manager, "billing", 1)
     assert await manager.mark_success("key-0") is True
     status = (await manager.get_status("openai"))[0]
-    assert (status.failures, status.billing_failures, status.successes) == (0, 0, 1)
+    assert (status.failures, status.billing_failures) == (0, 0)
     assert await manager.clear_cooldown("key-0")
     assert (await manager.mark_failed("key-0", "429", kind="rate_limit")).duration_ms == MINUTE_MS
+
+
+async def test_a_success_with_nothing_to_reset_writes_nothing(store: Store) -> None:
+    # Most calls succeed: in the steady state a success is a read, not a write.
+    manager = manager_for(store)
+    await add_keys(manager, 1)
+    state_key = manager._keys("openai").state
+    assert await manager.mark_success("key-0") is True
+    assert await store.client.hget(state_key, "key-0") is None
+    await manager.mark_failed("key-0", "500", kind="server")
+    assert await manager.mark_success("key-0") is True
+    record = await store.client.hget(state_key, "key-0")
+    assert '"failures":0' in record
+    await store.client.hset(state_key, "key-0", record.replace('"last_error"', '"last_errorx"'))
+    assert await manager.mark_success("key-0") is True
+    # Unchanged: nothing was rewritten from the parsed record.
+    assert '"last_errorx"' in await store.client.hget(state_key, "key-0")
+    assert await manager.mark_success("nobody") is False
 
 
 async def test_retry_after_lengthens_but_never_shortens(store: Store) -> None:

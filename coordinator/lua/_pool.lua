@@ -18,12 +18,11 @@ local NEVER = 9007199254740991  -- 2^53 - 1: "nothing is due"
 -- Fields of a state record that must be non-negative numbers when present.
 local STATE_NUMBERS = {
   'failures', 'billing_failures', 'last_failure_ms', 'last_billing_ms', 'cooldown_until_ms',
-  'successes', 'last_success_ms', 'failures_total'
+  'failures_total'
 }
 
--- Load a profile's state; returns (state, nil) or (nil, broken_field).
-local function load_state(id)
-  local raw = redis.call('HGET', K_STATE, id)
+-- Parse a stored state record; returns (state, nil) or (nil, broken_field). No record: {}.
+local function parse_state(raw)
   if not raw then return {}, nil end
   local s = decode(raw)
   if not s then return nil, 'state' end
@@ -32,6 +31,11 @@ local function load_state(id)
     if v ~= nil and (type(v) ~= 'number' or v < 0 or v ~= v) then return nil, f end
   end
   return s, nil
+end
+
+-- Load a profile's state; returns (state, nil) or (nil, broken_field).
+local function load_state(id)
+  return parse_state(redis.call('HGET', K_STATE, id))
 end
 
 local function save_state(id, s)

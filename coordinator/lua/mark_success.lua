@@ -5,17 +5,25 @@
 -- A state record edited into garbage is replaced by a fresh one.
 -- A success does not lift a running cooldown (a call admitted before the failure may finish
 -- after it); it only resets the counters, so the next failure starts the schedule again.
+-- Most calls succeed, so a success with nothing to reset writes nothing and reads no clock:
+-- the steady state costs Redis one or two reads.
 --!include _pool.lua
 
 local id, model = ARGV[2], ARGV[3] or ''
-local now = now_ms()
-if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
-local state, broken = load_state(id)
-if not state then state = {} end
-state.failures = 0
-state.billing_failures = 0
-state.successes = (state.successes or 0) + 1
-state.last_success_ms = now
-save_state(id, state)
+local raw = redis.call('HGET', K_STATE, id)
+local broken = nil
+if not raw then
+  -- No record: a profile that never failed, or none at all.
+  if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
+else
+  local state
+  state, broken = parse_state(raw)
+  if not state or (state.failures or 0) ~= 0 or (state.billing_failures or 0) ~= 0 then
+    state = state or {}
+    state.failures = 0
+    state.billing_failures = 0
+    save_state(id, state)
+  end
+end
 if model ~= '' then redis.call('HDEL', K_STATE, id .. '|' .. model) end
 return {'ok', broken or ''}
