@@ -150,7 +150,9 @@ class ModelProfileManager(EventSource):
         return {self.keys.events: "models"}
 
     async def _run(self, script: str, args: Sequence[Any], keys: Sequence[bytes] = ()) -> Any:
-        return await self.store.run(script, [*self._static, *keys], [*self._cfg_args, *args])
+        return await self.store.run(
+            script, [*self._static, *keys] if keys else self._static, [*self._cfg_args, *args]
+        )
 
     def _profile_from_raw(self, raw: str) -> ModelProfile:
         profile = self._parsed.get(raw)
@@ -161,9 +163,12 @@ class ModelProfileManager(EventSource):
             self._parsed[raw] = profile
         return profile
 
-    def _selection_args(
+    def _selection_spec(
         self, model: str | None, session_id: str | None, exclude: Iterable[str]
-    ) -> tuple[list[Any], list[bytes]]:
+    ) -> tuple[str | None, list[bytes]]:
+        """The scripts' selection spec (one argument, see ``selection_spec`` in
+        ``coordinator/lua/_model.lua``; ``None`` when everything is the default) and the
+        session key, if any."""
         if model is not None and (not isinstance(model, str) or not model):
             raise ConfigError("model", "must be a non-empty string or None")
         excluded = [validate_id(e, "exclude") for e in exclude]
@@ -174,7 +179,10 @@ class ModelProfileManager(EventSource):
             if self.config.session_sticky:
                 keys.append(self.keys.session(session_id).encode())
                 ttl = self._session_ttl_ms
-        return [model or "", ttl, len(excluded), *excluded], keys
+        if not ttl and not excluded and model is None:
+            return None, keys
+        ids = "".join(f"{e}," for e in excluded)
+        return f"{ttl},{len(excluded)},{ids}{model or ''}", keys
 
     def _note_broken(self, broken: Any) -> None:
         for item in broken or []:
@@ -295,8 +303,8 @@ class ModelProfileManager(EventSource):
     ) -> tuple[ModelSelection | None, int | None]:
         excluded = list(exclude)
         for _ in range(_CORRUPT_RETRIES):
-            args, keys = self._selection_args(model, session_id, excluded)
-            reply = await self._run("model_select", args, keys)
+            spec, keys = self._selection_spec(model, session_id, excluded)
+            reply = await self._run("model_select", () if spec is None else (spec,), keys)
             selection, retry_in = self._decode_selection(reply)
             if selection is not None or int(reply[0]) == 0:
                 return selection, retry_in
@@ -335,16 +343,21 @@ class ModelProfileManager(EventSource):
             profile_id, epoch, token = target.profile_id, str(target.epoch), target.permit or ""
         else:
             profile_id, epoch, token = validate_id(target, "profile_id"), "", ""
-        exclude = list(exclude)
-        select_args: list[Any] = []
-        keys: list[bytes] = []
-        if pick_next:
-            select_args, keys = self._selection_args(model, session_id, exclude)
         header = (
             f"{outcome},{kind.value if kind is not None else ''},{retry_ms},{epoch},{token},"
-            f"{1 if pick_next else 0}"
+            f"{profile_id}"
         )
-        reply = await self._run("model_report", [profile_id, header, message, *select_args], keys)
+        keys: list[bytes] = []
+        args: tuple[str, ...]
+        if pick_next:
+            exclude = list(exclude)
+            spec, keys = self._selection_spec(model, session_id, exclude)
+            args = (header, message, spec or "")
+        elif message:
+            args = (header, message)
+        else:
+            args = (header,)
+        reply = await self._run("model_report", args, keys)
         head = reply[0]
         status = str(head[0])
         state = str(head[1]) or None

@@ -1,6 +1,12 @@
 -- _model_record.lua: recording call outcomes into a breaker (included after _model.lua, by
 -- model_report only, so that selection does not pay for defining these functions).
 
+-- The window size alone: a success in a closed state needs nothing else of the configuration.
+local function window_size()
+  if C then return C.window end
+  return tonumber(string.match(ARGV[2], '^[^,]*,([^,]*)'))
+end
+
 local function open_breaker(id, b, now, reason, kind)
   local C = conf()
   local reopens = 0
@@ -47,7 +53,6 @@ end
 -- 'ignored' (a caller error) | 'released'; changed tells whether the record must be saved (a
 -- success in a steady closed state changes nothing).
 local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms)
-  local C = conf()
   local changed = refresh(id, b, now)
   local caller = outcome == 'failure' and kind == 'caller'
   if outcome == 'release' or outcome == 'unusable' or caller then
@@ -61,8 +66,8 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
   -- Cooldown: a Retry-After or an exhausted quota (also on a success), a billing failure, a
   -- credential that is not usable now.
   local cooldown = 0
-  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, C.max_retry) end
-  if outcome == 'failure' and kind == 'billing' then cooldown = math.max(cooldown, C.billing) end
+  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, conf().max_retry) end
+  if outcome == 'failure' and kind == 'billing' then cooldown = math.max(cooldown, conf().billing) end
   local cooldown_set = false
   if outcome ~= 'release' and cooldown > 0 and now + cooldown > (b.cooldown_until_ms or 0) then
     b.cooldown_until_ms = math.floor(now + cooldown)
@@ -104,7 +109,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     b.permits[token] = nil
     if outcome == 'success' then
       b.probe_successes = (b.probe_successes or 0) + 1
-      if b.probe_successes >= C.success then close_breaker(id, b, now) end
+      if b.probe_successes >= conf().success then close_breaker(id, b, now) end
     else
       open_breaker(id, b, now, 'probe-failed', kind)
     end
@@ -113,7 +118,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
 
   -- closed
   if outcome == 'success' then
-    local window = string.sub(b.window .. '0', -C.window)
+    local window = string.sub(b.window .. '0', -window_size())
     if window ~= b.window or next(b.streak) ~= nil then
       b.streak = {}
       b.window = window
@@ -121,6 +126,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     end
     return 'recorded', changed or cooldown_set
   end
+  local C = conf()
   local streak = {}
   for _, t in ipairs(b.streak) do
     if now - t <= C.decay then streak[#streak + 1] = t end

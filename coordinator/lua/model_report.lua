@@ -2,16 +2,15 @@
 -- the same round trip.
 -- KEYS[1..5]  the static {models} keys (see _model.lua); KEYS[6] the session key (optional)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (see _model.lua)
--- ARGV[3] profile id
--- ARGV[4] "<outcome>,<kind>,<cooldown ms>,<epoch>,<probe token>,<pick>" (one argument: each
---   argument costs the client time to encode), where outcome is success | failure | release |
---   unusable; kind is rate_limit | billing | auth | server | timeout | unknown | caller ('' for
---   a success); cooldown ms is '' for none (a Retry-After or a rate-limit reset, honoured up to
---   max_retry_after_ms); epoch is the selection's ('' for the current one); the probe token is
---   '' for none; pick is 1 to pick the next profile (failover), else 0
--- ARGV[5] error text (already redacted)
--- ARGV[6] model   ARGV[7] session TTL ms   ARGV[8] count of excluded ids   ARGV[9..] ids
---   (only read when pick is 1)
+-- ARGV[3] "<outcome>,<kind>,<cooldown ms>,<epoch>,<probe token>,<profile id>" (one argument:
+--   each argument costs the client time to encode), where outcome is success | failure |
+--   release | unusable; kind is rate_limit | billing | auth | server | timeout | unknown |
+--   caller ('' for a success); cooldown ms is '' for none (a Retry-After or a rate-limit reset,
+--   honoured up to max_retry_after_ms); epoch is the selection's ('' for the current one); the
+--   probe token is '' for none
+-- ARGV[4] error text (already redacted; optional, '' when absent)
+-- ARGV[5] selection spec, only to pick the next profile (a failover; see selection_spec in
+--   _model.lua): present means pick, absent means report only
 -- Returns {{status, breaker state, epoch, broken field}, selection reply or 0}
 --   status: recorded | stale | ignored | released | missing | corrupt
 --   selection reply: as model_select (the reported profile is excluded); a pick emits
@@ -19,12 +18,11 @@
 --!include _model.lua
 --!include _model_record.lua
 
-local id, message = ARGV[MARG], ARGV[MARG + 2]
-local outcome, kind, cooldown_text, epoch, token, pick = string.match(ARGV[MARG + 1],
-  '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([^,]*)$')
-if not outcome then return redis.error_reply('model_report: malformed ARGV[4]') end
-local cooldown = tonumber(cooldown_text)
-local pick_next = pick == '1'
+local outcome, kind, cooldown_text, epoch, token, id = string.match(ARGV[MARG],
+  '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),(.+)$')
+if not outcome then return redis.error_reply('model_report: malformed ARGV[3]') end
+local message = ARGV[MARG + 1] or ''
+local spec = ARGV[MARG + 2]
 local now = now_ms()
 
 local result
@@ -35,14 +33,15 @@ else
   if not b then
     result = {'corrupt', '', -1, bad}
   else
-    local status, changed = record(id, b, now, outcome, kind, message, epoch, token, cooldown)
+    local status, changed = record(id, b, now, outcome, kind, message, epoch, token,
+      tonumber(cooldown_text))
     if changed then save_breaker(id, b) end
     result = {status, b.state, b.epoch, ''}
   end
 end
 
-if not pick_next then return {result, 0} end
-local model, ttl, excluded = selection_args(MARG + 3)
+if spec == nil then return {result, 0} end
+local model, ttl, excluded = selection_spec(spec)
 excluded[id] = true
 local reply = select_profile(now, model, excluded, KEYS[6], ttl)
 if reply[1] == 1 then

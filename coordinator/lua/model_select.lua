@@ -2,13 +2,13 @@
 -- sticky session, priority), in one round trip.
 -- KEYS[1..5]  the static {models} keys (see _model.lua); KEYS[6] the session key (optional)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (see _model.lua)
--- ARGV[3] model ('' for any)   ARGV[4] session TTL ms   ARGV[5] count of excluded ids
--- ARGV[6..] excluded profile ids
+-- ARGV[3] selection spec (optional: absent means any model, no session TTL, nothing
+--   excluded): "<session TTL ms>,<count of excluded ids>,<id>,...,<id>,<model>" (see
+--   selection_spec in _model.lua)
 -- Returns {1, id, definition JSON, model, reason, epoch, probe token, now, sticky, broken}
 --      or {0, soonest recovery in ms (-1 if none), now, broken}      (see select_profile)
 -- An open breaker whose reset timeout passed becomes half-open here (announced once).
 --!include _model.lua
 
-local model, ttl, excluded = selection_args(MARG)
-local now = now_ms()
-return select_profile(now, model, excluded, KEYS[6], ttl)
+local model, ttl, excluded = selection_spec(ARGV[MARG])
+return select_profile(now_ms(), model, excluded, KEYS[6], ttl)
