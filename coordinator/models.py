@@ -196,31 +196,39 @@ class ModelProfileManager(EventSource):
                     field_name,
                 )
 
-    def _decode_selection(self, reply: Any) -> tuple[ModelSelection | None, int | None]:
-        """(selection, None) or (None, ms until the soonest recovery, None if none)."""
-        if int(reply[0]) == 0:
-            self._note_broken(reply[3] if len(reply) > 3 else None)
-            retry_in = int(reply[1])
-            return None, (retry_in if retry_in >= 0 else None)
-        self._note_broken(reply[9] if len(reply) > 9 else None)
+    def _decode_selection(
+        self, reply: Sequence[Any], at: int = 0
+    ) -> tuple[ModelSelection | None, int | None, str | None]:
+        """Decode a selection reply (packed, see ``select_profile`` in ``_model.lua``) that
+        starts at ``reply[at]``: (selection, None, None), (None, ms until the soonest recovery
+        or None if none, None), or (None, None, id) when the chosen profile's definition does
+        not parse here."""
+        head = str(reply[at + 1]).split(",")
+        if int(reply[at]) == 0:
+            if len(head) > 2:
+                self._note_broken(head[2:])
+            retry_in = int(head[0])
+            return None, (retry_in if retry_in >= 0 else None), None
+        if len(head) > 6:
+            self._note_broken(head[6:])
         try:
-            profile = self._profile_from_raw(reply[2])
+            profile = self._profile_from_raw(reply[at + 3])
         except CorruptStateError:
             # The script checked the fields it needs; Python found another one broken. Report
             # it; the caller sees no selection rather than an exception about one profile.
-            self._note_broken([f"{reply[1]}:definition"])
-            return None, None
-        token = str(reply[6])
+            self._note_broken([f"{head[0]}:definition"])
+            return None, None, head[0]
         return (
             ModelSelection(
                 profile=profile,
-                model=str(reply[3]) or None,
-                reason=cast(SelectionReason, str(reply[4])),
-                epoch=int(reply[5]),
-                permit=token or None,
-                selected_at_ms=int(reply[7]),
-                sticky=bool(int(reply[8])),
+                model=str(reply[at + 2]) or None,
+                reason=cast(SelectionReason, head[1]),
+                epoch=int(head[2]),
+                permit=head[3] or None,
+                selected_at_ms=int(head[4]),
+                sticky=head[5] == "1",
             ),
+            None,
             None,
         )
 
@@ -305,10 +313,10 @@ class ModelProfileManager(EventSource):
         for _ in range(_CORRUPT_RETRIES):
             spec, keys = self._selection_spec(model, session_id, excluded)
             reply = await self._run("model_select", () if spec is None else (spec,), keys)
-            selection, retry_in = self._decode_selection(reply)
-            if selection is not None or int(reply[0]) == 0:
+            selection, retry_in, unparsable = self._decode_selection(reply)
+            if unparsable is None:
                 return selection, retry_in
-            excluded.append(str(reply[1]))  # its definition does not parse: skip it, pick again
+            excluded.append(unparsable)  # its definition does not parse: skip it, pick again
         return None, None
 
     async def select_profile(
@@ -358,25 +366,24 @@ class ModelProfileManager(EventSource):
         else:
             args = (header,)
         reply = await self._run("model_report", args, keys)
-        head = reply[0]
-        status = str(head[0])
-        state = str(head[1]) or None
+        status, state, epoch_text, broken = str(reply[0]).split(",", 3)
+        epoch_value = int(epoch_text)
         result = ReportResult(
             status=cast(Any, status),
-            state=cast("BreakerState | None", state),
-            epoch=int(head[2]) if int(head[2]) >= 0 else None,
-            broken_field=str(head[3]) or None,
+            state=cast("BreakerState | None", state or None),
+            epoch=epoch_value if epoch_value >= 0 else None,
+            broken_field=broken or None,
         )
         if status == "corrupt":
-            self._note_broken([f"{profile_id}:{head[3]}"])
-        if not pick_next or reply[1] == 0:
+            self._note_broken([f"{profile_id}:{broken}"])
+        if not pick_next:
             return result, None, None
-        selection, retry_in = self._decode_selection(reply[1])
-        if selection is None and int(reply[1][0]) == 1:
+        selection, retry_in, unparsable = self._decode_selection(reply, 1)
+        if unparsable is not None:
             # The next profile's definition does not parse here: pick again without it (one
             # more round trip, only when a stored value is corrupt).
             selection, retry_in = await self._select(
-                model, session_id, [*exclude, profile_id, str(reply[1][1])]
+                model, session_id, [*exclude, profile_id, unparsable]
             )
         return result, selection, retry_in
 

@@ -53,8 +53,6 @@ local function min_of(a, b)
   return b
 end
 
-local AUTH_KINDS = {api_key = true, env = true, oauth = true, pool = true, none = true}
-
 -- A definition: returns (def, raw, nil), (nil, nil, 'missing') or (nil, raw, broken field).
 local function load_def(id)
   local raw = redis.call('HGET', K_PROFILES, id)
@@ -65,7 +63,11 @@ local function load_def(id)
   if type(v) ~= 'number' or v ~= v then return nil, raw, 'priority' end
   if type(d.enabled) ~= 'boolean' then return nil, raw, 'enabled' end
   v = d.auth
-  if type(v) ~= 'table' or not AUTH_KINDS[v.kind] then return nil, raw, 'auth' end
+  if type(v) ~= 'table' then return nil, raw, 'auth' end
+  v = v.kind
+  if v ~= 'api_key' and v ~= 'env' and v ~= 'oauth' and v ~= 'pool' and v ~= 'none' then
+    return nil, raw, 'auth'
+  end
   if type(d.base_url) ~= 'string' then return nil, raw, 'base_url' end
   if type(d.provider) ~= 'string' then return nil, raw, 'provider' end
   v = d.models
@@ -78,10 +80,10 @@ local function load_def(id)
   return d, raw, nil
 end
 
-local BREAKER_NUMBERS = {
-  'epoch', 'opened_ms', 'open_ms', 'open_until_ms', 'reopens', 'probe_successes',
-  'cooldown_until_ms', 'failures_total', 'last_failure_ms'
-}
+-- A stored number must be a finite number >= 0.
+local function bad_number(v)
+  return v ~= nil and not (type(v) == 'number' and v == v and v >= 0 and v < 1e300)
+end
 
 -- A stored breaker record (raw JSON): returns (state, nil) or (nil, broken field).
 local function parse_breaker(raw)
@@ -91,13 +93,15 @@ local function parse_breaker(raw)
   if state ~= 'closed' and state ~= 'open' and state ~= 'half_open' then
     return nil, 'breaker.state'
   end
-  for i = 1, 9 do
-    local f = BREAKER_NUMBERS[i]
-    local v = b[f]
-    if v ~= nil and not (type(v) == 'number' and v == v and v >= 0 and v < 1e300) then
-      return nil, 'breaker.' .. f
-    end
-  end
+  if bad_number(b.epoch) then return nil, 'breaker.epoch' end
+  if bad_number(b.opened_ms) then return nil, 'breaker.opened_ms' end
+  if bad_number(b.open_ms) then return nil, 'breaker.open_ms' end
+  if bad_number(b.open_until_ms) then return nil, 'breaker.open_until_ms' end
+  if bad_number(b.reopens) then return nil, 'breaker.reopens' end
+  if bad_number(b.probe_successes) then return nil, 'breaker.probe_successes' end
+  if bad_number(b.cooldown_until_ms) then return nil, 'breaker.cooldown_until_ms' end
+  if bad_number(b.failures_total) then return nil, 'breaker.failures_total' end
+  if bad_number(b.last_failure_ms) then return nil, 'breaker.last_failure_ms' end
   if b.epoch == nil then b.epoch = 0 end
   local v = b.window
   if v == nil then
@@ -112,9 +116,7 @@ local function parse_breaker(raw)
     return nil, 'breaker.streak'
   elseif next(v) ~= nil then
     for _, t in pairs(v) do
-      if not (type(t) == 'number' and t == t and t >= 0 and t < 1e300) then
-        return nil, 'breaker.streak'
-      end
+      if bad_number(t) then return nil, 'breaker.streak' end
     end
   end
   v = b.permits
@@ -124,9 +126,7 @@ local function parse_breaker(raw)
     return nil, 'breaker.permits'
   elseif next(v) ~= nil then
     for token, t in pairs(v) do
-      if type(token) ~= 'string' or not (type(t) == 'number' and t == t and t >= 0 and t < 1e300) then
-        return nil, 'breaker.permits'
-      end
+      if type(token) ~= 'string' or bad_number(t) then return nil, 'breaker.permits' end
     end
   end
   if state == 'open' and b.open_until_ms == nil then return nil, 'breaker.open_until_ms' end
@@ -242,13 +242,15 @@ local function admit(id, now, sticky_only)
   return nil, soonest, nil
 end
 
--- Choose a profile. Returns the reply for Python:
---   {1, id, definition JSON, model, reason, epoch, probe token, now, sticky 0|1, broken}
---   {0, soonest recovery in ms (-1 if nothing recovers by itself), now, broken}
+-- Choose a profile. Returns the reply for Python (packed: every reply element costs both ends
+-- time to convert), then, for the caller, the chosen id, model and reason:
+--   {1, "<id>,<reason>,<epoch>,<probe token>,<now>,<sticky 0|1>[,<broken>...]", model,
+--    definition JSON}
+--   {0, "<soonest recovery in ms, -1 if nothing recovers by itself>,<now>[,<broken>...]"}
 -- reason: 'primary' (the highest-priority enabled profile serving the model), 'failover'
 -- (a lower one, or one below an excluded profile), 'testing' (a half-open probe; the token is
--- its permit). broken lists
--- 'id:field' of profiles skipped because a stored value is corrupt.
+-- its permit). broken lists 'id:field' of profiles skipped because a stored value is corrupt
+-- (ids and field names hold no comma).
 -- Cost: O(log n) + the profiles ranked above the one chosen (a handful: one per provider).
 local function select_profile(now, model, excluded, session_key, session_ttl)
   local broken = {}
@@ -317,10 +319,12 @@ local function select_profile(now, model, excluded, session_key, session_ttl)
     offset = offset + PAGE
   end
 
+  local tail = ''
+  if broken[1] then tail = ',' .. table.concat(broken, ',') end
   if not chosen then
     local wait = -1
     if soonest then wait = math.max(0, soonest - now) end
-    return {0, wait, now, broken}
+    return {0, int(wait) .. ',' .. int(now) .. tail}
   end
   local reason = 'failover'
   if token ~= '' then
@@ -335,8 +339,9 @@ local function select_profile(now, model, excluded, session_key, session_ttl)
       redis.call('SET', session_key, chosen, 'PX', session_ttl)
     end
   end
-  return {1, chosen, chosen_raw, resolve_model(chosen_def, model), reason, epoch, token, now,
-    sticky and 1 or 0, broken}
+  local resolved = resolve_model(chosen_def, model)
+  return {1, chosen .. ',' .. reason .. ',' .. int(epoch) .. ',' .. token .. ',' .. int(now) ..
+    (sticky and ',1' or ',0') .. tail, resolved, chosen_raw}, chosen, resolved, reason
 end
 
 -- Parse a selection spec (one argument: each argument costs the client time to encode):

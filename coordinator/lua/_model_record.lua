@@ -51,7 +51,8 @@ end
 -- Returns (status, changed): status 'recorded' (counted by the breaker) | 'stale' (selected in
 -- another epoch, or an expired/unknown permit: only the statistics and cooldowns are updated) |
 -- 'ignored' (a caller error) | 'released'; changed tells whether the record must be saved (a
--- success in a steady closed state changes nothing).
+-- success in a steady closed state changes nothing). now may be nil for a success or release
+-- in a closed state without a cooldown (nothing on that path reads the clock).
 local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms)
   local changed = refresh(id, b, now)
   local caller = outcome == 'failure' and kind == 'caller'

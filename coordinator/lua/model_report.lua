@@ -11,10 +11,12 @@
 -- ARGV[4] error text (already redacted; optional, '' when absent)
 -- ARGV[5] selection spec, only to pick the next profile (a failover; see selection_spec in
 --   _model.lua): present means pick, absent means report only
--- Returns {{status, breaker state, epoch, broken field}, selection reply or 0}
---   status: recorded | stale | ignored | released | missing | corrupt
---   selection reply: as model_select (the reported profile is excluded); a pick emits
---   profile:failover {from, to} once.
+-- Returns {"<status>,<breaker state>,<epoch>,<broken field>"} followed, for a pick, by the
+--   selection reply's elements (as model_select; the reported profile is excluded)
+--   status: recorded | stale | ignored | released | missing | corrupt (epoch -1 when unknown)
+--   a pick emits profile:failover {from, to} once.
+-- Redis TIME is only read when needed: a success or release in a closed state without a
+-- cooldown does not need the clock (the hot path).
 --!include _model.lua
 --!include _model_record.lua
 
@@ -23,29 +25,31 @@ local outcome, kind, cooldown_text, epoch, token, id = string.match(ARGV[MARG],
 if not outcome then return redis.error_reply('model_report: malformed ARGV[3]') end
 local message = ARGV[MARG + 1] or ''
 local spec = ARGV[MARG + 2]
-local now = now_ms()
+local cooldown = tonumber(cooldown_text)
+local now = nil
+if spec or cooldown or (outcome ~= 'success' and outcome ~= 'release') then now = now_ms() end
 
-local result
+local head
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then
-  result = {'missing', '', -1, ''}
+  head = 'missing,,-1,'
 else
   local b, bad = load_breaker(id)
   if not b then
-    result = {'corrupt', '', -1, bad}
+    head = 'corrupt,,-1,' .. bad
   else
-    local status, changed = record(id, b, now, outcome, kind, message, epoch, token,
-      tonumber(cooldown_text))
+    if now == nil and b.state ~= 'closed' then now = now_ms() end
+    local status, changed = record(id, b, now, outcome, kind, message, epoch, token, cooldown)
     if changed then save_breaker(id, b) end
-    result = {status, b.state, b.epoch, ''}
+    head = status .. ',' .. b.state .. ',' .. int(b.epoch) .. ','
   end
 end
 
-if spec == nil then return {result, 0} end
+if spec == nil then return {head} end
 local model, ttl, excluded = selection_spec(spec)
 excluded[id] = true
-local reply = select_profile(now, model, excluded, KEYS[6], ttl)
-if reply[1] == 1 then
-  emit('profile:failover', id, {from = id, to = reply[2], model = reply[4], kind = kind,
-    reason = reply[5]}, now)
+local reply, to, resolved, reason = select_profile(now, model, excluded, KEYS[6], ttl)
+if to then
+  emit('profile:failover', id, {from = id, to = to, model = resolved, kind = kind,
+    reason = reason}, now)
 end
-return {result, reply}
+return {head, reply[1], reply[2], reply[3], reply[4]}

@@ -5,10 +5,12 @@
 -- ARGV[3] selection spec (optional: absent means any model, no session TTL, nothing
 --   excluded): "<session TTL ms>,<count of excluded ids>,<id>,...,<id>,<model>" (see
 --   selection_spec in _model.lua)
--- Returns {1, id, definition JSON, model, reason, epoch, probe token, now, sticky, broken}
---      or {0, soonest recovery in ms (-1 if none), now, broken}      (see select_profile)
+-- Returns {1, "<id>,<reason>,<epoch>,<probe token>,<now>,<sticky>[,<broken>...]", model,
+--         definition JSON}
+--      or {0, "<soonest recovery in ms, -1 if none>,<now>[,<broken>...]"} (see select_profile)
 -- An open breaker whose reset timeout passed becomes half-open here (announced once).
 --!include _model.lua
 
 local model, ttl, excluded = selection_spec(ARGV[MARG])
-return select_profile(now_ms(), model, excluded, KEYS[6], ttl)
+local reply = select_profile(now_ms(), model, excluded, KEYS[6], ttl)
+return reply
