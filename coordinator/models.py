@@ -76,6 +76,11 @@ _CORRUPT_RETRIES = 4
 # Failure kinds that concern one key of a pool, not the provider: for a pool-backed profile
 # they cool the key down in its pool and do not count against the model profile's breaker.
 _KEY_LEVEL = frozenset({FailureKind.AUTH, FailureKind.BILLING, FailureKind.RATE_LIMIT})
+# The hot path's shortcuts: kinds by their exact value (FailureKind.parse normalises the rest),
+# the verdict on a call that returned, and the auth kinds whose secret needs no I/O.
+_KIND_BY_VALUE: dict[str, FailureKind] = {k.value: k for k in FailureKind}
+_SUCCESS = Classification(None)
+_DIRECT_AUTH = frozenset({"api_key", "env", "none"})
 
 
 class _Unusable(Exception):
@@ -353,18 +358,15 @@ class ModelProfileManager(EventSource):
             profile_id, epoch, token = validate_id(target, "profile_id"), "", ""
         header = (
             f"{outcome},{kind.value if kind is not None else ''},{retry_ms},{epoch},{token},"
-            f"{profile_id}"
+            f"{1 if pick_next else 0},{profile_id}"
         )
         keys: list[bytes] = []
-        args: tuple[str, ...]
+        args: tuple[str, ...] = (header, message) if message else (header,)
         if pick_next:
             exclude = list(exclude)
             spec, keys = self._selection_spec(model, session_id, exclude)
-            args = (header, message, spec or "")
-        elif message:
-            args = (header, message)
-        else:
-            args = (header,)
+            if spec is not None:
+                args = (header, message, spec)
         reply = await self._run("model_report", args, keys)
         status, state, epoch_text, broken = str(reply[0]).split(",", 3)
         epoch_value = int(epoch_text)
@@ -426,7 +428,8 @@ class ModelProfileManager(EventSource):
         retry_after_s: float | None,
     ) -> tuple[FailureKind, float | None]:
         if kind is not None:
-            return FailureKind.parse(kind), retry_after_s
+            known = _KIND_BY_VALUE.get(kind) if isinstance(kind, str) else None
+            return known or FailureKind.parse(kind), retry_after_s
         if isinstance(error, BaseException):
             verdict = classify_exception(error, now=self._clock())
             failure = verdict.kind or FailureKind.UNKNOWN
@@ -477,17 +480,8 @@ class ModelProfileManager(EventSource):
         """The secret to call with, and the pool key id when the profile is pool-backed."""
         profile = selection.profile
         auth = profile.auth
-        if auth.kind in ("api_key", "env"):
-            secret = profile.secret()
-            assert secret is not None
-            try:
-                secret.reveal()
-            except MissingSecretError as exc:
-                # Unset on this replica only: skip it here, leave it to replicas that have it.
-                raise _Unusable(FailureKind.AUTH, str(exc), "release", None) from exc
-            return secret, None
-        if auth.kind == "none":
-            return None, None
+        if auth.kind in _DIRECT_AUTH:
+            return self._direct_secret(profile), None
         if auth.kind == "oauth":
             return await self._oauth_token(profile.id, str(auth.value)), None
         # pool
@@ -519,6 +513,20 @@ class ModelProfileManager(EventSource):
         except MissingSecretError as exc:
             raise _Unusable(FailureKind.AUTH, str(exc), "release", None) from exc
         return secret, key.id
+
+    @staticmethod
+    def _direct_secret(profile: ModelProfile) -> Secret | None:
+        """The secret of an ``api_key``, ``env`` or ``none`` profile (no I/O)."""
+        if profile.auth.kind == "none":
+            return None
+        secret = profile.secret()
+        assert secret is not None
+        try:
+            secret.reveal()
+        except MissingSecretError as exc:
+            # Unset on this replica only: skip it here, leave it to replicas that have it.
+            raise _Unusable(FailureKind.AUTH, str(exc), "release", None) from exc
+        return secret
 
     async def _oauth_token(self, profile_id: str, credential_id: str) -> Secret:
         if self.token_source is None:
@@ -582,7 +590,10 @@ class ModelProfileManager(EventSource):
             excluded.append(selection.profile_id)
             last = len(attempts) + 1 >= limit
             try:
-                secret, key_id = await self._credential(selection, session_id)
+                if selection.profile.auth.kind in _DIRECT_AUTH:
+                    secret, key_id = self._direct_secret(selection.profile), None
+                else:
+                    secret, key_id = await self._credential(selection, session_id)
             except _Unusable as skip:
                 attempts.append(
                     ModelAttempt(selection.profile_id, skip.kind, skip.message, selection.model)
@@ -629,9 +640,11 @@ class ModelProfileManager(EventSource):
                     if isinstance(result, httpx.Response):
                         verdict = classify(result, now=self._clock())
                     else:
-                        verdict = Classification(None)
+                        verdict = _SUCCESS
             if verdict.kind is None:
-                success = self.record_success(selection, retry_after_s=verdict.retry_after_s)
+                success = self._report(
+                    selection, "success", None, "", retry_after_ms(verdict.retry_after_s)
+                )
                 if key_id is not None:
                     await asyncio.gather(
                         success, self._pool_report(key_id, verdict, "", selection.model)

@@ -2,15 +2,15 @@
 -- the same round trip.
 -- KEYS[1..5]  the static {models} keys (see _model.lua); KEYS[6] the session key (optional)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (see _model.lua)
--- ARGV[3] "<outcome>,<kind>,<cooldown ms>,<epoch>,<probe token>,<profile id>" (one argument:
---   each argument costs the client time to encode), where outcome is success | failure |
---   release | unusable; kind is rate_limit | billing | auth | server | timeout | unknown |
---   caller ('' for a success); cooldown ms is '' for none (a Retry-After or a rate-limit reset,
---   honoured up to max_retry_after_ms); epoch is the selection's ('' for the current one); the
---   probe token is '' for none
+-- ARGV[3] "<outcome>,<kind>,<cooldown ms>,<epoch>,<probe token>,<pick>,<profile id>" (one
+--   argument: each argument costs the client time to encode), where outcome is success |
+--   failure | release | unusable; kind is rate_limit | billing | auth | server | timeout |
+--   unknown | caller ('' for a success); cooldown ms is '' for none (a Retry-After or a
+--   rate-limit reset, honoured up to max_retry_after_ms); epoch is the selection's ('' for the
+--   current one); the probe token is '' for none; pick is 1 to pick the next profile (a
+--   failover), else 0
 -- ARGV[4] error text (already redacted; optional, '' when absent)
--- ARGV[5] selection spec, only to pick the next profile (a failover; see selection_spec in
---   _model.lua): present means pick, absent means report only
+-- ARGV[5] selection spec for the pick (optional; see selection_spec in _model.lua)
 -- Returns {"<status>,<breaker state>,<epoch>,<broken field>"} followed, for a pick, by the
 --   selection reply's elements (as model_select; the reported profile is excluded)
 --   status: recorded | stale | ignored | released | missing | corrupt (epoch -1 when unknown)
@@ -20,14 +20,14 @@
 --!include _model.lua
 --!include _model_record.lua
 
-local outcome, kind, cooldown_text, epoch, token, id = string.match(ARGV[MARG],
-  '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),(.+)$')
+local outcome, kind, cooldown_text, epoch, token, pick, id = string.match(ARGV[MARG],
+  '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([01]),(.+)$')
 if not outcome then return redis.error_reply('model_report: malformed ARGV[3]') end
 local message = ARGV[MARG + 1] or ''
-local spec = ARGV[MARG + 2]
+local pick_next = pick == '1'
 local cooldown = tonumber(cooldown_text)
 local now = nil
-if spec or cooldown or (outcome ~= 'success' and outcome ~= 'release') then now = now_ms() end
+if pick_next or cooldown or (outcome ~= 'success' and outcome ~= 'release') then now = now_ms() end
 
 local head
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then
@@ -44,8 +44,8 @@ else
   end
 end
 
-if spec == nil then return {head} end
-local model, ttl, excluded = selection_spec(spec)
+if not pick_next then return {head} end
+local model, ttl, excluded = selection_spec(ARGV[MARG + 2])
 excluded[id] = true
 local reply, to, resolved, reason = select_profile(now, model, excluded, KEYS[6], ttl)
 if to then
