@@ -94,8 +94,7 @@ class PoolKeys:
 
     @property
     def meta(self) -> str:
-        """HASH of pool counters: ``seq`` (rotation), ``gen`` (profile generations),
-        ``next_due`` (the soonest cooldown end, so recovery checks cost one HGET) and
+        """HASH of pool counters: ``seq`` (rotation), ``gen`` (profile generations) and
         ``used:<id>`` (when that profile was last picked, ms on Redis time)."""
         return f"{self.prefix}:meta"
 

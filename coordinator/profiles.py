@@ -37,6 +37,8 @@ log = logging.getLogger("coordinator.profiles")
 
 _SNAPSHOT_FORMAT = 1
 _PARSE_CACHE_LIMIT = 4096
+# Picks made again after skipping a definition that does not parse, before giving up.
+_CORRUPT_RETRIES = 8
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -277,21 +279,32 @@ class AuthProfileManager(EventSource):
             ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
         strategy = self.config.strategy_for(provider)
         excluded = list(exclude)
-        args = _without_empty_tail(
-            [
-                strategy,
-                model or "",
-                ttl_ms,
-                random.random() if strategy == "random" else "",
-                len(excluded) or "",
-                *excluded,
-            ]
-        )
-        reply = await self.store.run("pick", script_keys, args)
-        if int(reply[0]) == 0:
-            retry_in = int(reply[1])
-            return None, (retry_in if retry_in >= 0 else None)
-        profile = self._profile_from_raw(reply[2])
+        for _ in range(_CORRUPT_RETRIES):
+            args = _without_empty_tail(
+                [
+                    strategy,
+                    model or "",
+                    ttl_ms,
+                    random.random() if strategy == "random" else "",
+                    len(excluded) or "",
+                    *excluded,
+                ]
+            )
+            reply = await self.store.run("pick", script_keys, args)
+            if int(reply[0]) == 0:
+                retry_in = int(reply[1])
+                return None, (retry_in if retry_in >= 0 else None)
+            try:
+                profile = self._profile_from_raw(reply[2])
+                break
+            except CorruptStateError as exc:
+                # The script checks only what it needs (the shape add_profile writes); a
+                # definition edited by hand into something else is skipped here, and the pick
+                # is made again without it, so that it never stops the others being picked.
+                log.warning("profile %s: skipped a corrupt definition (%s)", reply[1], exc)
+                excluded.append(reply[1])
+        else:
+            raise CorruptStateError(provider, "definitions", "too many corrupt profiles in a row")
         if self.events.has_subscribers:
             await self.events.emit_local(
                 Event(

@@ -191,6 +191,34 @@ async def test_recovery_needs_no_timer_and_is_announced_once(store: Store) -> No
     assert len(recovered) == 1 and recovered[0]["profile"] == "key-0"
 
 
+async def test_a_failure_after_an_unobserved_recovery_announces_it_once(store: Store) -> None:
+    # mark_failed does not sweep the pool: when its own profile's cooldown ended with nobody
+    # looking, it announces the recovery itself, before the new failure, and no later sweep
+    # announces it again.
+    manager = manager_for(store)
+    await add_keys(manager, 2)
+    await manager.mark_failed("key-0", "429", kind="rate_limit")
+    await manager.mark_failed("key-1", "429", kind="rate_limit", model="m")
+    advance_time(store, MINUTE_MS + 1)
+    again = await manager.mark_failed("key-0", "429", kind="rate_limit")
+    assert again.duration_ms == 5 * MINUTE_MS  # the second failure in the window escalates
+    await manager.mark_failed("key-1", "429", kind="rate_limit", model="m")
+    advance_time(store, 5 * MINUTE_MS + 1)
+    assert await manager.get_next_profile("openai") is not None  # sweeps what is due now
+    entries = await store.client.xrange(manager._keys("openai").events)
+    kinds = [(f["type"], f["profile"]) for _id, f in entries if f["type"] != "profile:added"]
+    assert kinds == [
+        ("profile:failed", "key-0"),
+        ("profile:failed", "key-1"),
+        ("profile:recovered", "key-0"),
+        ("profile:failed", "key-0"),
+        ("profile:recovered", "key-1"),
+        ("profile:failed", "key-1"),
+        ("profile:recovered", "key-0"),
+        ("profile:recovered", "key-1"),
+    ]
+
+
 async def test_clear_cooldown_really_clears_it(store: Store) -> None:
     manager = manager_for(store)
     await add_keys(manager, 1)

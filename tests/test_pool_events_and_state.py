@@ -140,6 +140,42 @@ async def test_hand_edited_garbage_never_breaks_selection(store: Store) -> None:
     await manager.close()
 
 
+async def test_round_robin_skips_definitions_that_do_not_parse(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A plain pick does not decode the definition in Lua (it reads the generation that
+    # add_profile appends); one that still fails to parse on the client is skipped there, and
+    # one rewritten by hand in another valid shape is decoded and still served.
+    manager = manager_for(store)
+    await add_keys(manager, 4)
+    keys = manager._keys("openai")
+    reformatted = orjson.loads(await store.client.hget(keys.profiles, "key-1"))
+    await store.client.hset(
+        keys.profiles, "key-1", orjson.dumps(reformatted, option=orjson.OPT_INDENT_2).decode()
+    )
+    bogus = (await store.client.hget(keys.profiles, "key-2")).replace(
+        '"kind":"secret"', '"kind":"x"'
+    )
+    await store.client.hset(keys.profiles, "key-2", bogus)
+    await store.client.hset(keys.profiles, "key-3", "garbage")
+    picks = [(await manager.get_next_profile("openai")).id for _ in range(4)]  # type: ignore[union-attr]
+    assert sorted(picks) == ["key-0", "key-0", "key-1", "key-1"]
+    assert "key-2" in caplog.text and "sk-test" not in caplog.text
+    # The reformatted definition keeps its generation, so a session bound to it holds.
+    sessions = {}
+    for n in range(4):
+        bound = await manager.get_next_profile("openai", session_id=f"chat-{n}")
+        assert bound is not None
+        sessions[bound.id] = f"chat-{n}"
+    assert "key-1" in sessions
+    again = [
+        await manager.get_next_profile("openai", session_id=sessions["key-1"]) for _ in range(3)
+    ]
+    assert [p.id for p in again if p is not None] == ["key-1"] * 3
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["key-1"].broken_field is None and status["key-3"].broken_field == "definition"
+
+
 async def test_priority_edited_by_hand_is_reindexed(store: Store) -> None:
     manager = manager_for(store, strategy="priority")
     await add_keys(manager, 2)

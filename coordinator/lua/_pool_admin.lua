@@ -2,15 +2,15 @@
 -- of _pool.lua because a Lua script creates every helper it includes on every call.
 --!include _pool.lua
 
+-- Load a profile's state; returns (state, nil) or (nil, broken_field).
+local function load_state(id)
+  return parse_state(redis.call('HGET', K_STATE, id))
+end
+
 local function dequeue(id, def)
   local seq = redis.call('ZSCORE', K_READY, id)
   if seq and def then redis.call('ZREM', K_RANKED, rank_member(def, tonumber(seq), id)) end
   redis.call('ZREM', K_READY, id)
-end
-
--- Force the next sweep to look (after a change that may have removed the soonest deadline).
-local function recheck_due()
-  redis.call('HDEL', K_META, 'next_due')
 end
 
 -- Delete every member/field of a ZSET or HASH whose name starts with prefix (SCAN, no KEYS).

@@ -22,7 +22,6 @@ state.billing_failures = 0
 state.cooldown_until_ms = nil
 state.cooldown_kind = nil
 save_state(id, state)
-recheck_due()
 if was_cooling == 1 or pairs_cleared > 0 then
   emit('profile:recovered', id, {manual = true}, now)
 end

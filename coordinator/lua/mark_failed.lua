@@ -33,13 +33,18 @@ local base, mult, cap, window, max_retry_after =
 base, mult, cap = tonumber(base), tonumber(mult), tonumber(cap)
 window, max_retry_after = tonumber(window), tonumber(max_retry_after)
 
+-- No sweep here: recovering other profiles is left to the next pick (recovery is lazy anyway),
+-- which keeps this hot path a few commands shorter. This profile's own cooldown, if it ended
+-- unobserved, is announced as recovered below, before the new failure, exactly once.
 local now = now_ms()
-sweep(now)
 
-if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
+-- A state record exists only for a profile that exists (removal deletes both at once), so the
+-- existence check costs a second read only for a profile that never failed.
+local raw_state = redis.call('HGET', K_STATE, id)
+if not raw_state and redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
 if kind == 'caller' then return {'ignored'} end
 
-local state, broken = load_state(id)
+local state, broken = parse_state(raw_state)
 if not state then state = {} end
 
 local count
@@ -52,6 +57,9 @@ if pair_scope then
   existing = tonumber(redis.call('ZSCORE', K_COOLING, pair) or '0')
 else
   existing = tonumber(redis.call('ZSCORE', K_COOLING, id) or '0')
+end
+if existing > 0 and existing <= now then
+  emit('profile:recovered', id, pair_scope and {model = model} or {}, now)
 end
 -- A report for a cooldown of the same class that is still running (a call that was in flight
 -- when another replica's failure started it) may lengthen it but does not escalate it.
@@ -104,7 +112,6 @@ if pair_scope then
   local kept = existing >= until_ms
   if kept then until_ms = existing end
   redis.call('ZADD', K_COOLING, until_ms, pair)
-  note_due(until_ms)
   redis.call('HSET', K_STATE, pair, cjson.encode(pair_state))
   save_state(id, state)
   event.scope = 'model'
@@ -117,7 +124,6 @@ local kept = existing >= until_ms
 if kept then until_ms = existing end
 if existing == 0 then redis.call('ZREM', K_READY, id) end  -- ranked is repaired lazily
 redis.call('ZADD', K_COOLING, until_ms, id)
-note_due(until_ms)
 state.cooldown_until_ms = until_ms
 -- The kind shown is the one whose deadline is in force.
 if not kept or not state.cooldown_kind then state.cooldown_kind = kind end

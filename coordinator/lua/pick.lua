@@ -31,12 +31,25 @@ local function consider_until(t)
   if t and (soonest == nil or t < soonest) then soonest = t end
 end
 
+-- add_profile ends every definition with these fields, so the generation of one written by it
+-- is a pattern match away: decoding the JSON would cost more than the rest of a plain pick.
+local WRITTEN = '"gen":(%d+),"created_ms":%d+,"updated_ms":%d+}$'
+
 -- A ready profile is usable when not excluded, its definition is sound and, for a model, the
--- (profile, model) pair is not cooling down. Returns the definition and its raw JSON.
-local function usable(id)
+-- (profile, model) pair is not cooling down. Returns its generation (text), its raw JSON and,
+-- when decoded (need_def, or a definition not in the shape add_profile writes), the definition.
+-- The caller parses the definition it is handed and picks again without it if that fails.
+local function usable(id, need_def)
   if excluded and excluded[id] then return nil end
-  local def, raw = load_def(id)
-  if not def then return nil end
+  local raw = redis.call('HGET', K_PROFILES, id)
+  if not raw then return nil end
+  local def, gen = nil, nil
+  if not need_def then gen = string.match(raw, WRITTEN) end
+  if not gen then
+    def = check_def(decode(raw))
+    if not def then return nil end
+    gen = int(def.gen)
+  end
   if model ~= '' then
     local pair_until = redis.call('ZSCORE', K_COOLING, id .. '|' .. model)
     if pair_until and tonumber(pair_until) > now then
@@ -44,10 +57,15 @@ local function usable(id)
       return nil
     end
   end
-  return def, raw
+  return gen, raw, def
 end
 
-local chosen, chosen_def, chosen_raw, chosen_seq, reason = nil, nil, nil, nil, 'rotation'
+local function id_of_member(member)
+  return string.match(member, '^[^|]*|[^|]*|[^|]*|(.*)$')
+end
+
+local chosen, chosen_gen, chosen_raw, chosen_def, chosen_seq = nil, nil, nil, nil, nil
+local reason = 'rotation'
 
 -- Sticky session: keep the bound profile while it is ready, of the same generation, unexpired.
 if session_key then
@@ -57,9 +75,9 @@ if session_key then
     local seq = id and tonumber(expires) and tonumber(expires) > now
       and redis.call('ZSCORE', K_READY, id)
     if seq then
-      local def, raw = usable(id)
-      if def and int(def.gen) == gen then
-        chosen, chosen_def, chosen_raw, chosen_seq, reason = id, def, raw, seq, 'sticky'
+      local bound_gen, raw = usable(id)
+      if bound_gen == gen then
+        chosen, chosen_gen, chosen_raw, chosen_seq, reason = id, bound_gen, raw, seq, 'sticky'
       end
     end
   end
@@ -81,8 +99,8 @@ if not chosen and strategy == 'random' then
       math.min(first + page_size(offset), count) - 1, 'WITHSCORES')
     if #page == 0 then break end
     for i = 1, #page, 2 do
-      local def, raw = usable(page[i])
-      if def then chosen, chosen_def, chosen_raw, chosen_seq = page[i], def, raw, page[i + 1]; break end
+      local gen, raw = usable(page[i])
+      if gen then chosen, chosen_gen, chosen_raw, chosen_seq = page[i], gen, raw, page[i + 1]; break end
     end
     offset = offset + #page / 2
   end
@@ -100,8 +118,8 @@ if not chosen and strategy == 'priority' then
     for _, member in ipairs(page) do
       local id = id_of_member(member)
       local seq = id and redis.call('ZSCORE', K_READY, id)
-      local def, raw = nil, nil
-      if seq then def, raw = usable(id) end
+      local gen, raw, def = nil, nil, nil
+      if seq then gen, raw, def = usable(id, true) end
       if not seq then
         -- Left behind by a cooldown or removal (the ranked index is repaired lazily).
         redis.call('ZREM', K_RANKED, member)
@@ -114,7 +132,7 @@ if not chosen and strategy == 'priority' then
         restart = true
         break
       elseif def then
-        chosen, chosen_def, chosen_raw, chosen_seq = id, def, raw, seq
+        chosen, chosen_gen, chosen_raw, chosen_def, chosen_seq = id, gen, raw, def, seq
         break
       end
     end
@@ -130,8 +148,8 @@ if not chosen and strategy ~= 'priority' and strategy ~= 'random' then
     local page = redis.call('ZRANGE', K_READY, offset, offset + size - 1, 'WITHSCORES')
     if #page == 0 then break end
     for i = 1, #page, 2 do
-      local def, raw = usable(page[i])
-      if def then chosen, chosen_def, chosen_raw, chosen_seq = page[i], def, raw, page[i + 1]; break end
+      local gen, raw = usable(page[i])
+      if gen then chosen, chosen_gen, chosen_raw, chosen_seq = page[i], gen, raw, page[i + 1]; break end
     end
     offset = offset + size
   end
@@ -174,7 +192,7 @@ end
 redis.call('HSET', K_META, 'used:' .. chosen, int(now))
 
 if session_key and session_ttl > 0 then
-  local binding = chosen .. '\t' .. int(chosen_def.gen) .. '\t' .. int(now + session_ttl)
+  local binding = chosen .. '\t' .. chosen_gen .. '\t' .. int(now + session_ttl)
   -- The key's own TTL only collects garbage; validity is decided on Redis time above.
   redis.call('SET', session_key, binding, 'PX', int(session_ttl + 60000))
 end

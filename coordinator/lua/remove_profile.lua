@@ -16,6 +16,5 @@ redis.call('HDEL', K_PROFILES, id)
 redis.call('HDEL', K_STATE, id)
 redis.call('HDEL', K_META, 'used:' .. id)
 drop_model_entries(id)
-recheck_due()
 emit('profile:removed', id, {}, now)
 return 1

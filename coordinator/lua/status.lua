@@ -7,7 +7,7 @@
 --   {pair, until}...}   (the broken field names the first invalid stored value, if any)
 --   where the last element lists (profile|model) cooldowns as a flat array.
 -- Recoveries that are due are applied first (and announced once), as in every pool script.
---!include _pool.lua
+--!include _pool_admin.lua
 
 local window = tonumber(ARGV[2])
 local now = now_ms()
