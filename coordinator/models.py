@@ -137,6 +137,7 @@ class ModelProfileManager(EventSource):
         # Encoded once: keys and configuration are sent with every call (the hot path).
         self._static = [k.encode() for k in self.keys.all_static()]
         self._cfg_args = [a.encode() for a in self.config.script_args()]
+        self._cfg_only = tuple(self._cfg_args)  # the arguments of a selection with defaults
         self._session_ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
         self._sleep = sleep
         self._clock = clock
@@ -317,7 +318,12 @@ class ModelProfileManager(EventSource):
         excluded = list(exclude)
         for _ in range(_CORRUPT_RETRIES):
             spec, keys = self._selection_spec(model, session_id, excluded)
-            reply = await self._run("model_select", () if spec is None else (spec,), keys)
+            # store.run directly (not _run): this is the hot path, one coroutine fewer.
+            reply = await self.store.run(
+                "model_select",
+                [*self._static, *keys] if keys else self._static,
+                self._cfg_only if spec is None else [*self._cfg_args, spec],
+            )
             selection, retry_in, unparsable = self._decode_selection(reply)
             if unparsable is None:
                 return selection, retry_in
@@ -361,13 +367,15 @@ class ModelProfileManager(EventSource):
             f"{1 if pick_next else 0},{profile_id}"
         )
         keys: list[bytes] = []
-        args: tuple[str, ...] = (header, message) if message else (header,)
+        args = [*self._cfg_args, header, message] if message else [*self._cfg_args, header]
         if pick_next:
             exclude = list(exclude)
             spec, keys = self._selection_spec(model, session_id, exclude)
             if spec is not None:
-                args = (header, message, spec)
-        reply = await self._run("model_report", args, keys)
+                args = [*self._cfg_args, header, message, spec]
+        reply = await self.store.run(
+            "model_report", [*self._static, *keys] if keys else self._static, args
+        )
         status, state, epoch_text, broken = str(reply[0]).split(",", 3)
         epoch_value = int(epoch_text)
         result = ReportResult(

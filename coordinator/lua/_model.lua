@@ -43,8 +43,12 @@ end
 local MARG = 3
 local PAGE = 16
 
+-- emit_to (see _lib.lua) with the timestamp text made once per script (a failover emits two).
+local TS, TS_NOW = nil, nil
 local function emit(etype, id, data, now)
-  emit_to(K_EVENTS, etype, id, data, now)
+  if now ~= TS_NOW then TS, TS_NOW = int(now), now end
+  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+    'type', etype, 'profile', id, 'ts', TS, 'data', cjson.encode(data))
 end
 
 local function min_of(a, b)
