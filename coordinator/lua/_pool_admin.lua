@@ -1,6 +1,6 @@
 -- _pool_admin.lua: helpers of the rarer pool operations (removal, manual clearing); kept out
 -- of _pool.lua because a Lua script creates every helper it includes on every call.
---!include _pool.lua
+--!include _pool_rotation.lua
 
 -- Load a profile's state; returns (state, nil) or (nil, broken_field).
 local function load_state(id)

@@ -7,7 +7,7 @@
 -- A new profile joins the end of the rotation with a new generation (sticky sessions bound to
 -- an earlier profile of the same id do not carry over). An update keeps counters, cooldowns and
 -- the generation, and re-ranks the profile if its priority or type changed.
---!include _pool.lua
+--!include _pool_rotation.lua
 
 local id = ARGV[2]
 local def = cjson.decode(ARGV[3])

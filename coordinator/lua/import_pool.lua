@@ -6,7 +6,7 @@
 --    model_state = {pair = JSON}, meta = {seq = n, gen = n}, usage = {id = last used ms}}
 -- Returns the number of profiles imported. The event stream is kept; sessions are not part of
 -- a snapshot. The ranked index is rebuilt from the definitions.
---!include _pool.lua
+--!include _pool_rotation.lua
 
 local snap = cjson.decode(ARGV[2])
 local now = now_ms()

@@ -9,7 +9,7 @@
 -- Returns {1, id, definition JSON, reason, now}   reason: sticky | rotation
 --      or {0, soonest recovery in ms (-1 if none is cooling), now}
 -- Cost: O(log n) plus the profiles it has to skip (excluded, model-cooled, broken).
---!include _pool.lua
+--!include _pool_rotation.lua
 
 local strategy = ARGV[2]
 local model = ARGV[3] or ''

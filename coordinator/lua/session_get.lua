@@ -3,7 +3,7 @@
 -- ARGV[1] clock offset ms
 -- Returns the profile id, or false. A binding whose profile was removed, re-created, is cooling
 -- down or has expired is deleted here, so the next pick binds the session anew.
---!include _pool.lua
+--!include _pool_rotation.lua
 
 local now = now_ms()
 sweep(now)
