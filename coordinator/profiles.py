@@ -145,9 +145,12 @@ class AuthProfileManager(EventSource):
     ) -> tuple[str | None, Any]:
         """Run a pool script about one profile; retries once if the locator cache was stale."""
         validate_id(profile_id, "profile_id")
-        provider = await self._locate(profile_id)
+        # The cached pool first, without a coroutine: this is the hot path of every report.
+        provider = self._pool_of.get(profile_id)
         if provider is None:
-            return None, None
+            provider = await self._locate(profile_id, refresh=True)
+            if provider is None:
+                return None, None
         reply = await self.store.run(script, self._static(provider), [profile_id, *args])
         if _is_missing(reply):
             fresh = await self._locate(profile_id, refresh=True)
