@@ -135,7 +135,13 @@ class ModelProfileManager(EventSource):
         self.token_source = token_source
         self.keys = ModelKeys(store.namespace)
         # Encoded once: keys and configuration are sent with every call (the hot path).
-        self._static = [k.encode() for k in self.keys.all_static()]
+        # In the order of coordinator/lua/_model.lua: profiles, breakers, events, ranked, meta
+        # (a report without a pick is given only the first three).
+        keys = self.keys
+        self._static = [
+            k.encode() for k in (keys.profiles, keys.breakers, keys.events, keys.ranked, keys.meta)
+        ]
+        self._report_keys = self._static[:3]
         self._cfg_args = [a.encode() for a in self.config.script_args()]
         self._cfg_only = tuple(self._cfg_args)  # the arguments of a selection with defaults
         self._session_ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
@@ -366,16 +372,15 @@ class ModelProfileManager(EventSource):
             f"{outcome},{kind.value if kind is not None else ''},{retry_ms},{epoch},{token},"
             f"{1 if pick_next else 0},{profile_id}"
         )
-        keys: list[bytes] = []
+        script_keys = self._report_keys
         args = [*self._cfg_args, header, message] if message else [*self._cfg_args, header]
         if pick_next:
             exclude = list(exclude)
             spec, keys = self._selection_spec(model, session_id, exclude)
+            script_keys = [*self._static, *keys] if keys else self._static
             if spec is not None:
                 args = [*self._cfg_args, header, message, spec]
-        reply = await self.store.run(
-            "model_report", [*self._static, *keys] if keys else self._static, args
-        )
+        reply = await self.store.run("model_report", script_keys, args)
         status, state, epoch_text, broken = str(reply[0]).split(",", 3)
         epoch_value = int(epoch_text)
         result = ReportResult(

@@ -1,8 +1,10 @@
 -- _model.lua: model profiles and their circuit breakers (included with --!include _model.lua).
 -- Model scripts receive the five static keys of the {models} hash tag as KEYS[1..5]:
 --   1 profiles (HASH id -> definition JSON)   2 breakers (HASH id -> breaker state JSON)
---   3 ranked (ZSET id -> -priority, enabled profiles only)   4 meta (HASH probe_seq)
---   5 events (STREAM)                          6 a sticky session key (optional)
+--   3 events (STREAM)   4 ranked (ZSET id -> -priority, enabled profiles only)
+--   5 meta (HASH probe_seq)                    6 a sticky session key (optional)
+-- (in this order so that a script that never selects, a report without a pick, can be given
+-- only the first three: every argument costs the client time to encode)
 -- and the breaker configuration as ARGV[2], one comma-separated text (one argument, not twelve:
 -- every argument costs the client time to encode), in this order:
 --   failure_threshold, window_size, min_calls, failure_rate_threshold (0..1), failure_decay_ms,
@@ -26,7 +28,7 @@
 -- per call where locals do); JSON is decoded only when a record exists and the configuration
 -- only when a decision needs it.
 
-local K_PROFILES, K_BREAKERS, K_RANKED, K_META, K_EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 -- The configuration is parsed on first use only: a selection of a closed breaker, a success in
 -- a steady closed state and a late (stale) report never need it. Decoded as one JSON array:
 -- cheaper than splitting twelve numbers with string patterns.

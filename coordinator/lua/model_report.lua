@@ -1,6 +1,7 @@
 -- model_report.lua: record the outcome of a call and, for a failover, pick the next profile in
 -- the same round trip.
 -- KEYS[1..5]  the static {models} keys (see _model.lua); KEYS[6] the session key (optional)
+--   without a pick, only KEYS[1..3] (profiles, breakers, events: all that recording touches)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (see _model.lua)
 -- ARGV[3] "<outcome>,<kind>,<cooldown ms>,<epoch>,<probe token>,<pick>,<profile id>" (one
 --   argument: each argument costs the client time to encode), where outcome is success |
