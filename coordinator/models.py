@@ -321,8 +321,16 @@ class ModelProfileManager(EventSource):
     async def _select(
         self, model: str | None, session_id: str | None, exclude: Iterable[str]
     ) -> tuple[ModelSelection | None, int | None]:
+        tries = _CORRUPT_RETRIES
+        if model is None and session_id is None and not exclude:
+            # The common call (any model, no session, nothing excluded): no spec to build.
+            reply = await self.store.run("model_select", self._static, self._cfg_only)
+            selection, retry_in, unparsable = self._decode_selection(reply)
+            if unparsable is None:
+                return selection, retry_in
+            exclude, tries = [unparsable], tries - 1
         excluded = list(exclude)
-        for _ in range(_CORRUPT_RETRIES):
+        for _ in range(tries):
             spec, keys = self._selection_spec(model, session_id, excluded)
             # store.run directly (not _run): this is the hot path, one coroutine fewer.
             reply = await self.store.run(
@@ -364,13 +372,15 @@ class ModelProfileManager(EventSource):
         session_id: str | None = None,
         exclude: Iterable[str] = (),
     ) -> tuple[ReportResult, ModelSelection | None, int | None]:
+        epoch: int | str
         if isinstance(target, ModelSelection):
-            profile_id, epoch, token = target.profile_id, str(target.epoch), target.permit or ""
+            profile_id, epoch, token = target.profile.id, target.epoch, target.permit or ""
         else:
             profile_id, epoch, token = validate_id(target, "profile_id"), "", ""
+        # (a FailureKind is a StrEnum: it formats as its value)
         header = (
-            f"{outcome},{kind.value if kind is not None else ''},{retry_ms},{epoch},{token},"
-            f"{1 if pick_next else 0},{profile_id}"
+            f"{outcome},{kind or ''},{retry_ms},{epoch},{token},{1 if pick_next else 0},"
+            f"{profile_id}"
         )
         script_keys = self._report_keys
         args = [*self._cfg_args, header, message] if message else [*self._cfg_args, header]
@@ -584,7 +594,7 @@ class ModelProfileManager(EventSource):
         limit = self.config.max_attempts if max_attempts is None else max_attempts
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError("max_attempts", "must be an integer >= 1")
-        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or not wait_s >= 0:
+        if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not wait_s >= 0:
             raise ConfigError("wait_s", "must be a number >= 0")
         budget_ms = float(wait_s) * 1000.0
         attempts: list[ModelAttempt] = []
