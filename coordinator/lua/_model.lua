@@ -21,29 +21,20 @@
 --   probe_successes; cooldown_until_ms (Retry-After, rate-limit reset, billing);
 --   failures_total, last_failure_ms, last_error, last_error_kind. Successes are not counted
 --   one by one (a success in a steady closed state writes nothing: it is the hot path).
--- The functions that record outcomes are in _model_record.lua (only model_report needs them).
+-- The function that records outcomes is in _model_record.lua (only model_report needs it).
 --
--- Cost notes (these scripts are the hot path; measured on Redis 7.0): every helper below is a
--- closure created on each call, so the helpers stay few and flat (no closures or tables made
--- per call where locals do); JSON is decoded only when a record exists and the configuration
--- only when a decision needs it.
+-- Cost notes (these scripts are the hot path; measured on Redis 7.0): every `local function`
+-- is a new closure at every call (≈ 0.2 µs each, plus its garbage), so the common paths (a
+-- closed breaker selected, a success or failure reported) use a handful of helpers and
+-- everything else (transitions, probe permits, the configuration) is created by rare() on
+-- first use. JSON is decoded only when a record exists, the configuration only when a
+-- decision needs it.
 
 local K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
--- The configuration is parsed on first use only: a selection of a closed breaker, a success in
--- a steady closed state and a late (stale) report never need it. Decoded as one JSON array:
--- cheaper than splitting twelve numbers with string patterns.
-local C = nil
-local function conf()
-  if C == nil then
-    local v = cjson.decode('[' .. ARGV[2] .. ']')
-    C = {threshold = v[1], window = v[2], min_calls = v[3], rate = v[4], decay = v[5],
-      reset = v[6], max_open = v[7], probes = v[8], probe_timeout = v[9], success = v[10],
-      billing = v[11], max_retry = v[12]}
-  end
-  return C
-end
 local MARG = 3
 local PAGE = 16
+-- The configuration, once parsed (rare().conf()).
+local C = nil
 
 -- emit_to (see _lib.lua) with the timestamp text made once per script (a failover emits two).
 local TS, TS_NOW = nil, nil
@@ -51,12 +42,6 @@ local function emit(etype, id, data, now)
   if now ~= TS_NOW then TS, TS_NOW = int(now), now end
   redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
     'type', etype, 'profile', id, 'ts', TS, 'data', cjson.encode(data))
-end
-
-local function min_of(a, b)
-  if a == nil then return b end
-  if b == nil or a <= b then return a end
-  return b
 end
 
 -- A definition: returns (def, raw, nil), (nil, nil, 'missing') or (nil, raw, broken field).
@@ -86,30 +71,40 @@ local function load_def(id)
   return d, raw, nil
 end
 
--- A stored number must be a finite number >= 0.
-local function bad_number(v)
-  return v ~= nil and not (type(v) == 'number' and v == v and v >= 0 and v < 1e300)
-end
-
--- A stored breaker record (raw JSON): returns (state, nil) or (nil, broken field).
+-- A breaker from its stored record (HGET of the breakers hash): returns (state, nil) or
+-- (nil, broken field). No record (nil or false): a closed breaker. Numbers must be finite and
+-- >= 0 (checked inline: a helper function per check would be a closure per call).
 local function parse_breaker(raw)
+  if not raw then return {state = 'closed', epoch = 0, window = '', streak = {}, permits = {}}, nil end
   local b = decode(raw)
   if not b then return nil, 'breaker' end
   local state = b.state
   if state ~= 'closed' and state ~= 'open' and state ~= 'half_open' then
     return nil, 'breaker.state'
   end
-  if bad_number(b.epoch) then return nil, 'breaker.epoch' end
-  if bad_number(b.opened_ms) then return nil, 'breaker.opened_ms' end
-  if bad_number(b.open_ms) then return nil, 'breaker.open_ms' end
-  if bad_number(b.open_until_ms) then return nil, 'breaker.open_until_ms' end
-  if bad_number(b.reopens) then return nil, 'breaker.reopens' end
-  if bad_number(b.probe_successes) then return nil, 'breaker.probe_successes' end
-  if bad_number(b.cooldown_until_ms) then return nil, 'breaker.cooldown_until_ms' end
-  if bad_number(b.failures_total) then return nil, 'breaker.failures_total' end
-  if bad_number(b.last_failure_ms) then return nil, 'breaker.last_failure_ms' end
-  if b.epoch == nil then b.epoch = 0 end
-  local v = b.window
+  local v = b.epoch
+  if v == nil then
+    b.epoch = 0
+  elseif type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300 then
+    return nil, 'breaker.epoch'
+  end
+  v = b.opened_ms
+  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.opened_ms' end
+  v = b.open_ms
+  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.open_ms' end
+  v = b.open_until_ms
+  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.open_until_ms' end
+  v = b.reopens
+  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.reopens' end
+  v = b.probe_successes
+  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.probe_successes' end
+  v = b.cooldown_until_ms
+  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.cooldown_until_ms' end
+  v = b.failures_total
+  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.failures_total' end
+  v = b.last_failure_ms
+  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.last_failure_ms' end
+  v = b.window
   if v == nil then
     b.window = ''
   elseif type(v) ~= 'string' or string.find(v, '[^01]') then
@@ -122,7 +117,7 @@ local function parse_breaker(raw)
     return nil, 'breaker.streak'
   elseif next(v) ~= nil then
     for _, t in pairs(v) do
-      if bad_number(t) then return nil, 'breaker.streak' end
+      if type(t) ~= 'number' or t ~= t or t < 0 or t >= 1e300 then return nil, 'breaker.streak' end
     end
   end
   v = b.permits
@@ -132,85 +127,122 @@ local function parse_breaker(raw)
     return nil, 'breaker.permits'
   elseif next(v) ~= nil then
     for token, t in pairs(v) do
-      if type(token) ~= 'string' or bad_number(t) then return nil, 'breaker.permits' end
+      if type(token) ~= 'string' or type(t) ~= 'number' or t ~= t or t < 0 or t >= 1e300 then
+        return nil, 'breaker.permits'
+      end
     end
   end
   if state == 'open' and b.open_until_ms == nil then return nil, 'breaker.open_until_ms' end
   return b, nil
 end
 
--- A breaker: returns (state, nil) or (nil, broken field). No record yet: a closed breaker.
-local function load_breaker(id)
-  local raw = redis.call('HGET', K_BREAKERS, id)
-  if not raw then return {state = 'closed', epoch = 0, window = '', streak = {}, permits = {}}, nil end
-  return parse_breaker(raw)
-end
+-- The rarely needed helpers (a breaker that is not closed, a transition, a decision that needs
+-- the configuration), created on first use only.
+local R = nil
+local function rare()
+  if R then return R end
+  R = {}
 
-local function save_breaker(id, b)
-  redis.call('HSET', K_BREAKERS, id, cjson.encode(b))
-end
-
--- Drop expired probe permits; returns (count left, soonest expiry or nil, whether any dropped).
-local function live_permits(b, now)
-  local n, soonest, dropped = 0, nil, false
-  local permits = b.permits
-  for token, t in pairs(permits) do
-    if t <= now then
-      permits[token] = nil
-      dropped = true
-    else
-      n = n + 1
-      if soonest == nil or t < soonest then soonest = t end
+  -- The breaker configuration (ARGV[2]), decoded as one JSON array: cheaper than splitting
+  -- twelve numbers with string patterns.
+  function R.conf()
+    if C == nil then
+      local v = cjson.decode('[' .. ARGV[2] .. ']')
+      C = {threshold = v[1], window = v[2], min_calls = v[3], rate = v[4], decay = v[5],
+        reset = v[6], max_open = v[7], probes = v[8], probe_timeout = v[9], success = v[10],
+        billing = v[11], max_retry = v[12]}
     end
+    return C
   end
-  return n, soonest, dropped
-end
 
--- Lazy transition open -> half-open on Redis time (announced once: this script persists it).
--- Returns whether the breaker changed and must be saved.
-local function refresh(id, b, now)
-  local state = b.state
-  if state == 'closed' then return false end
-  if state == 'open' then
-    if now < b.open_until_ms then return false end
-    b.state = 'half_open'
-    b.epoch = b.epoch + 1
-    b.permits = {}
-    b.probe_successes = 0
-    b.half_open_ms = now
-    emit('profile:circuit-half-open', id, {epoch = b.epoch, open_ms = b.open_ms or 0}, now)
-    return true
+  -- Drop expired probe permits; returns (count left, soonest expiry or nil, whether any
+  -- dropped).
+  function R.live_permits(b, now)
+    local n, soonest, dropped = 0, nil, false
+    local permits = b.permits
+    for token, t in pairs(permits) do
+      if t <= now then
+        permits[token] = nil
+        dropped = true
+      else
+        n = n + 1
+        if soonest == nil or t < soonest then soonest = t end
+      end
+    end
+    return n, soonest, dropped
   end
-  if next(b.permits) == nil then return false end
-  local _, _, dropped = live_permits(b, now)
-  return dropped
-end
 
--- Whether a profile serves a model: exact names, 'prefix*' wildcards, '*' for all.
-local function serves(def, model)
-  if model == '' then return true end
-  local models = def.models
-  for i = 1, #models do
-    local p = models[i]
-    if p == '*' or p == model then return true end
-    local n = #p
-    if n > 1 and string.byte(p, n) == 42 and string.sub(model, 1, n - 1) == string.sub(p, 1, n - 1) then
+  -- Lazy transition open -> half-open on Redis time (announced once: this script persists it),
+  -- and expired permits dropped. For a breaker that is not closed (a closed one never changes
+  -- here). Returns whether the breaker changed and must be saved.
+  function R.refresh(id, b, now)
+    if b.state == 'open' then
+      if now < b.open_until_ms then return false end
+      b.state = 'half_open'
+      b.epoch = b.epoch + 1
+      b.permits = {}
+      b.probe_successes = 0
+      b.half_open_ms = now
+      emit('profile:circuit-half-open', id, {epoch = b.epoch, open_ms = b.open_ms or 0}, now)
       return true
     end
+    if next(b.permits) == nil then return false end
+    local _, _, dropped = R.live_permits(b, now)
+    return dropped
   end
-  return false
-end
 
--- The model to call: the preferred one, else the default, else the first listed exact name.
-local function resolve_model(def, model)
-  if model ~= '' then return model end
-  local default = def.default_model
-  if type(default) == 'string' and default ~= '' then return default end
-  local models = def.models
-  for i = 1, #models do
-    if not string.find(models[i], '*', 1, true) then return models[i] end
+  function R.open_breaker(id, b, now, reason, kind)
+    local C = R.conf()
+    local reopens = 0
+    if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
+    local period = math.min(C.max_open, C.reset * (2 ^ reopens))
+    period = math.floor(period)
+    b.state = 'open'
+    b.epoch = b.epoch + 1
+    b.opened_ms = now
+    b.open_ms = period
+    b.open_until_ms = now + period
+    b.reopens = reopens
+    b.permits = {}
+    b.probe_successes = 0
+    b.streak = {}
+    b.window = ''
+    emit('profile:circuit-opened', id, {
+      reason = reason, kind = kind, epoch = b.epoch, open_ms = period,
+      until_ms = now + period, reopens = reopens
+    }, now)
   end
-  return ''
+
+  function R.close_breaker(id, b, now)
+    local since = b.opened_ms or now
+    b.state = 'closed'
+    b.epoch = b.epoch + 1
+    b.reopens = 0
+    b.permits = {}
+    b.probe_successes = 0
+    b.streak = {}
+    b.window = ''
+    b.opened_ms = nil
+    b.open_until_ms = nil
+    b.half_open_ms = nil
+    emit('profile:circuit-closed', id, {epoch = b.epoch, after_ms = now - since}, now)
+  end
+
+  -- Whether a breaker that is not closed admits a call now (no probe for a sticky session).
+  -- Returns (epoch, probe token) when it does, else (nil, soonest recovery ms or nil).
+  function R.admit_probe(id, b, now, sticky_only)
+    if sticky_only then return nil, nil end
+    if b.state == 'open' then return nil, b.open_until_ms end
+    local n, first = R.live_permits(b, now)
+    if n < R.conf().probes then
+      local token = 'p' .. int(redis.call('HINCRBY', K_META, 'probe_seq', 1))
+      b.permits[token] = now + C.probe_timeout
+      return b.epoch, token
+    end
+    return nil, first
+  end
+
+  return R
 end
 
 -- Whether a profile's breaker admits a call now (sticky_only: only a closed breaker does, no
@@ -221,35 +253,32 @@ local function admit(id, now, sticky_only)
   if not raw then return 0, '' end  -- no record yet: closed, epoch 0
   local b, bad = parse_breaker(raw)
   if not b then return nil, nil, bad end
-  local changed = refresh(id, b, now)
-  local epoch, token, soonest = nil, '', nil
+  local closed = b.state == 'closed'
+  local changed = not closed and rare().refresh(id, b, now)
   local cooldown = b.cooldown_until_ms
+  local epoch, token, soonest = nil, '', nil
   if cooldown and cooldown > now then
     soonest = cooldown
   elseif b.state == 'closed' then
     epoch = b.epoch
-  elseif sticky_only then
-    soonest = nil
-  elseif b.state == 'open' then
-    soonest = b.open_until_ms
   else
-    local n, first = live_permits(b, now)
-    if n < conf().probes then
-      token = 'p' .. int(redis.call('HINCRBY', K_META, 'probe_seq', 1))
-      b.permits[token] = now + C.probe_timeout
-      changed = true
-      epoch = b.epoch
-    else
-      soonest = first
+    epoch, soonest = R.admit_probe(id, b, now, sticky_only)
+    if epoch then
+      token, soonest, changed = soonest, nil, true
     end
   end
-  if changed then save_breaker(id, b) end
+  if changed then redis.call('HSET', K_BREAKERS, id, cjson.encode(b)) end
   if epoch then return epoch, token, nil end
   return nil, soonest, nil
 end
 
--- Choose a profile. Returns the reply for Python (packed: every reply element costs both ends
--- time to convert), then, for the caller, the chosen id, model and reason:
+-- Choose a profile. spec is the selection spec (one argument: each argument costs the client
+-- time to encode), nil or '' for the defaults (any model, no session TTL, nothing excluded):
+--   "<session TTL ms>,<count of excluded ids>,<id>,...,<id>,<model>"
+-- (ids never hold a comma; the model is the rest, '' for any); also_excluded is one more id to
+-- skip (a failover's failed profile) or nil.
+-- Returns the reply for Python (packed: every reply element costs both ends time to convert),
+-- then, for the caller, the chosen id, model and reason:
 --   {1, "<id>,<reason>,<epoch>,<probe token>,<now>,<sticky 0|1>[,<broken>...]", model,
 --    definition JSON}
 --   {0, "<soonest recovery in ms, -1 if nothing recovers by itself>,<now>[,<broken>...]"}
@@ -258,8 +287,22 @@ end
 -- its permit). broken lists 'id:field' of profiles skipped because a stored value is corrupt
 -- (ids and field names hold no comma).
 -- Cost: O(log n) + the profiles ranked above the one chosen (a handful: one per provider).
-local function select_profile(now, model, excluded, session_key, session_ttl)
-  local broken = {}
+local function select_profile(now, spec, session_key, also_excluded)
+  local model, session_ttl, excluded = '', 0, nil
+  if spec and spec ~= '' then
+    local ttl, count, pos = string.match(spec, '^(%d+),(%d+),()')
+    if not ttl then error('malformed selection spec') end
+    excluded = {}
+    for _ = 1, tonumber(count) do
+      local stop = string.find(spec, ',', pos, true)
+      if not stop then error('malformed selection spec') end
+      excluded[string.sub(spec, pos, stop - 1)] = true
+      pos = stop + 1
+    end
+    model, session_ttl = string.sub(spec, pos), tonumber(ttl)
+  end
+
+  local broken = nil
   local soonest = nil
   local top = nil
   local chosen, chosen_raw, chosen_def, epoch, token = nil, nil, nil, nil, nil
@@ -269,16 +312,30 @@ local function select_profile(now, model, excluded, session_key, session_ttl)
   local bound = nil
   if session_key then
     bound = redis.call('GET', session_key)
-    if bound and not excluded[bound] then
+    if bound and bound ~= also_excluded and not (excluded and excluded[bound]) then
       local def, raw = load_def(bound)
-      if def and def.enabled and serves(def, model) then
+      local serves = def and def.enabled
+      if serves and model ~= '' then
+        serves = false
+        local models = def.models
+        for i = 1, #models do
+          local p = models[i]
+          local n = #p
+          if p == '*' or p == model or (n > 1 and string.byte(p, n) == 42
+              and string.sub(model, 1, n - 1) == string.sub(p, 1, n - 1)) then
+            serves = true
+            break
+          end
+        end
+      end
+      if serves then
         local e, t, bad = admit(bound, now, true)
         if e then
           chosen, chosen_raw, chosen_def, epoch, token, sticky = bound, raw, def, e, t, true
         elseif bad then
-          broken[#broken + 1] = bound .. ':' .. bad
-        else
-          soonest = min_of(soonest, t)
+          broken = {bound .. ':' .. bad}
+        elseif t and (soonest == nil or t < soonest) then
+          soonest = t
         end
       end
     end
@@ -291,7 +348,7 @@ local function select_profile(now, model, excluded, session_key, session_ttl)
     if count == 0 then break end
     for i = 1, count do
       local id = page[i]
-      if excluded[id] then
+      if id == also_excluded or (excluded and excluded[id]) then
         -- Not even decoded (a failover hop excludes the profile that just failed): an
         -- excluded profile ranked above the one chosen makes the choice a failover.
         if top == nil then top = id end
@@ -301,20 +358,38 @@ local function select_profile(now, model, excluded, session_key, session_ttl)
           if bad == 'missing' then
             redis.call('ZREM', K_RANKED, id)
           else
+            broken = broken or {}
             broken[#broken + 1] = id .. ':' .. bad
           end
         elseif not def.enabled then
           redis.call('ZREM', K_RANKED, id)
-        elseif serves(def, model) then
-          if top == nil then top = id end
-          if not chosen then
-            local e, t, why = admit(id, now, false)
-            if e then
-              chosen, chosen_raw, chosen_def, epoch, token = id, raw, def, e, t
-            elseif why then
-              broken[#broken + 1] = id .. ':' .. why
-            else
-              soonest = min_of(soonest, t)
+        else
+          -- Whether it serves the model: exact names, 'prefix*' wildcards, '*' for all.
+          local serves = model == ''
+          if not serves then
+            local models = def.models
+            for j = 1, #models do
+              local p = models[j]
+              local n = #p
+              if p == '*' or p == model or (n > 1 and string.byte(p, n) == 42
+                  and string.sub(model, 1, n - 1) == string.sub(p, 1, n - 1)) then
+                serves = true
+                break
+              end
+            end
+          end
+          if serves then
+            if top == nil then top = id end
+            if not chosen then
+              local e, t, why = admit(id, now, false)
+              if e then
+                chosen, chosen_raw, chosen_def, epoch, token = id, raw, def, e, t
+              elseif why then
+                broken = broken or {}
+                broken[#broken + 1] = id .. ':' .. why
+              elseif t and (soonest == nil or t < soonest) then
+                soonest = t
+              end
             end
           end
         end
@@ -326,7 +401,7 @@ local function select_profile(now, model, excluded, session_key, session_ttl)
   end
 
   local tail = ''
-  if broken[1] then tail = ',' .. table.concat(broken, ',') end
+  if broken then tail = ',' .. table.concat(broken, ',') end
   if not chosen then
     local wait = -1
     if soonest then wait = math.max(0, soonest - now) end
@@ -345,25 +420,22 @@ local function select_profile(now, model, excluded, session_key, session_ttl)
       redis.call('SET', session_key, chosen, 'PX', session_ttl)
     end
   end
-  local resolved = resolve_model(chosen_def, model)
+  -- The model to call: the preferred one, else the default, else the first listed exact name.
+  local resolved = model
+  if resolved == '' then
+    local default = chosen_def.default_model
+    if type(default) == 'string' and default ~= '' then
+      resolved = default
+    else
+      local models = chosen_def.models
+      for i = 1, #models do
+        if not string.find(models[i], '*', 1, true) then
+          resolved = models[i]
+          break
+        end
+      end
+    end
+  end
   return {1, chosen .. ',' .. reason .. ',' .. int(epoch) .. ',' .. token .. ',' .. int(now) ..
     (sticky and ',1' or ',0') .. tail, resolved, chosen_raw}, chosen, resolved, reason
-end
-
--- Parse a selection spec (one argument: each argument costs the client time to encode):
---   "<session TTL ms>,<count of excluded ids>,<id>,...,<id>,<model>"
--- (ids never hold a comma; the model is the rest, '' for any). nil or '' means any model, no
--- session TTL, nothing excluded. Returns model, ttl, excluded (a set).
-local function selection_spec(spec)
-  local excluded = {}
-  if spec == nil or spec == '' then return '', 0, excluded end
-  local ttl, count, pos = string.match(spec, '^(%d+),(%d+),()')
-  if not ttl then error('malformed selection spec') end
-  for _ = 1, tonumber(count) do
-    local stop = string.find(spec, ',', pos, true)
-    if not stop then error('malformed selection spec') end
-    excluded[string.sub(spec, pos, stop - 1)] = true
-    pos = stop + 1
-  end
-  return string.sub(spec, pos), tonumber(ttl), excluded
 end

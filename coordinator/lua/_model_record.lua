@@ -1,48 +1,6 @@
 -- _model_record.lua: recording call outcomes into a breaker (included after _model.lua, by
--- model_report only, so that selection does not pay for defining these functions).
-
--- The window size alone: a success in a closed state needs nothing else of the configuration.
-local function window_size()
-  if C then return C.window end
-  return tonumber(string.match(ARGV[2], '^[^,]*,([^,]*)'))
-end
-
-local function open_breaker(id, b, now, reason, kind)
-  local C = conf()
-  local reopens = 0
-  if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
-  local period = math.min(C.max_open, C.reset * (2 ^ reopens))
-  period = math.floor(period)
-  b.state = 'open'
-  b.epoch = b.epoch + 1
-  b.opened_ms = now
-  b.open_ms = period
-  b.open_until_ms = now + period
-  b.reopens = reopens
-  b.permits = {}
-  b.probe_successes = 0
-  b.streak = {}
-  b.window = ''
-  emit('profile:circuit-opened', id, {
-    reason = reason, kind = kind, epoch = b.epoch, open_ms = period,
-    until_ms = now + period, reopens = reopens
-  }, now)
-end
-
-local function close_breaker(id, b, now)
-  local since = b.opened_ms or now
-  b.state = 'closed'
-  b.epoch = b.epoch + 1
-  b.reopens = 0
-  b.permits = {}
-  b.probe_successes = 0
-  b.streak = {}
-  b.window = ''
-  b.opened_ms = nil
-  b.open_until_ms = nil
-  b.half_open_ms = nil
-  emit('profile:circuit-closed', id, {epoch = b.epoch, after_ms = now - since}, now)
-end
+-- model_report only, so that selection does not pay for defining this function; the
+-- transitions it may make are in rare(), see _model.lua).
 
 -- Record the outcome of one call. outcome: 'success' | 'failure' | 'release' (the call did not
 -- test the provider: free its probe permit, change nothing else) | 'unusable' (the credential
@@ -54,7 +12,7 @@ end
 -- success in a steady closed state changes nothing). now may be nil for a success or release
 -- in a closed state without a cooldown (nothing on that path reads the clock).
 local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms)
-  local changed = refresh(id, b, now)
+  local changed = b.state ~= 'closed' and rare().refresh(id, b, now)
   local caller = outcome == 'failure' and kind == 'caller'
   if outcome == 'release' or outcome == 'unusable' or caller then
     if token ~= '' and b.permits[token] then
@@ -67,8 +25,8 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
   -- Cooldown: a Retry-After or an exhausted quota (also on a success), a billing failure, a
   -- credential that is not usable now.
   local cooldown = 0
-  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, conf().max_retry) end
-  if outcome == 'failure' and kind == 'billing' then cooldown = math.max(cooldown, conf().billing) end
+  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, rare().conf().max_retry) end
+  if outcome == 'failure' and kind == 'billing' then cooldown = math.max(cooldown, rare().conf().billing) end
   local cooldown_set = false
   if outcome ~= 'release' and cooldown > 0 and now + cooldown > (b.cooldown_until_ms or 0) then
     b.cooldown_until_ms = math.floor(now + cooldown)
@@ -110,16 +68,18 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     b.permits[token] = nil
     if outcome == 'success' then
       b.probe_successes = (b.probe_successes or 0) + 1
-      if b.probe_successes >= conf().success then close_breaker(id, b, now) end
+      if b.probe_successes >= R.conf().success then R.close_breaker(id, b, now) end
     else
-      open_breaker(id, b, now, 'probe-failed', kind)
+      R.open_breaker(id, b, now, 'probe-failed', kind)
     end
     return 'recorded', true
   end
 
   -- closed
   if outcome == 'success' then
-    local window = string.sub(b.window .. '0', -window_size())
+    -- (the window size alone, without parsing the rest of the configuration)
+    local size = C and C.window or tonumber(string.match(ARGV[2], '^[^,]*,([^,]*)'))
+    local window = string.sub(b.window .. '0', -size)
     if window ~= b.window or next(b.streak) ~= nil then
       b.streak = {}
       b.window = window
@@ -127,7 +87,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     end
     return 'recorded', changed or cooldown_set
   end
-  local C = conf()
+  local C = rare().conf()
   local streak = {}
   for _, t in ipairs(b.streak) do
     if now - t <= C.decay then streak[#streak + 1] = t end
@@ -136,10 +96,10 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
   b.streak = streak
   b.window = string.sub(b.window .. '1', -C.window)
   if #streak >= C.threshold then
-    open_breaker(id, b, now, 'consecutive-failures', kind)
+    R.open_breaker(id, b, now, 'consecutive-failures', kind)
   elseif #b.window >= C.min_calls then
     local _, fails = string.gsub(b.window, '1', '')
-    if fails / #b.window >= C.rate then open_breaker(id, b, now, 'failure-rate', kind) end
+    if fails / #b.window >= C.rate then R.open_breaker(id, b, now, 'failure-rate', kind) end
   end
   return 'recorded', true
 end

@@ -17,10 +17,12 @@ if enabled then
 else
   redis.call('ZREM', K_RANKED, id)
 end
-local b = load_breaker(id)
+local b = parse_breaker(redis.call('HGET', K_BREAKERS, id))
 local state = 'corrupt'
 if b then
-  if refresh(id, b, now) then save_breaker(id, b) end
+  if b.state ~= 'closed' and rare().refresh(id, b, now) then
+    redis.call('HSET', K_BREAKERS, id, cjson.encode(b))
+  end
   state = b.state
 end
 emit('profile:added', id, {priority = priority, enabled = enabled, updated = existed,

@@ -9,13 +9,13 @@ local id = ARGV[MARG]
 local now = now_ms()
 local existed = redis.call('HDEL', K_PROFILES, id)
 redis.call('ZREM', K_RANKED, id)
-local b = load_breaker(id)
+local b = parse_breaker(redis.call('HGET', K_BREAKERS, id))
 if b then
-  refresh(id, b, now)
+  if b.state ~= 'closed' then rare().refresh(id, b, now) end
   if b.state == 'closed' then
     redis.call('HDEL', K_BREAKERS, id)
   else
-    save_breaker(id, b)
+    redis.call('HSET', K_BREAKERS, id, cjson.encode(b))
   end
 end
 if existed == 1 then emit('profile:removed', id, {}, now) end

@@ -11,7 +11,7 @@
 --   current one); the probe token is '' for none; pick is 1 to pick the next profile (a
 --   failover), else 0
 -- ARGV[4] error text (already redacted; optional, '' when absent)
--- ARGV[5] selection spec for the pick (optional; see selection_spec in _model.lua)
+-- ARGV[5] selection spec for the pick (optional; see select_profile in _model.lua)
 -- Returns {"<status>,<breaker state>,<epoch>,<broken field>"} followed, for a pick, by the
 --   selection reply's elements (as model_select; the reported profile is excluded)
 --   status: recorded | stale | ignored | released | missing | corrupt (epoch -1 when unknown)
@@ -34,21 +34,19 @@ local head
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then
   head = 'missing,,-1,'
 else
-  local b, bad = load_breaker(id)
+  local b, bad = parse_breaker(redis.call('HGET', K_BREAKERS, id))
   if not b then
     head = 'corrupt,,-1,' .. bad
   else
     if now == nil and b.state ~= 'closed' then now = now_ms() end
     local status, changed = record(id, b, now, outcome, kind, message, epoch, token, cooldown)
-    if changed then save_breaker(id, b) end
+    if changed then redis.call('HSET', K_BREAKERS, id, cjson.encode(b)) end
     head = status .. ',' .. b.state .. ',' .. int(b.epoch) .. ','
   end
 end
 
 if not pick_next then return {head} end
-local model, ttl, excluded = selection_spec(ARGV[MARG + 2])
-excluded[id] = true
-local reply, to, resolved, reason = select_profile(now, model, excluded, KEYS[6], ttl)
+local reply, to, resolved, reason = select_profile(now, ARGV[MARG + 2], KEYS[6], id)
 if to then
   emit('profile:failover', id, {from = id, to = to, model = resolved, kind = kind,
     reason = reason}, now)

@@ -4,13 +4,12 @@
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (see _model.lua)
 -- ARGV[3] selection spec (optional: absent means any model, no session TTL, nothing
 --   excluded): "<session TTL ms>,<count of excluded ids>,<id>,...,<id>,<model>" (see
---   selection_spec in _model.lua)
+--   select_profile in _model.lua)
 -- Returns {1, "<id>,<reason>,<epoch>,<probe token>,<now>,<sticky>[,<broken>...]", model,
 --         definition JSON}
 --      or {0, "<soonest recovery in ms, -1 if none>,<now>[,<broken>...]"} (see select_profile)
 -- An open breaker whose reset timeout passed becomes half-open here (announced once).
 --!include _model.lua
 
-local model, ttl, excluded = selection_spec(ARGV[MARG])
-local reply = select_profile(now_ms(), model, excluded, KEYS[6], ttl)
+local reply = select_profile(now_ms(), ARGV[MARG], KEYS[6], nil)
 return reply

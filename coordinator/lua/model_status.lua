@@ -12,9 +12,11 @@ table.sort(ids)
 for _, id in ipairs(ids) do
   local raw_def = redis.call('HGET', K_PROFILES, id) or ''
   local _, _, bad = load_def(id)
-  local b, bbad = load_breaker(id)
+  local b, bbad = parse_breaker(redis.call('HGET', K_BREAKERS, id))
   if b then
-    if refresh(id, b, now) then save_breaker(id, b) end
+    if b.state ~= 'closed' and rare().refresh(id, b, now) then
+      redis.call('HSET', K_BREAKERS, id, cjson.encode(b))
+    end
   end
   local raw_b = redis.call('HGET', K_BREAKERS, id) or ''
   rows[#rows + 1] = {id, raw_def, raw_b, bad or bbad or ''}
