@@ -385,11 +385,17 @@ class ModelProfileManager(EventSource):
         script_keys = self._report_keys
         args = [*self._cfg_args, header, message] if message else [*self._cfg_args, header]
         if pick_next:
+            script_keys = self._static
             exclude = list(exclude)
-            spec, keys = self._selection_spec(model, session_id, exclude)
-            script_keys = [*self._static, *keys] if keys else self._static
-            if spec is not None:
-                args = [*self._cfg_args, header, message, spec]
+            if model is not None or session_id is not None or exclude:
+                # (the script skips the reported profile itself: no need to send it)
+                spec, keys = self._selection_spec(
+                    model, session_id, [e for e in exclude if e != profile_id]
+                )
+                if keys:
+                    script_keys = [*self._static, *keys]
+                if spec is not None:
+                    args = [*self._cfg_args, header, message, spec]
         reply = await self.store.run("model_report", script_keys, args)
         status, state, epoch_text, broken = str(reply[0]).split(",", 3)
         epoch_value = int(epoch_text)
