@@ -238,6 +238,32 @@ async def test_a_success_costs_two_round_trips_and_a_hop_one_more(
     assert calls == ["model_select", "model_report", "model_report"]
 
 
+async def test_the_hot_scripts_are_sent_few_arguments(
+    store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
+) -> None:
+    # Every argument costs the client time to encode: a selection with the defaults sends the
+    # five static keys and the configuration only, a report without a pick the three keys it
+    # touches, the configuration and its header (plus the error text of a failure).
+    manager = await _setup(store, providers)
+    sent: list[tuple[str, int, int]] = []
+    original = store.run
+
+    async def recording(name: str, keys: Any, args: Any) -> Any:
+        sent.append((name, len(keys), len(args)))
+        return await original(name, keys, args)
+
+    store.run = recording  # type: ignore[method-assign]
+    served: list[tuple[str, str]] = []
+    await manager.execute(_caller(http, served))
+    assert sent == [("model_select", 5, 1), ("model_report", 3, 2)]
+    sent.clear()
+    providers["grok"].then(Reply(500))
+    await manager.execute(_caller(http, served))
+    # The failover: the failed profile is not sent among the excluded (the script skips it).
+    assert sent == [("model_select", 5, 1), ("model_report", 5, 3), ("model_report", 3, 2)]
+    assert [p for p, _ in served] == ["grok", "anthropic"]
+
+
 async def test_a_probe_that_ends_in_a_caller_error_gives_its_permit_back(
     store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
 ) -> None:
