@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import random
 import statistics
 import time
@@ -14,11 +15,14 @@ from coordinator import Store
 
 Op = Callable[[], Awaitable[Any]]
 
+BARE_SCRIPT = "return 1"
+BARE_SHA = hashlib.sha1(BARE_SCRIPT.encode()).hexdigest()
+
 
 async def bare_round_trip(store: Store) -> Op:
     """An EVALSHA of ``return 1`` (one key) sent with ``execute_command`` on the store's own
     client: the leanest round trip redis-py makes, and the unit every ratio is expressed in."""
-    sha = await store.client.script_load("return 1")
+    sha = await store.client.script_load(BARE_SCRIPT)
     op = partial(store.client.execute_command, "EVALSHA", sha, 1, b"bench")
     await op()
     return op
@@ -61,3 +65,36 @@ async def interleaved_medians(
         name: {"median": statistics.median(v), "p90": statistics.quantiles(v, n=10)[-1]}
         for name, v in samples.items()
     }
+
+
+class ServerTimes:
+    """Redis's own time for each script (median µs, from ``SLOWLOG`` with every command
+    logged), to tell the server's share of a ratio from the client's. Only for a throw-away
+    server that the benchmark started: it changes the server's slowlog settings."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def start(self) -> None:
+        """Log every command from now on (slowlog-log-slower-than 0)."""
+        client = self._store.client
+        await client.config_set("slowlog-max-len", 1_000_000)
+        await client.config_set("slowlog-log-slower-than", 0)
+        await client.slowlog_reset()
+
+    async def medians(self, scripts: dict[str, str]) -> dict[str, float]:
+        """Median duration per name of the EVALSHA calls of each script sha given (name ->
+        sha), then the log is cleared and logging switched off again."""
+        client = self._store.client
+        entries = await client.execute_command("SLOWLOG", "GET", 1_000_000)
+        await client.config_set("slowlog-log-slower-than", 10_000)
+        await client.slowlog_reset()
+        by_sha = {sha: name for name, sha in scripts.items()}
+        durations: dict[str, list[float]] = {name: [] for name in scripts}
+        for entry in entries:
+            words = entry["command"].split() if isinstance(entry, dict) else entry[3]
+            words = [w.decode() if isinstance(w, bytes) else str(w) for w in words[:2]]
+            if len(words) == 2 and words[0].upper() == "EVALSHA" and words[1] in by_sha:
+                duration = entry["duration"] if isinstance(entry, dict) else entry[2]
+                durations[by_sha[words[1]]].append(float(duration))
+        return {name: statistics.median(v) for name, v in durations.items() if v}

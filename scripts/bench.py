@@ -34,7 +34,7 @@ from coordinator import (
 )
 from coordinator.testing import RedisServer
 from scripts import bench_models
-from scripts._benchlib import bare_round_trip, interleaved_medians
+from scripts._benchlib import BARE_SHA, ServerTimes, bare_round_trip, interleaved_medians
 
 SIZES = (10, 1_000, 10_000)
 TARGET_RATIO = 1.5
@@ -54,8 +54,16 @@ async def _fill_pool(manager: AuthProfileManager, provider: str, size: int) -> N
     await asyncio.gather(*batch)
 
 
+# The script behind each measured operation (for Redis's own time, see ServerTimes).
+_SCRIPTS = {
+    "get_next_profile": "pick",
+    "mark_success": "mark_success",
+    "mark_failed": "mark_failed",
+}
+
+
 async def _measure_pool(
-    store: Store, bare: Any, size: int, iterations: int
+    store: Store, bare: Any, size: int, iterations: int, server: ServerTimes | None
 ) -> list[dict[str, Any]]:
     provider = f"bench{size}"
     manager = AuthProfileManager(store, AuthConfig())
@@ -74,6 +82,8 @@ async def _measure_pool(
             # Every profile is cooling now: bring them back so picks keep succeeding.
             store.time_offset_ms += 2 * 3_600_000
 
+    if server is not None:
+        await server.start()
     timings = await interleaved_medians(
         {
             "bare": bare,
@@ -85,6 +95,10 @@ async def _measure_pool(
         between=between,
         warmup=50,
     )
+    redis_us: dict[str, float] = {}
+    if server is not None:
+        shas = {op: store.script_sha(script) for op, script in _SCRIPTS.items()}
+        redis_us = await server.medians({"bare": BARE_SHA, **shas})
     bare_median = timings["bare"]["median"]
     return [
         {
@@ -93,19 +107,22 @@ async def _measure_pool(
             "median_us": t["median"],
             "p90_us": t["p90"],
             "ratio": t["median"] / bare_median,
+            "redis_us": redis_us.get(op),
         }
         for op, t in timings.items()
     ]
 
 
-async def measure(url: str, iterations: int) -> list[dict[str, Any]]:
-    """Run the benchmark; one row per (pool size, operation)."""
+async def measure(url: str, iterations: int, *, server_times: bool = False) -> list[dict[str, Any]]:
+    """Run the benchmark; one row per (pool size, operation). With ``server_times`` (only for
+    a server this run started) Redis's own time per script is read from its slowlog."""
     store = await connect(url, namespace=f"bench{os.getpid()}", secret_key=generate_key())
     try:
         bare = await bare_round_trip(store)
+        server = ServerTimes(store) if server_times else None
         rows: list[dict[str, Any]] = []
         for size in SIZES:
-            rows.extend(await _measure_pool(store, bare, size, iterations))
+            rows.extend(await _measure_pool(store, bare, size, iterations, server))
         return rows
     finally:
         await store.close()
@@ -113,15 +130,19 @@ async def measure(url: str, iterations: int) -> list[dict[str, Any]]:
 
 def report(rows: list[dict[str, Any]]) -> bool:
     """Print the table and the verdict on the targets; returns whether all were met."""
-    print(f"{'pool':>7} {'operation':<18} {'median µs':>10} {'p90 µs':>9} {'× bare':>7}")
+    print(
+        f"{'pool':>7} {'operation':<18} {'median µs':>10} {'p90 µs':>9} {'× bare':>7}"
+        f" {'Redis µs':>9}"
+    )
     ok = True
     for row in rows:
         flag = ""
         if row["op"] != "bare" and row["ratio"] > TARGET_RATIO:
             flag, ok = "  over target", False
+        redis_us = "" if row.get("redis_us") is None else f"{row['redis_us']:.0f}"
         print(
             f"{row['size']:>7} {row['op']:<18} {row['median_us']:>10.1f} "
-            f"{row['p90_us']:>9.1f} {row['ratio']:>7.2f}{flag}"
+            f"{row['p90_us']:>9.1f} {row['ratio']:>7.2f} {redis_us:>9}{flag}"
         )
     print()
     for op in ("get_next_profile", "mark_success", "mark_failed"):
@@ -144,10 +165,12 @@ def main() -> int:
     args = parser.parse_args()
     with ExitStack() as stack:
         url = args.url
-        if not url or url.startswith("memory://"):
+        own_server = not url or url.startswith("memory://")
+        if own_server:
             url = stack.enter_context(RedisServer()).url
         print(f"coordinator pool benchmark on {url} ({args.iterations} iterations per size)\n")
-        rows = asyncio.run(measure(url, args.iterations))
+        # Redis's own time per script comes from its slowlog, so only on a server we started.
+        rows = asyncio.run(measure(url, args.iterations, server_times=own_server))
         report(rows)
         print(f"\nmodel profiles ({args.iterations} iterations)\n")
         print(bench_models.report(asyncio.run(bench_models.run(url, args.iterations))))
