@@ -370,7 +370,10 @@ class ModelProfileManager(EventSource):
         model: str | None = None,
         session_id: str | None = None,
         exclude: Iterable[str] = (),
-    ) -> tuple[ReportResult, ModelSelection | None, int | None]:
+    ) -> tuple[str, ModelSelection | None, int | None]:
+        """Report one outcome (and for a failover pick the next profile). Returns the packed
+        report head (see :func:`_report_result`; a failover's callers never need it decoded),
+        the next selection and the ms until the soonest recovery."""
         epoch: int | str
         if isinstance(target, ModelSelection):
             profile_id, epoch, token = target.profile.id, target.epoch, target.permit or ""
@@ -396,18 +399,11 @@ class ModelProfileManager(EventSource):
                 if spec is not None:
                     args = [*self._cfg_args, header, message, spec]
         reply = await self.store.run("model_report", script_keys, args)
-        status, state, epoch_text, broken = str(reply[0]).split(",", 3)
-        epoch_value = int(epoch_text)
-        result = ReportResult(  # (status, state, epoch, broken_field)
-            cast(Any, status),
-            cast("BreakerState | None", state or None),
-            epoch_value if epoch_value >= 0 else None,
-            broken or None,
-        )
-        if status == "corrupt":
-            self._note_broken([f"{profile_id}:{broken}"])
+        head = str(reply[0])
+        if head.startswith("corrupt,"):
+            self._note_broken([f"{profile_id}:{head.split(',', 3)[3]}"])
         if not pick_next:
-            return result, None, None
+            return head, None, None
         selection, retry_in, unparsable = self._decode_selection(reply, 1)
         if unparsable is not None:
             # The next profile's definition does not parse here: pick again without it (one
@@ -415,17 +411,17 @@ class ModelProfileManager(EventSource):
             selection, retry_in = await self._select(
                 model, session_id, [*exclude, profile_id, unparsable]
             )
-        return result, selection, retry_in
+        return head, selection, retry_in
 
     async def record_success(
         self, selection: ModelSelection | str, *, retry_after_s: float | None = None
     ) -> ReportResult:
         """Record a successful call (one round trip). ``retry_after_s``: the response said a
         quota is exhausted; the profile cools down that long even though the call worked."""
-        result, _sel, _retry = await self._report(
+        head, _sel, _retry = await self._report(
             selection, "success", None, "", retry_after_ms(retry_after_s)
         )
-        return result
+        return _report_result(head)
 
     async def record_failure(
         self,
@@ -439,15 +435,15 @@ class ModelProfileManager(EventSource):
         classified (else ``unknown``). Pass the selection, not just the id, so that a report
         for a call selected before the breaker changed state is recognised as late."""
         failure, retry = self._failure_of(kind, error, retry_after_s)
-        result, _sel, _retry = await self._report(
+        head, _sel, _retry = await self._report(
             selection, "failure", failure, _describe(error), retry_after_ms(retry)
         )
-        return result
+        return _report_result(head)
 
     async def release(self, selection: ModelSelection) -> ReportResult:
         """Give back a selection that was not used (frees a half-open probe permit at once)."""
-        result, _sel, _retry = await self._report(selection, "release", None, "", "")
-        return result
+        head, _sel, _retry = await self._report(selection, "release", None, "", "")
+        return _report_result(head)
 
     def _failure_of(
         self,
@@ -734,6 +730,18 @@ class ModelProfileManager(EventSource):
     async def close(self) -> None:
         """Stop the event reader (the store stays open; it may be shared)."""
         await self.events.close()
+
+
+def _report_result(head: str) -> ReportResult:
+    """Decode a report head: "<status>,<breaker state>,<epoch, -1 if unknown>,<broken field>"."""
+    status, state, epoch_text, broken = head.split(",", 3)
+    epoch = int(epoch_text)
+    return ReportResult(  # (status, state, epoch, broken_field)
+        cast(Any, status),
+        cast("BreakerState | None", state or None),
+        epoch if epoch >= 0 else None,
+        broken or None,
+    )
 
 
 def _as_dict(raw: str) -> dict[str, Any] | None:
