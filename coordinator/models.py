@@ -83,6 +83,66 @@ _SUCCESS = Classification(None)
 _DIRECT_AUTH = frozenset({"api_key", "env", "none"})
 
 
+def _slot_setters(cls: type, names: Sequence[str]) -> list[Callable[[Any, Any], None]]:
+    """The slot descriptors' setters of a frozen slots dataclass, in ``names`` order."""
+    assert tuple(names) == tuple(cls.__slots__)  # type: ignore[attr-defined]
+    return [cls.__dict__[name].__set__ for name in names]
+
+
+# ModelSelection and ModelCall are frozen slots dataclasses without __post_init__: on the hot
+# path they are filled through their slot descriptors, which costs half of the generated
+# __init__ (one object.__setattr__ lookup per field). Same objects, same values.
+_SEL_PROFILE, _SEL_MODEL, _SEL_REASON, _SEL_EPOCH, _SEL_PERMIT, _SEL_AT, _SEL_STICKY = (
+    _slot_setters(
+        ModelSelection,
+        ("profile", "model", "reason", "epoch", "permit", "selected_at_ms", "sticky"),
+    )
+)
+_CALL_SELECTION, _CALL_MODEL, _CALL_URL, _CALL_SECRET, _CALL_ATTEMPT, _CALL_CREDENTIAL = (
+    _slot_setters(
+        ModelCall, ("selection", "model", "base_url", "secret", "attempt", "credential_id")
+    )
+)
+
+
+def _new_selection(
+    profile: ModelProfile,
+    model: str | None,
+    reason: SelectionReason,
+    epoch: int,
+    permit: str | None,
+    selected_at_ms: int,
+    sticky: bool,
+) -> ModelSelection:
+    selection = object.__new__(ModelSelection)
+    _SEL_PROFILE(selection, profile)
+    _SEL_MODEL(selection, model)
+    _SEL_REASON(selection, reason)
+    _SEL_EPOCH(selection, epoch)
+    _SEL_PERMIT(selection, permit)
+    _SEL_AT(selection, selected_at_ms)
+    _SEL_STICKY(selection, sticky)
+    return selection
+
+
+def _new_call(
+    selection: ModelSelection,
+    model: str | None,
+    base_url: str,
+    secret: Secret | None,
+    attempt: int,
+    credential_id: str | None,
+) -> ModelCall:
+    call = object.__new__(ModelCall)
+    _CALL_SELECTION(call, selection)
+    _CALL_MODEL(call, model)
+    _CALL_URL(call, base_url)
+    _CALL_SECRET(call, secret)
+    _CALL_ATTEMPT(call, attempt)
+    _CALL_CREDENTIAL(call, credential_id)
+    return call
+
+
 class _Unusable(Exception):
     """The selected profile's credential cannot be obtained on this replica now."""
 
@@ -230,9 +290,7 @@ class ModelProfileManager(EventSource):
             # it; the caller sees no selection rather than an exception about one profile.
             self._note_broken([f"{head[0]}:definition"])
             return None, None, head[0]
-        # Positional arguments (profile, model, reason, epoch, permit, selected_at_ms, sticky):
-        # cheaper than keywords on the hot path.
-        selection = ModelSelection(
+        selection = _new_selection(
             profile,
             str(reply[at + 2]) or None,
             cast(SelectionReason, head[1]),
@@ -646,8 +704,7 @@ class ModelProfileManager(EventSource):
                 secret, key_id = None, None
                 result: Any = None
             else:
-                # (selection, model, base_url, secret, attempt, credential_id)
-                context = ModelCall(
+                context = _new_call(
                     selection,
                     selection.model,
                     selection.profile.base_url,

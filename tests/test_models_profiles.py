@@ -587,3 +587,22 @@ async def test_a_secret_in_an_error_message_never_reaches_errors_or_events(store
         assert odd_key not in str(data)
     status = {s.id: s for s in await manager.get_status()}
     assert status["k"].last_error is not None and odd_key not in status["k"].last_error
+
+
+def test_hot_path_value_objects_equal_what_their_constructors_build() -> None:
+    # models.py fills ModelSelection and ModelCall through their slots (cheaper than the
+    # generated __init__): the objects must be the very same values, and still frozen.
+    import dataclasses
+
+    from coordinator import models
+    from coordinator.model_types import ModelCall, ModelSelection
+
+    profile = ModelProfile(id="p", provider="x", auth=ModelAuth.none(), base_url="http://x")
+    fast = models._new_selection(profile, "m", "primary", 3, None, 17, False)
+    slow = ModelSelection(profile, "m", "primary", 3, None, 17, False)
+    assert fast == slow and repr(fast) == repr(slow) and hash(fast) == hash(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.epoch = 4  # type: ignore[misc]
+    call = models._new_call(fast, "m", "http://x", None, 1, None)
+    assert call == ModelCall(slow, "m", "http://x", None, 1, None)
+    assert [f.name for f in dataclasses.fields(ModelSelection)] == list(ModelSelection.__slots__)
