@@ -142,6 +142,21 @@ async def test_selection_and_failover_are_one_round_trip_each(store: Store) -> N
     assert len([t for t, _, _ in await events(store) if t == "profile:failover"]) == 2
 
 
+async def test_the_packed_selection_arguments_carry_any_model_name(store: Store) -> None:
+    # The selection spec is one argument ("<ttl>,<count>,<ids>...,<model>"): a model name may
+    # hold commas or anything else, exclusions and a session ride along.
+    manager = model_manager(store)
+    await add_three(manager)
+    odd = 'gpt,4\t"x" ,,'
+    sel = await manager.select_profile(odd, session_id="s-1", exclude=["primary"])
+    assert sel is not None and (sel.profile_id, sel.model) == ("secondary", odd)
+    assert sel.reason == "failover"
+    nxt = await manager.get_next_available_profile(sel, odd, kind="server", session_id="s-2")
+    assert nxt is not None and (nxt.profile_id, nxt.model) == ("primary", odd)
+    failover = [d for t, _p, d in await events(store) if t == "profile:failover"]
+    assert failover[-1]["model"] == odd and failover[-1]["to"] == "primary"
+
+
 async def test_get_next_available_profile_classifies_an_exception(store: Store) -> None:
     manager = model_manager(store)
     await add_three(manager)
