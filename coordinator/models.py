@@ -238,7 +238,7 @@ class ModelProfileManager(EventSource):
     def _selection_spec(
         self, model: str | None, session_id: str | None, exclude: Iterable[str]
     ) -> tuple[str | None, list[bytes]]:
-        """The scripts' selection spec (one argument, see ``selection_spec`` in
+        """The scripts' selection spec (one argument, see ``select_profile`` in
         ``coordinator/lua/_model.lua``; ``None`` when everything is the default) and the
         session key, if any."""
         if model is not None and (not isinstance(model, str) or not model):
