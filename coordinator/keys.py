@@ -236,5 +236,6 @@ class ModelKeys:
         return f"{self.prefix}:session:{session_id}"
 
     def all_static(self) -> list[str]:
-        """The keys every model script receives, in the order the scripts expect them."""
-        return [self.profiles, self.breakers, self.ranked, self.meta, self.events]
+        """The keys model scripts receive, in the order the scripts expect them (see
+        ``lua/_model.lua``): a report without a pick is given only the first three."""
+        return [self.profiles, self.breakers, self.events, self.ranked, self.meta]

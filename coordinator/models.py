@@ -195,12 +195,8 @@ class ModelProfileManager(EventSource):
         self.token_source = token_source
         self.keys = ModelKeys(store.namespace)
         # Encoded once: keys and configuration are sent with every call (the hot path).
-        # In the order of coordinator/lua/_model.lua: profiles, breakers, events, ranked, meta
-        # (a report without a pick is given only the first three).
-        keys = self.keys
-        self._static = [
-            k.encode() for k in (keys.profiles, keys.breakers, keys.events, keys.ranked, keys.meta)
-        ]
+        # A report without a pick is given only the first three (see ModelKeys.all_static).
+        self._static = [k.encode() for k in self.keys.all_static()]
         self._report_keys = self._static[:3]
         self._cfg_args = [a.encode() for a in self.config.script_args()]
         self._cfg_only = tuple(self._cfg_args)  # the arguments of a selection with defaults
