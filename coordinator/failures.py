@@ -28,14 +28,17 @@ class FailureKind(StrEnum):
     @classmethod
     def parse(cls, value: object) -> FailureKind:
         """Accept a :class:`FailureKind` or its string value (``-`` or ``_`` separated)."""
+        if isinstance(value, str):  # a FailureKind is a str too
+            # A dict lookup first: this runs on every failure report (the hot path).
+            kind = _BY_VALUE.get(value)
+            if kind is None:
+                kind = _BY_VALUE.get(value.strip().lower().replace("-", "_"))
+            if kind is not None:
+                return kind
         from .errors import ConfigError
 
-        if isinstance(value, FailureKind):
-            return value
-        if isinstance(value, str):
-            try:
-                return cls(value.strip().lower().replace("-", "_"))
-            except ValueError:
-                pass
         allowed = ", ".join(k.value for k in cls)
         raise ConfigError("kind", f"{value!r} is not a failure kind ({allowed})")
+
+
+_BY_VALUE: dict[str, FailureKind] = {k.value: k for k in FailureKind}

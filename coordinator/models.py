@@ -76,9 +76,8 @@ _CORRUPT_RETRIES = 4
 # Failure kinds that concern one key of a pool, not the provider: for a pool-backed profile
 # they cool the key down in its pool and do not count against the model profile's breaker.
 _KEY_LEVEL = frozenset({FailureKind.AUTH, FailureKind.BILLING, FailureKind.RATE_LIMIT})
-# The hot path's shortcuts: kinds by their exact value (FailureKind.parse normalises the rest),
-# the verdict on a call that returned, and the auth kinds whose secret needs no I/O.
-_KIND_BY_VALUE: dict[str, FailureKind] = {k.value: k for k in FailureKind}
+# The hot path's shortcuts: the verdict on a call that returned, and the auth kinds whose
+# secret needs no I/O.
 _SUCCESS = Classification(None)
 _DIRECT_AUTH = frozenset({"api_key", "env", "none"})
 
@@ -506,8 +505,7 @@ class ModelProfileManager(EventSource):
         retry_after_s: float | None,
     ) -> tuple[FailureKind, float | None]:
         if kind is not None:
-            known = _KIND_BY_VALUE.get(kind) if isinstance(kind, str) else None
-            return known or FailureKind.parse(kind), retry_after_s
+            return FailureKind.parse(kind), retry_after_s
         if isinstance(error, BaseException):
             verdict = classify_exception(error, now=self._clock())
             failure = verdict.kind or FailureKind.UNKNOWN

@@ -39,6 +39,7 @@ _SNAPSHOT_FORMAT = 1
 _PARSE_CACHE_LIMIT = 4096
 # Picks made again after skipping a definition that does not parse, before giving up.
 _CORRUPT_RETRIES = 8
+_BILLING = FailureKind.BILLING
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -370,9 +371,9 @@ class AuthProfileManager(EventSource):
             profile_id,
             _without_empty_tail(
                 [
-                    failure.value,
+                    failure,  # a StrEnum: sent as its value
                     redact(text),
-                    self._policy_args[failure is FailureKind.BILLING],
+                    self._policy_args[failure is _BILLING],
                     retry_ms,
                     model or "",
                 ]
@@ -386,13 +387,7 @@ class AuthProfileManager(EventSource):
             log.warning(
                 "profile %s: replaced corrupt state record (field %s)", profile_id, reply[5]
             )
-        return CooldownResult(
-            "cooling",
-            until_ms=int(reply[1]),
-            duration_ms=int(reply[2]),
-            failures=int(reply[3]),
-            scope=reply[4],
-        )
+        return CooldownResult("cooling", int(reply[1]), int(reply[2]), int(reply[3]), reply[4])
 
     async def mark_success(self, profile_id: str, model: str | None = None) -> bool:
         """Record a success (one round trip): failure counters reset. Returns ``False`` if
