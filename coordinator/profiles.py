@@ -144,20 +144,22 @@ class AuthProfileManager(EventSource):
     async def _run_for_profile(
         self, script: str, profile_id: str, args: Sequence[Any]
     ) -> tuple[str | None, Any]:
-        """Run a pool script about one profile; retries once if the locator cache was stale."""
-        validate_id(profile_id, "profile_id")
-        # The cached pool first, without a coroutine: this is the hot path of every report.
-        provider = self._pool_of.get(profile_id)
+        """Run a pool script about one profile (``args`` start with its id); retries once if
+        the locator cache was stale."""
+        # The cached pool first (an id in the cache was checked when it got there): this is
+        # the hot path of every report.
+        provider = self._pool_of.get(profile_id) if isinstance(profile_id, str) else None
         if provider is None:
+            validate_id(profile_id, "profile_id")
             provider = await self._locate(profile_id, refresh=True)
             if provider is None:
                 return None, None
-        reply = await self.store.run(script, self._static(provider), [profile_id, *args])
+        reply = await self.store.run(script, self._static(provider), args)
         if _is_missing(reply):
             fresh = await self._locate(profile_id, refresh=True)
             if fresh is not None and fresh != provider:
                 provider = fresh
-                reply = await self.store.run(script, self._static(provider), [profile_id, *args])
+                reply = await self.store.run(script, self._static(provider), args)
         return provider, reply
 
     # -- profiles ------------------------------------------------------------------------
@@ -189,7 +191,7 @@ class AuthProfileManager(EventSource):
 
     async def remove_profile(self, profile_id: str) -> bool:
         """Delete a profile (its sessions are unbound at once). Returns whether it existed."""
-        provider, reply = await self._run_for_profile("remove_profile", profile_id, [])
+        provider, reply = await self._run_for_profile("remove_profile", profile_id, [profile_id])
         if provider is None:
             return False
         await self.store.command("HDEL", self._index.profiles, profile_id)
@@ -364,21 +366,20 @@ class AuthProfileManager(EventSource):
         """Record a failure (one round trip) and cool the profile down by the rules of
         ``kind``. A profile another replica removed meanwhile is reported as ``missing``."""
         failure = FailureKind.parse(kind)
-        retry_ms = retry_after_ms(retry_after_s)
         text = error if isinstance(error, str) else _describe(error)
-        _provider, reply = await self._run_for_profile(
-            "mark_failed",
+        # failure is a StrEnum (sent as its value); the optional retry-after and model are sent
+        # only when given (every argument costs time on the hot path).
+        args: list[Any] = [
             profile_id,
-            _without_empty_tail(
-                [
-                    failure,  # a StrEnum: sent as its value
-                    redact(text),
-                    self._policy_args[failure is _BILLING],
-                    retry_ms,
-                    model or "",
-                ]
-            ),
-        )
+            failure,
+            redact(text),
+            self._policy_args[failure is _BILLING],
+        ]
+        if retry_after_s is not None or model:
+            args.append(retry_after_ms(retry_after_s))
+            if model:
+                args.append(model)
+        _provider, reply = await self._run_for_profile("mark_failed", profile_id, args)
         if reply is None or _is_missing(reply):
             return CooldownResult("missing")
         if reply[0] == "ignored":
@@ -392,9 +393,8 @@ class AuthProfileManager(EventSource):
     async def mark_success(self, profile_id: str, model: str | None = None) -> bool:
         """Record a success (one round trip): failure counters reset. Returns ``False`` if
         the profile no longer exists."""
-        _provider, reply = await self._run_for_profile(
-            "mark_success", profile_id, _without_empty_tail([model or ""])
-        )
+        args = [profile_id, model] if model else [profile_id]
+        _provider, reply = await self._run_for_profile("mark_success", profile_id, args)
         if reply is None or _is_missing(reply):
             return False
         if reply[1]:
@@ -406,7 +406,7 @@ class AuthProfileManager(EventSource):
     async def clear_cooldown(self, profile_id: str) -> bool:
         """End a profile's cooldowns now and reset its counters (also repairs a corrupt state
         record). Returns whether it was cooling down. Unknown id: ``ProfileNotFoundError``."""
-        _provider, reply = await self._run_for_profile("clear_cooldown", profile_id, [])
+        _provider, reply = await self._run_for_profile("clear_cooldown", profile_id, [profile_id])
         if reply is None or _is_missing(reply):
             raise ProfileNotFoundError(profile_id)
         return bool(int(reply[1]))
