@@ -41,16 +41,24 @@ class Event:
     stream_id: str | None = None
 
     def expand(self) -> list[Event]:
-        """The events one stream entry stands for.
+        """The events one stream entry stands for (one XADD on a hot path, not two).
 
-        A failure that starts or extends a cooldown is written as one entry (one XADD on the
-        hot path); it is delivered as ``profile:failed`` followed by ``profile:cooldown``.
+        A pool failure that starts or extends a cooldown is delivered as ``profile:failed``
+        followed by ``profile:cooldown``; a model profile's failure reported with a failover
+        (its data carries ``failover``) as ``profile:failure`` followed by
+        ``profile:failover``.
         """
-        if self.type != "profile:failed" or "until_ms" not in self.data:
-            return [self]
-        keep = ("kind", "model", "scope", "until_ms", "duration_ms")
-        cooldown = {k: v for k, v in self.data.items() if k in keep}
-        return [self, replace(self, type="profile:cooldown", data=cooldown)]
+        if self.type == "profile:failed" and "until_ms" in self.data:
+            keep = ("kind", "model", "scope", "until_ms", "duration_ms")
+            cooldown = {k: v for k, v in self.data.items() if k in keep}
+            return [self, replace(self, type="profile:cooldown", data=cooldown)]
+        if self.type == "profile:failure" and isinstance(self.data.get("failover"), dict):
+            failure = {k: v for k, v in self.data.items() if k != "failover"}
+            return [
+                replace(self, data=failure),
+                replace(self, type="profile:failover", data=dict(self.data["failover"])),
+            ]
+        return [self]
 
     @classmethod
     def from_stream(cls, source: str, stream_id: str, fields: dict[str, str]) -> Event:

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from coordinator import Store, connect
+from coordinator import Event, Store, connect
 from coordinator.breaker_config import BreakerConfig, ModelConfig
 from coordinator.keys import ModelKeys
 from coordinator.model_types import ModelAuth, ModelProfile
@@ -62,16 +62,18 @@ async def add_three(manager: ModelProfileManager) -> None:
 
 
 async def events(store: Store) -> list[tuple[str, str, dict[str, Any]]]:
-    """Every event of the {models} stream: (type, profile, data)."""
+    """Every event of the {models} stream as subscribers get them: (type, profile, data).
+    (One entry may stand for two events, see Event.expand.)"""
     entries = await store.command("XRANGE", ModelKeys(store.namespace).events, "-", "+")
     out = []
-    for _id, fields in entries:
+    for entry_id, fields in entries:
         f = (
             dict(zip(fields[0::2], fields[1::2], strict=True))
             if isinstance(fields, list)
             else fields
         )
-        out.append((f["type"], f["profile"], orjson.loads(f["data"])))
+        for event in Event.from_stream("models", entry_id, f).expand():
+            out.append((event.type, event.profile_id, event.data))
     return out
 
 

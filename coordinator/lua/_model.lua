@@ -37,11 +37,24 @@ local PAGE = 16
 local C = nil
 
 -- emit_to (see _lib.lua) with the timestamp text made once per script (a failover emits two).
+-- With HOLD on (a failover report), the latest event is held back instead of written, so that
+-- the failover can ride in the same stream entry as the failure before it (one XADD fewer on
+-- the hop; readers deliver it as two events, see Event.expand); any later event writes the
+-- held one first, so the order never changes.
 local TS, TS_NOW = nil, nil
+local HOLD, held = false, nil
+local function xadd(e)
+  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
+    'type', e[1], 'profile', e[2], 'ts', e[4], 'data', cjson.encode(e[3]))
+end
 local function emit(etype, id, data, now)
   if now ~= TS_NOW then TS, TS_NOW = int(now), now end
-  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
-    'type', etype, 'profile', id, 'ts', TS, 'data', cjson.encode(data))
+  if held then
+    xadd(held)
+    held = nil
+  end
+  local e = {etype, id, data, TS}
+  if HOLD then held = e else xadd(e) end
 end
 
 -- A definition: returns (def, raw, nil), (nil, nil, 'missing') or (nil, raw, broken field).

@@ -30,6 +30,7 @@ local cooldown = tonumber(cooldown_text)
 local now = nil
 if pick_next or cooldown or (outcome ~= 'success' and outcome ~= 'release') then now = now_ms() end
 
+HOLD = pick_next  -- see emit in _model.lua
 local head
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then
   head = 'missing,,-1,'
@@ -46,9 +47,20 @@ else
 end
 
 if not pick_next then return {head} end
+-- The report's last event (if any) is still held for the failover; an event of the pick itself
+-- (a breaker turning half-open) writes it first, so the order stays as it happened.
+HOLD = false
 local reply, to, resolved, reason = select_profile(now, ARGV[MARG + 2], KEYS[6], id)
-if to then
-  emit('profile:failover', id, {from = id, to = to, model = resolved, kind = kind,
-    reason = reason}, now)
+local failover = nil
+if to then failover = {from = id, to = to, model = resolved, kind = kind, reason = reason} end
+if held and failover and held[1] == 'profile:failure' and held[2] == id then
+  -- One entry for both: the failure, carrying the failover (delivered as two events).
+  held[3].failover = failover
+  failover = nil
 end
+if held then
+  xadd(held)
+  held = nil
+end
+if failover then emit('profile:failover', id, failover, now) end
 return {head, reply[1], reply[2], reply[3], reply[4]}
