@@ -5,9 +5,10 @@ Usage: ``python scripts/bench_models.py [redis://host:port/db] [--iterations N]`
 Without a URL, a throw-away ``redis-server`` is started on a free loopback port. Measures, in
 one run and on one client: a bare round trip (EVALSHA of ``return 1``, see
 ``scripts/_benchlib.py``), ``select_profile``,
-``execute`` with a no-op call (target <= 1.3x two bare round trips: it costs select + report)
-and one failover hop (``get_next_available_profile``: report and pick in one script; target
-<= 1.5x one bare round trip). Prints medians in microseconds and the ratios.
+``execute`` with a no-op call (target <= 1.3x two bare round trips: it costs select + report;
+its profiles are in their steady state, a breaker whose window holds only successes) and one
+failover hop (``get_next_available_profile``: report and pick in one script, on profiles of
+its own; target <= 1.5x one bare round trip). Prints medians in microseconds and the ratios.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator import connect, generate_key
+from coordinator import Store, connect, generate_key
 from coordinator.breaker_config import BreakerConfig, ModelConfig
 from coordinator.model_defaults import default_model_profiles
 from coordinator.model_types import ModelAuth, ModelCall, ModelProfile
@@ -41,16 +42,26 @@ async def run(url: str, iterations: int) -> dict[str, float]:
         )
     )
     manager = ModelProfileManager(store, config)
+    # The hop fails its primary over and over; on the same profiles, every success of execute
+    # would then rewrite a breaker that production would find in its steady state (a window
+    # of successes, which a success leaves as it is). So the hop gets profiles of its own, in
+    # another namespace on the same client.
+    hop_store = Store(
+        store.client, backend=store.backend, url=url, namespace=f"{store.namespace}h",
+        box=store.box,
+    )  # fmt: skip
+    hop_manager = ModelProfileManager(hop_store, config)
     try:
         # The five default providers, all enabled and keyed (keys encrypted at rest).
         for i, p in enumerate(default_model_profiles({})):
-            await manager.add_profile(
-                ModelProfile(
-                    id=p.id, provider=p.provider, base_url=p.base_url, models=p.models,
-                    default_model=p.default_model, priority=p.priority, enabled=True,
-                    auth=ModelAuth.api_key(f"sk-bench-{i}-0123456789abcdef"),
-                )
-            )  # fmt: skip
+            for target in (manager, hop_manager):
+                await target.add_profile(
+                    ModelProfile(
+                        id=p.id, provider=p.provider, base_url=p.base_url, models=p.models,
+                        default_model=p.default_model, priority=p.priority, enabled=True,
+                        auth=ModelAuth.api_key(f"sk-bench-{i}-0123456789abcdef"),
+                    )
+                )  # fmt: skip
         bare = await bare_round_trip(store)
 
         async def select() -> Any:
@@ -62,16 +73,16 @@ async def run(url: str, iterations: int) -> dict[str, float]:
         async def execute() -> Any:
             return await manager.execute(noop)
 
-        primary = await manager.select_profile()
+        primary = await hop_manager.select_profile()
         assert primary is not None
 
         async def hop() -> Any:
-            return await manager.get_next_available_profile(primary, kind="server")
+            return await hop_manager.get_next_available_profile(primary, kind="server")
 
         async def reset(i: int) -> None:
             # Keep the primary's failure streak short (outside the timed region).
             if i % 4 == 3:
-                await manager.reset_breaker(primary.profile_id)
+                await hop_manager.reset_breaker(primary.profile_id)
 
         timings = await interleaved_medians(
             {
