@@ -61,18 +61,26 @@ async def add_three(manager: ModelProfileManager) -> None:
     await manager.add_profile(profile("tertiary", 80))
 
 
+async def stream_entries(store: Store) -> list[tuple[str, dict[str, str]]]:
+    """The raw entries of the {models} stream: (entry id, fields)."""
+    entries = await store.command("XRANGE", ModelKeys(store.namespace).events, "-", "+")
+    return [
+        (
+            entry_id,
+            dict(zip(fields[0::2], fields[1::2], strict=True))
+            if isinstance(fields, list)
+            else fields,
+        )
+        for entry_id, fields in entries
+    ]
+
+
 async def events(store: Store) -> list[tuple[str, str, dict[str, Any]]]:
     """Every event of the {models} stream as subscribers get them: (type, profile, data).
     (One entry may stand for two events, see Event.expand.)"""
-    entries = await store.command("XRANGE", ModelKeys(store.namespace).events, "-", "+")
     out = []
-    for entry_id, fields in entries:
-        f = (
-            dict(zip(fields[0::2], fields[1::2], strict=True))
-            if isinstance(fields, list)
-            else fields
-        )
-        for event in Event.from_stream("models", entry_id, f).expand():
+    for entry_id, fields in await stream_entries(store):
+        for event in Event.from_stream("models", entry_id, fields).expand():
             out.append((event.type, event.profile_id, event.data))
     return out
 

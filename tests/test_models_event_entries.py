@@ -6,22 +6,12 @@ from __future__ import annotations
 import orjson
 
 from coordinator import Event, Store
-from coordinator.keys import ModelKeys
 
-from .model_helpers import add_three, events, model_manager
+from .model_helpers import add_three, events, model_manager, stream_entries
 
 
 async def _raw_types(store: Store) -> list[str]:
-    entries = await store.command("XRANGE", ModelKeys(store.namespace).events, "-", "+")
-    out = []
-    for _id, fields in entries:
-        f = (
-            dict(zip(fields[0::2], fields[1::2], strict=True))
-            if isinstance(fields, list)
-            else fields
-        )
-        out.append(f["type"])
-    return out
+    return [fields["type"] for _id, fields in await stream_entries(store)]
 
 
 async def test_a_failover_rides_in_the_failure_entry(store: Store) -> None:

@@ -285,6 +285,21 @@ local function admit(id, now, sticky_only)
   return nil, soonest, nil
 end
 
+-- Whether a profile's model list serves the model ('' for any): exact names, 'prefix*'
+-- wildcards, '*' for all (the same rule as ModelProfile.serves in model_types.py).
+local function serves_model(models, model)
+  if model == '' then return true end
+  for i = 1, #models do
+    local p = models[i]
+    local n = #p
+    if p == '*' or p == model or (n > 1 and string.byte(p, n) == 42
+        and string.sub(model, 1, n - 1) == string.sub(p, 1, n - 1)) then
+      return true
+    end
+  end
+  return false
+end
+
 -- Choose a profile. spec is the selection spec (one argument: each argument costs the client
 -- time to encode), nil or '' for the defaults (any model, no session TTL, nothing excluded):
 --   "<session TTL ms>,<count of excluded ids>,<id>,...,<id>,<model>"
@@ -327,20 +342,7 @@ local function select_profile(now, spec, session_key, also_excluded)
     bound = redis.call('GET', session_key)
     if bound and bound ~= also_excluded and not (excluded and excluded[bound]) then
       local def, raw = load_def(bound)
-      local serves = def and def.enabled
-      if serves and model ~= '' then
-        serves = false
-        local models = def.models
-        for i = 1, #models do
-          local p = models[i]
-          local n = #p
-          if p == '*' or p == model or (n > 1 and string.byte(p, n) == 42
-              and string.sub(model, 1, n - 1) == string.sub(p, 1, n - 1)) then
-            serves = true
-            break
-          end
-        end
-      end
+      local serves = def and def.enabled and serves_model(def.models, model)
       if serves then
         local e, t, bad = admit(bound, now, true)
         if e then
@@ -377,21 +379,7 @@ local function select_profile(now, spec, session_key, also_excluded)
         elseif not def.enabled then
           redis.call('ZREM', K_RANKED, id)
         else
-          -- Whether it serves the model: exact names, 'prefix*' wildcards, '*' for all.
-          local serves = model == ''
-          if not serves then
-            local models = def.models
-            for j = 1, #models do
-              local p = models[j]
-              local n = #p
-              if p == '*' or p == model or (n > 1 and string.byte(p, n) == 42
-                  and string.sub(model, 1, n - 1) == string.sub(p, 1, n - 1)) then
-                serves = true
-                break
-              end
-            end
-          end
-          if serves then
+          if serves_model(def.models, model) then
             if top == nil then top = id end
             if not chosen then
               local e, t, why = admit(id, now, false)
