@@ -29,3 +29,9 @@ local function emit_to(stream, etype, subject, data, now)
   redis.call('XADD', stream, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
     'type', etype, 'profile', subject, 'ts', int(now), 'data', cjson.encode(data or {}))
 end
+
+-- A stored value that must be a non-negative finite number when present (hand edits may
+-- leave anything there): true when it is present and is not.
+local function bad_number(v)
+  return v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300)
+end

@@ -95,29 +95,20 @@ local function parse_breaker(raw)
   if state ~= 'closed' and state ~= 'open' and state ~= 'half_open' then
     return nil, 'breaker.state'
   end
-  local v = b.epoch
-  if v == nil then
+  if b.epoch == nil then
     b.epoch = 0
-  elseif type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300 then
+  elseif bad_number(b.epoch) then
     return nil, 'breaker.epoch'
   end
-  v = b.opened_ms
-  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.opened_ms' end
-  v = b.open_ms
-  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.open_ms' end
-  v = b.open_until_ms
-  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.open_until_ms' end
-  v = b.reopens
-  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.reopens' end
-  v = b.probe_successes
-  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.probe_successes' end
-  v = b.cooldown_until_ms
-  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.cooldown_until_ms' end
-  v = b.failures_total
-  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.failures_total' end
-  v = b.last_failure_ms
-  if v ~= nil and (type(v) ~= 'number' or v ~= v or v < 0 or v >= 1e300) then return nil, 'breaker.last_failure_ms' end
-  v = b.window
+  if bad_number(b.opened_ms) then return nil, 'breaker.opened_ms' end
+  if bad_number(b.open_ms) then return nil, 'breaker.open_ms' end
+  if bad_number(b.open_until_ms) then return nil, 'breaker.open_until_ms' end
+  if bad_number(b.reopens) then return nil, 'breaker.reopens' end
+  if bad_number(b.probe_successes) then return nil, 'breaker.probe_successes' end
+  if bad_number(b.cooldown_until_ms) then return nil, 'breaker.cooldown_until_ms' end
+  if bad_number(b.failures_total) then return nil, 'breaker.failures_total' end
+  if bad_number(b.last_failure_ms) then return nil, 'breaker.last_failure_ms' end
+  local v = b.window
   if v == nil then
     b.window = ''
   elseif type(v) ~= 'string' or string.find(v, '[^01]') then
@@ -130,7 +121,7 @@ local function parse_breaker(raw)
     return nil, 'breaker.streak'
   elseif next(v) ~= nil then
     for _, t in pairs(v) do
-      if type(t) ~= 'number' or t ~= t or t < 0 or t >= 1e300 then return nil, 'breaker.streak' end
+      if bad_number(t) then return nil, 'breaker.streak' end
     end
   end
   v = b.permits
@@ -140,7 +131,7 @@ local function parse_breaker(raw)
     return nil, 'breaker.permits'
   elseif next(v) ~= nil then
     for token, t in pairs(v) do
-      if type(token) ~= 'string' or type(t) ~= 'number' or t ~= t or t < 0 or t >= 1e300 then
+      if type(token) ~= 'string' or bad_number(t) then
         return nil, 'breaker.permits'
       end
     end

@@ -17,11 +17,6 @@
 local K_PROFILES, K_STATE, K_READY, K_RANKED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local K_COOLING, K_META, K_EVENTS = KEYS[5], KEYS[6], KEYS[7]
 
--- A stored number that must be a non-negative number when present.
-local function bad_number(v)
-  return v ~= nil and (type(v) ~= 'number' or v < 0 or v ~= v)
-end
-
 -- Parse a stored state record; returns (state, nil) or (nil, broken_field). No record: {}.
 local function parse_state(raw)
   if not raw then return {}, nil end
