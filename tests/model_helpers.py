@@ -26,6 +26,18 @@ def clock_sleeper(store: Store) -> Callable[[float], Awaitable[None]]:
     return sleep
 
 
+def spy_on_scripts(store: Store, record: Callable[[str, Any, Any], object]) -> None:
+    """Make ``store`` call ``record(name, keys, args)`` for every script it runs (to count
+    round trips and arguments)."""
+    original = store.run
+
+    async def spying(name: str, keys: Any, args: Any) -> Any:
+        record(name, keys, args)
+        return await original(name, keys, args)
+
+    store.run = spying  # type: ignore[method-assign]
+
+
 def model_manager(store: Store, **settings: Any) -> ModelProfileManager:
     """A manager on ``store``; ``breaker=`` takes a dict of BreakerConfig fields."""
     breaker = BreakerConfig(**settings.pop("breaker", {}))

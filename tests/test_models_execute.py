@@ -15,7 +15,7 @@ from coordinator.models import ModelProfileManager
 from coordinator.testing import advance_time
 
 from .fake_provider import FakeProvider, Reply
-from .model_helpers import MINUTE_MS, SECOND_MS, breaker, events, model_manager
+from .model_helpers import MINUTE_MS, SECOND_MS, breaker, events, model_manager, spy_on_scripts
 
 MARGIN = 1000
 KEYS = {
@@ -222,13 +222,7 @@ async def test_a_success_costs_two_round_trips_and_a_hop_one_more(
 ) -> None:
     manager = await _setup(store, providers)
     calls: list[str] = []
-    original = store.run
-
-    async def counting(name: str, keys: Any, args: Any) -> Any:
-        calls.append(name)
-        return await original(name, keys, args)
-
-    store.run = counting  # type: ignore[method-assign]
+    spy_on_scripts(store, lambda name, _keys, _args: calls.append(name))
     served: list[tuple[str, str]] = []
     await manager.execute(_caller(http, served))
     assert calls == ["model_select", "model_report"]
@@ -246,13 +240,7 @@ async def test_the_hot_scripts_are_sent_few_arguments(
     # touches, the configuration and its header (plus the error text of a failure).
     manager = await _setup(store, providers)
     sent: list[tuple[str, int, int]] = []
-    original = store.run
-
-    async def recording(name: str, keys: Any, args: Any) -> Any:
-        sent.append((name, len(keys), len(args)))
-        return await original(name, keys, args)
-
-    store.run = recording  # type: ignore[method-assign]
+    spy_on_scripts(store, lambda name, keys, args: sent.append((name, len(keys), len(args))))
     served: list[tuple[str, str]] = []
     await manager.execute(_caller(http, served))
     assert sent == [("model_select", 5, 1), ("model_report", 3, 2)]

@@ -35,6 +35,7 @@ from .model_helpers import (
     fail,
     model_manager,
     profile,
+    spy_on_scripts,
 )
 
 
@@ -118,13 +119,7 @@ async def test_selection_and_failover_are_one_round_trip_each(store: Store) -> N
     manager = model_manager(store)
     await add_three(manager)
     calls: list[str] = []
-    original = store.run
-
-    async def counting(name: str, keys: Any, args: Any) -> Any:
-        calls.append(name)
-        return await original(name, keys, args)
-
-    store.run = counting  # type: ignore[method-assign]
+    spy_on_scripts(store, lambda name, _keys, _args: calls.append(name))
     sel = await manager.select_profile("m")
     assert sel is not None
     nxt = await manager.get_next_available_profile(sel, "m", error="boom", kind="server")

@@ -26,7 +26,7 @@ from coordinator.errors import (
     ReauthRequiredError,
 )
 from coordinator.events import Event
-from coordinator.oauth import OAuthConfig, OAuthManager
+from coordinator.oauth import OAuthConfig, OAuthManager, OAuthProvider
 from coordinator.oauth.pkce import new_verifier, state_digest
 from coordinator.testing import advance_time
 
@@ -42,6 +42,8 @@ from .oauth_fixtures import (  # noqa: F401  (fixtures: manager, oidc_server, pr
 )
 
 WEB_CALLBACK = "http://127.0.0.1:1/app/callback"
+WEB_CLIENT_ID = "web-basic"  # the confidential client of tests/oidc_server
+WEB_CLIENT_SECRET = "web-basic-secret-0123456789abcdef"
 FAST = OAuthConfig(event_poll_interval_s=0.02)
 
 
@@ -207,15 +209,17 @@ async def test_replayed_state_is_refused_and_never_reaches_the_provider(
     assert oidc_server.stats()["token_requests"] == 0
 
 
+async def web_client(server: OidcServer) -> OAuthProvider:
+    """``testop`` as the confidential web client (client_secret_basic, redirect to
+    WEB_CALLBACK)."""
+    return await discover(
+        server, WEB_CLIENT_ID, client_secret=WEB_CLIENT_SECRET, redirect_uri=WEB_CALLBACK
+    )
+
+
 async def add_web_client(m: OAuthManager, server: OidcServer) -> None:
     """Configure ``testop`` as the confidential web client (redirect to WEB_CALLBACK)."""
-    prov = await discover(
-        server,
-        "web-basic",
-        client_secret="web-basic-secret-0123456789abcdef",
-        redirect_uri=WEB_CALLBACK,
-    )
-    m.add_provider(prov)
+    m.add_provider(await web_client(server))
 
 
 async def web_login_with_client(m: OAuthManager, server: OidcServer) -> str:
@@ -335,8 +339,8 @@ async def test_refresh_rotates_and_the_old_refresh_token_is_dead(
         oidc_server,
         grant_type="refresh_token",
         refresh_token=before["refresh_token"],
-        client_id="web-basic",
-        client_secret="web-basic-secret-0123456789abcdef",
+        client_id=WEB_CLIENT_ID,
+        client_secret=WEB_CLIENT_SECRET,
     )
     assert old.status_code == 400
     assert old.json()["error"] == "invalid_grant"
@@ -360,12 +364,7 @@ async def test_get_access_token_refreshes_only_within_the_lead_time(
 async def test_concurrent_get_access_token_sends_one_refresh(
     oidc_server: OidcServer, replica_stores: list[Store]
 ) -> None:
-    prov = await discover(
-        oidc_server,
-        "web-basic",
-        client_secret="web-basic-secret-0123456789abcdef",
-        redirect_uri=WEB_CALLBACK,
-    )
+    prov = await web_client(oidc_server)
     managers = [OAuthManager(s, [prov], config=FAST) for s in replica_stores]
     try:
         cred = await managers[0].handle_callback(await web_login(managers[0]))
@@ -401,7 +400,7 @@ async def test_invalid_grant_marks_the_credential_needs_reauth(
         r = await client.post(
             f"{oidc_server.issuer}/token/revocation",
             data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"},
-            auth=("web-basic", "web-basic-secret-0123456789abcdef"),
+            auth=(WEB_CLIENT_ID, WEB_CLIENT_SECRET),
         )
     assert r.status_code == 200
     events, _ = await collect(manager)
@@ -418,12 +417,7 @@ async def test_invalid_grant_marks_the_credential_needs_reauth(
 
 
 async def test_refresh_timeout_releases_the_lock(oidc_server: OidcServer, store: Store) -> None:
-    prov = await discover(
-        oidc_server,
-        "web-basic",
-        client_secret="web-basic-secret-0123456789abcdef",
-        redirect_uri=WEB_CALLBACK,
-    )
+    prov = await web_client(oidc_server)
     config = OAuthConfig(refresh_timeout_s=0.3, lock_ttl_s=5, event_poll_interval_s=0.02)
     m = OAuthManager(store, [prov], config=config)
     try:
@@ -440,12 +434,7 @@ async def test_refresh_timeout_releases_the_lock(oidc_server: OidcServer, store:
 async def test_a_transient_refresh_failure_falls_back_to_the_still_valid_token(
     oidc_server: OidcServer, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
-    prov = await discover(
-        oidc_server,
-        "web-basic",
-        client_secret="web-basic-secret-0123456789abcdef",
-        redirect_uri=WEB_CALLBACK,
-    )
+    prov = await web_client(oidc_server)
     config = OAuthConfig(refresh_timeout_s=0.3, lock_ttl_s=5, event_poll_interval_s=0.02)
     m = OAuthManager(store, [prov], config=config)
     try:
@@ -484,8 +473,8 @@ async def test_revoke_ends_the_tokens_at_the_provider(
         oidc_server,
         grant_type="refresh_token",
         refresh_token=tokens["refresh_token"],
-        client_id="web-basic",
-        client_secret="web-basic-secret-0123456789abcdef",
+        client_id=WEB_CLIENT_ID,
+        client_secret=WEB_CLIENT_SECRET,
     )
     assert r.json()["error"] == "invalid_grant"
     assert (await wait_for(events, "token:revoked")).data["remote"] is True
@@ -542,10 +531,8 @@ async def test_tokens_never_in_clear_in_redis_logs_repr_or_errors(
     oidc_server: OidcServer, store: Store, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="coordinator")
-    client_secret = "web-basic-secret-0123456789abcdef"
-    prov = await discover(
-        oidc_server, "web-basic", client_secret=client_secret, redirect_uri=WEB_CALLBACK
-    )
+    client_secret = WEB_CLIENT_SECRET
+    prov = await web_client(oidc_server)
     m = OAuthManager(store, [prov], config=FAST)
     try:
         request = await m.get_authorization_url("testop")
