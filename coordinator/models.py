@@ -25,11 +25,13 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal, TypeVar, cast
 
 import httpx
 import orjson
 
+from ._parse_cache import ParsedDefinitions
 from .breaker_config import ModelConfig
 from .classify import Classification, classify, classify_exception
 from .errors import (
@@ -71,7 +73,6 @@ Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 Outcome = Literal["success", "failure", "release", "unusable"]
 
-_PARSE_CACHE_LIMIT = 1024
 _CORRUPT_RETRIES = 4
 # Failure kinds that concern one key of a pool, not the provider: for a pool-backed profile
 # they cool the key down in its pool and do not count against the model profile's breaker.
@@ -202,7 +203,7 @@ class ModelProfileManager(EventSource):
         self._session_ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
         self._sleep = sleep
         self._clock = clock
-        self._parsed: dict[str, ModelProfile] = {}
+        self._parsed = ParsedDefinitions(partial(ModelProfile.from_record, box=store.box))
         self._reported_broken: set[str] = set()
         self.events = EventHub(
             store, self._event_streams, poll_interval_s=self.config.event_poll_interval_s
@@ -220,15 +221,6 @@ class ModelProfileManager(EventSource):
         return await self.store.run(
             script, [*self._static, *keys] if keys else self._static, [*self._cfg_args, *args]
         )
-
-    def _profile_from_raw(self, raw: str) -> ModelProfile:
-        profile = self._parsed.get(raw)
-        if profile is None:
-            profile = ModelProfile.from_record(raw, self.store.box)
-            if len(self._parsed) >= _PARSE_CACHE_LIMIT:
-                self._parsed.clear()
-            self._parsed[raw] = profile
-        return profile
 
     def _selection_spec(
         self, model: str | None, session_id: str | None, exclude: Iterable[str]
@@ -279,7 +271,7 @@ class ModelProfileManager(EventSource):
         if len(head) > 6:
             self._note_broken(head[6:])
         try:
-            profile = self._profile_from_raw(reply[at + 3])
+            profile = self._parsed.get(head[0], reply[at + 3])
         except CorruptStateError:
             # The script checked the fields it needs; Python found another one broken. Report
             # it; the caller sees no selection rather than an exception about one profile.
@@ -348,7 +340,7 @@ class ModelProfileManager(EventSource):
         raw = await self.store.command("HGET", self.keys.profiles, profile_id)
         if raw is None:
             raise ProfileNotFoundError(profile_id)
-        return self._profile_from_raw(raw)
+        return self._parsed.get(profile_id, raw)
 
     async def list_profiles(self) -> list[ModelProfile]:
         """All profiles, highest priority first (then by id). Corrupt ones are skipped;
@@ -360,9 +352,9 @@ class ModelProfileManager(EventSource):
             else list(raw_map.items())
         )
         out: list[ModelProfile] = []
-        for _id, raw in items:
+        for profile_id, raw in items:
             try:
-                out.append(self._profile_from_raw(raw))
+                out.append(self._parsed.get(profile_id, raw))
             except CorruptStateError:
                 continue
         out.sort(key=lambda p: (-p.priority, p.id))

@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from ._parse_cache import ParsedDefinitions
 from .config import AuthConfig, CooldownPolicy
 from .errors import ConfigError, CorruptStateError, NoProfileAvailableError, ProfileNotFoundError
 from .events import Event, EventHub, EventSource
@@ -36,7 +37,6 @@ __all__ = [
 log = logging.getLogger("coordinator.profiles")
 
 _SNAPSHOT_FORMAT = 1
-_PARSE_CACHE_LIMIT = 4096
 # Picks made again after skipping a definition that does not parse, before giving up.
 _CORRUPT_RETRIES = 8
 _BILLING = FailureKind.BILLING
@@ -68,7 +68,7 @@ class AuthProfileManager(EventSource):
         self._pool_keys: dict[str, PoolKeys] = {}
         self._static_keys: dict[str, list[bytes]] = {}
         self._pool_of: dict[str, str] = {}
-        self._parsed: dict[str, AuthProfile] = {}
+        self._parsed = ParsedDefinitions(self._parse_definition)
         self._sleep = sleep
         self._policy_args = self._build_policy_args()
         self.events = EventHub(
@@ -131,14 +131,9 @@ class AuthProfileManager(EventSource):
         self._pool_of[profile_id] = provider
         return str(provider)
 
-    def _profile_from_raw(self, raw: str) -> AuthProfile:
-        profile = self._parsed.get(raw)
-        if profile is None:
-            profile = AuthProfile.from_record(raw, self.store.box)
-            if len(self._parsed) >= _PARSE_CACHE_LIMIT:
-                self._parsed.clear()
-            self._parsed[raw] = profile
-            self._pool_of[profile.id] = profile.provider
+    def _parse_definition(self, raw: str) -> AuthProfile:
+        profile = AuthProfile.from_record(raw, self.store.box)
+        self._pool_of[profile.id] = profile.provider
         return profile
 
     async def _run_for_profile(
@@ -213,7 +208,7 @@ class AuthProfileManager(EventSource):
                     )
         if raw is None:
             raise ProfileNotFoundError(profile_id)
-        return self._profile_from_raw(raw)
+        return self._parsed.get(profile_id, raw)
 
     async def list_profiles(self, provider: str | None = None) -> list[AuthProfile]:
         """All profiles (of one provider), sorted by provider and id. Corrupt ones are skipped;
@@ -222,11 +217,11 @@ class AuthProfileManager(EventSource):
         out: list[AuthProfile] = []
         for name in providers:
             raw_map = await self.store.command("HGETALL", self._keys(name).profiles)
-            for _id, raw in sorted(
+            for profile_id, raw in sorted(
                 _pairs(raw_map) if isinstance(raw_map, list) else raw_map.items()
             ):
                 try:
-                    out.append(self._profile_from_raw(raw))
+                    out.append(self._parsed.get(profile_id, raw))
                 except CorruptStateError:
                     continue
         return out
@@ -301,7 +296,7 @@ class AuthProfileManager(EventSource):
                 retry_in = int(reply[1])
                 return None, (retry_in if retry_in >= 0 else None)
             try:
-                profile = self._profile_from_raw(reply[2])
+                profile = self._parsed.get(reply[1], reply[2])
                 break
             except CorruptStateError as exc:
                 # The script checks only what it needs (the shape add_profile writes); a
