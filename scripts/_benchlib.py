@@ -28,6 +28,28 @@ async def bare_round_trip(store: Store) -> Op:
     return op
 
 
+# A reference, not an operation: a script that keeps Redis busy for ARGV[1] µs (on its own
+# clock) and does nothing else. Its ratio shows what that much server time costs a round trip
+# on this machine at this moment: the time itself, plus whatever the machine adds when a reply
+# is not back almost at once (on a VM, waking the client's idle CPU). An operation's ratio
+# is best read next to the reference with a similar "Redis µs".
+BUSY_SCRIPT = """local t = redis.call('TIME')
+local start = t[1] * 1000000 + t[2]
+repeat t = redis.call('TIME') until t[1] * 1000000 + t[2] - start >= tonumber(ARGV[1])
+return 1"""
+BUSY_SHA = hashlib.sha1(BUSY_SCRIPT.encode()).hexdigest()
+BUSY_US = 30
+
+
+async def busy_round_trip(store: Store, micros: int = BUSY_US) -> Op:
+    """An EVALSHA of :data:`BUSY_SCRIPT` keeping Redis busy for ``micros`` µs (one key, like
+    the bare round trip)."""
+    sha = await store.client.script_load(BUSY_SCRIPT)
+    op = partial(store.client.execute_command, "EVALSHA", sha, 1, b"bench", micros)
+    await op()
+    return op
+
+
 async def interleaved_medians(
     ops: dict[str, Op],
     iterations: int,

@@ -8,7 +8,8 @@ one run and on one client: a bare round trip (EVALSHA of ``return 1``, see
 ``execute`` with a no-op call (target <= 1.3x two bare round trips: it costs select + report;
 its profiles are in their steady state, a breaker whose window holds only successes) and one
 failover hop (``get_next_available_profile``: report and pick in one script, on profiles of
-its own; target <= 1.5x one bare round trip). Prints medians in microseconds and the ratios.
+its own; target <= 1.5x one bare round trip). Prints medians in microseconds and the ratios,
+with a reference row: a script that only keeps Redis busy for 30 µs (see ``BUSY_SCRIPT``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from coordinator.model_defaults import default_model_profiles
 from coordinator.model_types import ModelAuth, ModelCall, ModelProfile
 from coordinator.models import ModelProfileManager
 from coordinator.testing import RedisServer
-from scripts._benchlib import bare_round_trip, interleaved_medians
+from scripts._benchlib import BUSY_US, bare_round_trip, busy_round_trip, interleaved_medians
+
+BUSY = f"busy {BUSY_US} µs in Redis (reference)"
 
 
 async def run(url: str, iterations: int) -> dict[str, float]:
@@ -63,6 +66,7 @@ async def run(url: str, iterations: int) -> dict[str, float]:
                     )
                 )  # fmt: skip
         bare = await bare_round_trip(store)
+        busy = await busy_round_trip(store)
 
         async def select() -> Any:
             return await manager.select_profile()
@@ -87,6 +91,7 @@ async def run(url: str, iterations: int) -> dict[str, float]:
         timings = await interleaved_medians(
             {
                 "bare round trip (EVALSHA return 1)": bare,
+                BUSY: busy,
                 "select_profile": select,
                 "execute (no-op call)": execute,
                 "failover hop (report + pick)": hop,
@@ -107,6 +112,7 @@ def report(results: dict[str, float]) -> str:
     lines = [f"{'operation':<38}{'median µs':>12}{'ratio':>10}  target"]
     lines.append("-" * 72)
     lines.append(f"{'bare round trip (EVALSHA return 1)':<38}{bare:>12.1f}{1.0:>10.2f}")
+    lines.append(f"{BUSY:<38}{results[BUSY]:>12.1f}{results[BUSY] / bare:>10.2f}  (vs 1 bare)")
     lines.append(
         f"{'select_profile':<38}{results['select_profile']:>12.1f}"
         f"{results['select_profile'] / bare:>10.2f}  (vs 1 bare)"
