@@ -30,6 +30,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
 from . import scripts
+from ._packing import with_hiredis_packing
 from .errors import ConfigError, StoreUnavailableError
 from .keys import validate_name
 from .secrets import SecretBox
@@ -290,6 +291,8 @@ def _make_client(target: _Target) -> Any:
         # A blocking pool: under a burst, callers wait (up to 10 s) for a free connection
         # instead of failing with "too many connections". ?max_connections=N in the URL.
         pool = aioredis.BlockingConnectionPool.from_url(target.url, timeout=10, **options)
+        # Set before the first connection is made; TCP, TLS and Unix sockets alike.
+        pool.connection_class = with_hiredis_packing(pool.connection_class)
         return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
     parts = urlsplit(target.url)
     user, password = _credentials(parts.netloc)
