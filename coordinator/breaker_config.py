@@ -82,7 +82,8 @@ class ModelConfig:
     * ``session_sticky`` / ``session_ttl_s``: a session keeps its profile while that profile's
       breaker is closed (sliding lifetime).
     * ``max_attempts``: default limit of profiles one :meth:`execute` tries.
-    * ``event_poll_interval_s``: how often the event subscriber reads the stream.
+    * ``event_poll_interval_s``: how often the event subscriber polls the stream on a Cluster
+      or the embedded backend (and retries after an error); standalone Redis blocks instead.
     """
 
     breaker: BreakerConfig = field(default_factory=BreakerConfig)

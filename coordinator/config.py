@@ -69,7 +69,8 @@ class AuthConfig:
     * ``cooldown`` / ``billing_cooldown``: the two schedules (billing has its own counter).
     * ``failure_window_ms``: counters reset after this long without a failure.
     * ``max_retry_after_ms``: the longest provider ``Retry-After`` honoured.
-    * ``event_poll_interval_s``: how often the event subscriber reads the streams.
+    * ``event_poll_interval_s``: how often the event subscriber polls the streams on a Cluster
+      or the embedded backend (and retries after an error); standalone Redis blocks instead.
     """
 
     strategy: Strategy = "round-robin"

@@ -85,12 +85,19 @@ class Event:
 
 StreamSource = Callable[[], Awaitable[dict[str, str]]]
 
+# How long one blocking XREAD waits for new entries: well under the client's 5 s socket
+# timeout, and short enough that the list of pools is looked at again about once a second.
+_BLOCK_MS = 1000
+
 
 class EventHub:
     """Local fan-out of the events of a set of streams.
 
-    ``streams`` returns ``{stream key: source name}`` and is asked again on every poll, so
-    pools created later (by any replica) are followed too.
+    ``streams`` returns ``{stream key: source name}`` and is asked again about once a second,
+    so pools created later (by any replica) are followed too. On standalone Redis and Sentinel
+    the reader blocks in ``XREAD`` until an entry arrives (events are delivered within a round
+    trip, and an idle replica sends one command a second); on a Cluster (streams in different
+    slots) and the embedded backend it polls every ``poll_interval_s``.
     """
 
     def __init__(self, store: Store, streams: StreamSource, *, poll_interval_s: float) -> None:
@@ -105,6 +112,7 @@ class EventHub:
         self._streams_due = 0.0
         self._started = asyncio.Event()
         self._closed = False
+        self._blocking = store.backend in ("redis", "sentinel")
 
     def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for every event of ``event_type`` (``*`` for all).
@@ -163,11 +171,13 @@ class EventHub:
             self._started.set()
         while not self._closed:
             try:
-                delivered = await self._poll_once()
+                delivered, waited = await self._read_once()
             except CoordinatorError as exc:
                 log.warning("event reader: %s", exc)
-                delivered = 0
-            if not delivered:
+                delivered, waited = 0, False
+            # A blocking read that came back empty has already waited; anything else that
+            # found nothing (polling, no pool yet, Redis away) pauses before reading again.
+            if not delivered and not waited:
                 await asyncio.sleep(self._poll_interval_s)
 
     async def _current_streams(self) -> dict[str, str]:
@@ -179,10 +189,12 @@ class EventHub:
             self._streams_due = loop.time() + max(1.0, 10 * self._poll_interval_s)
         return self._stream_list
 
-    async def _poll_once(self) -> int:
+    async def _read_once(self) -> tuple[int, bool]:
+        """Read and deliver what is new; returns (events delivered, whether the read waited
+        on the server for entries)."""
         streams = await self._current_streams()
         if not streams:
-            return 0
+            return 0, False
         wanted = {key: self._last_ids.get(key, "0-0") for key in streams}
         async with self._store.guard("XREAD events"):
             if self._store.backend == "cluster":
@@ -192,6 +204,8 @@ class EventHub:
                 for key, last in wanted.items():
                     pipe.xread({key: last}, count=500)
                 replies = [item for reply in await pipe.execute() for item in reply or []]
+            elif self._blocking:
+                replies = await self._store.client.xread(wanted, count=500, block=_BLOCK_MS) or []
             else:
                 replies = await self._store.client.xread(wanted, count=500) or []
         delivered = 0
@@ -202,7 +216,7 @@ class EventHub:
                 for event in Event.from_stream(source, stream_id, fields).expand():
                     await self._dispatch(event)
                     delivered += 1
-        return delivered
+        return delivered, self._blocking
 
     async def _dispatch(self, event: Event) -> None:
         for callback in [*self._callbacks.get(event.type, []), *self._callbacks.get("*", [])]:
@@ -221,10 +235,17 @@ class EventHub:
     async def close(self) -> None:
         """Stop reading streams."""
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        task = self._task
+        if task is None:
+            return
+        # Cancel until it takes: on Python 3.11, asyncio.wait_for (which redis-py wraps
+        # around every socket write) swallows a cancellation that arrives just as the write
+        # completes, and the reader would then sit in a blocking XREAD for up to a second.
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.05)
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 class EventSource:

@@ -14,7 +14,7 @@ from coordinator import (
     Store,
     connect,
 )
-from coordinator.testing import advance_time
+from coordinator.testing import RedisServer, advance_time
 
 from .conftest import unique_namespace
 from .helpers import MINUTE_MS, add_keys, manager_for
@@ -66,10 +66,12 @@ async def test_selected_is_local_only(store: Store) -> None:
     await picker.get_next_profile("openai", session_id="s")
     assert [e.profile_id for e in local] == ["key-0"]
     assert local[0].data["session"] == "s"
-    # Give the stream reader several polls: nothing is written to Redis for a selection.
-    await picker.mark_failed("key-0", "x", kind="server")
+    # Let the stream reader go past the selection: nothing is written to Redis for it, so
+    # the next event the other replica sees is this failure. (Subscribed first: the reader
+    # may deliver the failure before mark_failed's own reply is read.)
     seen_other: list[Event] = []
     other.on("*", seen_other.append)
+    await picker.mark_failed("key-0", "x", kind="server")
     await _collect_until(seen_other, lambda e: e.type == "profile:cooldown")
     assert remote == []
     await picker.close()
@@ -87,6 +89,55 @@ async def test_async_iterator_yields_events(store: Store) -> None:
     assert event.type == "profile:cooldown" and event.data["duration_ms"] == MINUTE_MS
     await iterator.aclose()  # type: ignore[attr-defined]
     await manager.close()
+
+
+async def test_on_standalone_redis_the_reader_waits_in_redis_not_between_polls(
+    redis_server: RedisServer, secret_key: str
+) -> None:
+    # With a poll interval of a minute, only a reader blocked in XREAD sees an event written
+    # after its first (empty) read within the 10 s allowed here; a polling reader would be
+    # asleep. (Cluster and the embedded backend poll; the tests above cover them.)
+    store = await connect(redis_server.url, namespace=unique_namespace(), secret_key=secret_key)
+    writer, reader = manager_for(store), manager_for(store, event_poll_interval_s=60)
+    await add_keys(writer, 1)
+    iterator = reader.subscribe("profile:cooldown")
+    first = asyncio.ensure_future(iterator.__anext__())
+    await reader.events.wait_started()
+    await asyncio.sleep(0)  # let the reader issue its first read
+    await writer.mark_failed("key-0", "x", kind="server")
+    event = await asyncio.wait_for(first, 10)
+    assert event.profile_id == "key-0"
+    await iterator.aclose()  # type: ignore[attr-defined]
+    await reader.close()
+    await store.close()
+
+
+async def test_closing_cancels_again_a_reader_that_swallowed_the_cancellation(
+    store: Store,
+) -> None:
+    # Python 3.11's asyncio.wait_for, which redis-py wraps around every socket write, drops a
+    # cancellation that arrives just as the write completes; the reader then goes on into a
+    # blocking XREAD. close() must not wait for that read (or hang on a reader that never
+    # reads again): it cancels until the task ends.
+    manager = manager_for(store)
+    cancellations = 0
+
+    async def swallows_one_cancellation() -> None:
+        nonlocal cancellations
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancellations += 1
+        await asyncio.Event().wait()  # goes on as if nothing happened, until cancelled again
+
+    manager.events._task = asyncio.ensure_future(swallows_one_cancellation())
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(manager.close())
+    finished, _ = await asyncio.wait({closing}, timeout=10)
+    if not finished:
+        closing.cancel()
+    assert finished, "close() hung on a reader that swallowed its cancellation"
+    assert manager.events._task.done() and cancellations == 1
 
 
 async def test_status_reports_health_and_masks_secrets(store: Store) -> None:

@@ -36,7 +36,8 @@ class OAuthConfig:
       request can still succeed.
     * ``wait_timeout_s``: how long a caller waits for another replica's refresh.
     * ``http_timeout_s``: timeout of the code exchange, user info, revocation, device calls.
-    * ``event_poll_interval_s``: how often the event hub reads the stream.
+    * ``event_poll_interval_s``: how often the event hub polls the stream on a Cluster or the
+      embedded backend (and retries after an error); standalone Redis blocks instead.
     """
 
     refresh_lead_s: float = 300.0
