@@ -132,22 +132,39 @@ async def main() -> None:
         )
 
     start_ms = await stores[0].time_ms()
-    timeline: list[str] = []
+    # Transitions seen by the observer, grouped per virtual second and profile when printed:
+    # replicas whose calls failed together each report it (each a profile:failed, each
+    # possibly extending the deadline by the few ms between them), which reads as one line.
+    seen: list[Event] = []
 
     def show(event: Event) -> None:
-        when = clock(event.ts_ms - start_ms)
-        data = event.data
-        if event.type == "profile:cooldown":
-            line = (
-                f"[{when}] {event.profile_id:<17} cooling down {data['duration_ms'] // 1000:>6} s"
-                f"  ({data['kind']})"
-            )
-        elif event.type == "profile:recovered":
-            line = f"[{when}] {event.profile_id:<17} recovered: back in rotation"
-        else:
-            return
-        timeline.append(line)
-        print(line)
+        if event.type in ("profile:failed", "profile:cooldown", "profile:recovered"):
+            seen.append(event)
+
+    def print_timeline(before_ms: int | None = None) -> None:
+        """Print what happened before ``before_ms`` (Redis time; everything if None). A tick
+        is printed one tick late, so that its events that reached the observer late still
+        join their line."""
+        groups: dict[tuple[str, str, str], list[Event]] = {}
+        later = [e for e in seen if before_ms is not None and e.ts_ms >= before_ms]
+        for event in seen:
+            if before_ms is not None and event.ts_ms >= before_ms:
+                continue
+            kind = "failed" if event.type == "profile:failed" else event.type
+            group = (clock(event.ts_ms - start_ms), event.profile_id, kind)
+            groups.setdefault(group, []).append(event)
+        seen[:] = later
+        for (when, profile_id, kind), events in groups.items():
+            if kind == "profile:recovered":
+                print(f"[{when}] {profile_id:<17} recovered: back in rotation")
+            elif kind == "profile:cooldown":
+                reports = len(groups.get((when, profile_id, "failed"), events))
+                longest = max(int(e.data["duration_ms"]) for e in events) // 1000
+                print(
+                    f"[{when}] {profile_id:<17} cooling down {longest:>6} s  "
+                    f"({events[0].data['kind']}, from {reports} failed call"
+                    f"{'s' if reports > 1 else ''})"
+                )
 
     # The observer is replica 0: it prints transitions written by any replica.
     windows: list[tuple[str, int, int]] = []
@@ -171,12 +188,14 @@ async def main() -> None:
             calls.append(one_call(i, manager, "openai", t_s, tally, f"batch-{i}-{t_s}"))
             calls.append(one_call(i, manager, "anthropic", t_s, tally, f"chat-{i}"))
         await asyncio.gather(*calls)
-        await asyncio.sleep(0.03)  # let the event reader print this tick's transitions
+        await asyncio.sleep(0.03)  # let the event reader deliver this tick's transitions
+        print_timeline(before_ms=start_ms + t_s * 1000)
         for s in set(stores):
             s.time_offset_ms += TICK_S * 1000
     for manager in replicas:
         await manager.get_status()  # any recoveries due now are announced
     await asyncio.sleep(0.2)
+    print_timeline()
 
     handed_cooling = [
         (pid, ts)
@@ -184,7 +203,7 @@ async def main() -> None:
         if any(pid == wid and start < ts < until for wid, start, until in windows)
     ]
     print(
-        f"\nchecked {len(picks)} picks against {len(windows)} cooldowns: "
+        f"\nchecked {len(picks)} picks against {len(windows)} cooldown deadlines: "
         f"{len(handed_cooling)} handed out a cooling key"
     )
     print("\nsummary")
