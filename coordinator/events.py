@@ -88,6 +88,8 @@ StreamSource = Callable[[], Awaitable[dict[str, str]]]
 # How long one blocking XREAD waits for new entries: well under the client's 5 s socket
 # timeout, and short enough that the list of pools is looked at again about once a second.
 _BLOCK_MS = 1000
+# The longest pause between attempts to read while the store does not answer.
+_MAX_RETRY_PAUSE_S = 5.0
 
 
 class EventHub:
@@ -100,10 +102,18 @@ class EventHub:
     slots) and the embedded backend it polls every ``poll_interval_s``.
     """
 
-    def __init__(self, store: Store, streams: StreamSource, *, poll_interval_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        streams: StreamSource,
+        *,
+        poll_interval_s: float,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._store = store
         self._streams = streams
         self._poll_interval_s = poll_interval_s
+        self._sleep = sleep
         self._callbacks: dict[str, list[EventCallback]] = {}
         self._queues: list[tuple[frozenset[str] | None, asyncio.Queue[Event]]] = []
         self._task: asyncio.Task[None] | None = None
@@ -142,7 +152,8 @@ class EventHub:
             self._queues.remove(entry)
 
     async def wait_started(self) -> None:
-        """Wait until the reader has fixed its starting point (events after it are seen)."""
+        """Wait until the reader has fixed its starting point (events after it are seen);
+        while the store does not answer, that waits for it to answer."""
         self._ensure_started()
         await self._started.wait()
 
@@ -160,25 +171,38 @@ class EventHub:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
-        # Start exactly after the newest entry of every stream that exists now; streams that
-        # appear later are read from their beginning (all their events are new to us).
-        try:
-            for key in await self._streams():
-                async with self._store.guard("XREVRANGE events"):
-                    newest = await self._store.client.xrevrange(key, count=1)
-                self._last_ids[key] = newest[0][0] if newest else "0-0"
-        finally:
-            self._started.set()
+        failures = 0
         while not self._closed:
             try:
+                if not self._started.is_set():
+                    await self._fix_starting_point()
                 delivered, waited = await self._read_once()
             except CoordinatorError as exc:
-                log.warning("event reader: %s", exc)
-                delivered, waited = 0, False
+                # Redis away: retry with a growing pause (up to 5 s), saying so once per
+                # outage rather than at every attempt.
+                failures += 1
+                if failures == 1:
+                    log.warning("event reader: %s; retrying until the store answers", exc)
+                else:
+                    log.debug("event reader: attempt %d failed: %s", failures, exc)
+                await self._sleep(min(self._poll_interval_s * 2**failures, _MAX_RETRY_PAUSE_S))
+                continue
+            if failures:
+                log.warning("event reader: the store answers again (after %d attempts)", failures)
+                failures = 0
             # A blocking read that came back empty has already waited; anything else that
-            # found nothing (polling, no pool yet, Redis away) pauses before reading again.
+            # found nothing (polling, no pool yet) pauses before reading again.
             if not delivered and not waited:
-                await asyncio.sleep(self._poll_interval_s)
+                await self._sleep(self._poll_interval_s)
+
+    async def _fix_starting_point(self) -> None:
+        """Start exactly after the newest entry of every stream that exists now; streams that
+        appear later are read from their beginning (all their events are new to us)."""
+        for key in await self._streams():
+            async with self._store.guard("XREVRANGE events"):
+                newest = await self._store.client.xrevrange(key, count=1)
+            self._last_ids[key] = newest[0][0] if newest else "0-0"
+        self._started.set()
 
     async def _current_streams(self) -> dict[str, str]:
         # The list of streams changes rarely (a new pool); re-read it about once a second.
