@@ -324,6 +324,8 @@ def _make_client(target: _Target) -> Any:
         )
         # The Sentinel's own connections close with the store (see Store.close).
         client._coordinator_sentinels = list(sentinel.sentinels)
+        pool = client.connection_pool
+        pool.connection_class = with_hiredis_packing(pool.connection_class)
         return client
     raise AssertionError(target.backend)
 

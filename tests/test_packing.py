@@ -82,3 +82,19 @@ async def test_a_standalone_store_packs_with_hiredis(redis_server: RedisServer) 
         await store.command("DEL", "{packing}:k")
     finally:
         await store.close()
+
+
+async def test_a_sentinel_store_packs_with_hiredis() -> None:
+    from redis.asyncio.sentinel import SentinelManagedConnection
+
+    from coordinator.testing import RedisSentinel
+
+    with RedisSentinel("packing-primary") as sentinel:
+        store = await connect(sentinel.url, namespace="packing")
+        try:
+            pool = store.client.connection_pool
+            assert pool.connection_class is with_hiredis_packing(SentinelManagedConnection)
+            await store.command("SET", "{packing}:k", "värde")
+            assert await store.command("GET", "{packing}:k") == "värde"
+        finally:
+            await store.close()
