@@ -189,6 +189,30 @@ async def test_sentinel_urls_reach_the_monitored_primary(secret_key: str) -> Non
         await connect("redis+sentinel://127.0.0.1:1")
 
 
+async def test_unix_socket_urls_reach_redis(secret_key: str, tmp_path: Path) -> None:
+    from redis.asyncio.connection import UnixDomainSocketConnection
+
+    from coordinator._packing import with_hiredis_packing
+
+    socket_path = tmp_path / "redis.sock"
+    with RedisServer("--unixsocket", str(socket_path), "--unixsocketperm", "700"):
+        store = await connect(
+            f"unix://{socket_path}?db=0", namespace=unique_namespace(), secret_key=secret_key
+        )
+        try:
+            assert store.backend == "redis"
+            pool = store.client.connection_pool
+            assert pool.connection_class is with_hiredis_packing(UnixDomainSocketConnection)
+            manager = manager_for(store)
+            await add_keys(manager, 2)
+            picks = {(await manager.get_next_profile("openai")).id for _ in range(2)}  # type: ignore[union-attr]
+            assert picks == {"key-0", "key-1"}
+            assert (await manager.mark_failed("key-0", "x", kind="server")).status == "cooling"
+            assert (await manager.get_next_profile("openai")).id == "key-1"  # type: ignore[union-attr]
+        finally:
+            await store.close()
+
+
 async def test_one_manager_per_process_and_a_different_config_is_an_error() -> None:
     from coordinator import AuthConfig, get_auth_profile_manager, reset_auth_profile_manager
 
