@@ -213,6 +213,75 @@ async def test_unix_socket_urls_reach_redis(secret_key: str, tmp_path: Path) -> 
             await store.close()
 
 
+def _self_signed_tls_files(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "redis.crt", folder / "redis.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+async def test_rediss_urls_reach_redis_over_tls(secret_key: str, tmp_path: Path) -> None:
+    from redis.asyncio.connection import SSLConnection
+
+    from coordinator._packing import with_hiredis_packing
+
+    cert_file, key_file = _self_signed_tls_files(tmp_path)
+    tls_port = free_port()
+    tls = (
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert_file),
+        "--tls-key-file", str(key_file), "--tls-ca-cert-file", str(cert_file),
+        "--tls-auth-clients", "no",
+    )  # fmt: skip
+    with RedisServer(*tls):
+        url = f"rediss://127.0.0.1:{tls_port}/0?ssl_ca_certs={cert_file}"
+        store = await connect(url, namespace=unique_namespace(), secret_key=secret_key)
+        try:
+            pool = store.client.connection_pool
+            assert pool.connection_class is with_hiredis_packing(SSLConnection)
+            manager = manager_for(store)
+            await add_keys(manager, 2)
+            assert (await manager.mark_failed("key-0", "x", kind="server")).status == "cooling"
+            assert (await manager.get_next_profile("openai")).id == "key-1"  # type: ignore[union-attr]
+        finally:
+            await store.close()
+        # A client that does not trust the server's certificate is refused, as a clear error.
+        with pytest.raises(StoreUnavailableError, match="CERTIFICATE_VERIFY_FAILED"):
+            await connect(f"rediss://127.0.0.1:{tls_port}/0", namespace=unique_namespace())
+
+
 async def test_one_manager_per_process_and_a_different_config_is_an_error() -> None:
     from coordinator import AuthConfig, get_auth_profile_manager, reset_auth_profile_manager
 
