@@ -213,6 +213,31 @@ async def test_unix_socket_urls_reach_redis(secret_key: str, tmp_path: Path) -> 
             await store.close()
 
 
+async def test_a_password_in_the_url_authenticates_and_never_shows(secret_key: str) -> None:
+    import redis.asyncio as aioredis
+
+    with RedisServer() as server:
+        admin = aioredis.Redis(port=server.port)
+        await admin.config_set("requirepass", "pw-right-horse-battery")
+        await admin.aclose()
+        url = f"redis://:pw-right-horse-battery@127.0.0.1:{server.port}/0"
+        store = await connect(url, namespace=unique_namespace(), secret_key=secret_key)
+        try:
+            assert "pw-right" not in repr(store) and "****" in repr(store)
+            manager = manager_for(store)
+            await add_keys(manager, 1)
+            assert (await manager.get_next_profile("openai")).id == "key-0"  # type: ignore[union-attr]
+        finally:
+            await store.close()
+        for wrong in (f"redis://:pw-wrong-staple@127.0.0.1:{server.port}/0",
+                      f"redis://127.0.0.1:{server.port}/0"):  # fmt: skip
+            with pytest.raises(StoreUnavailableError) as refused:
+                await connect(wrong, namespace=unique_namespace())
+            message = f"{refused.value} {refused.value.__cause__}"
+            assert "pw-wrong" not in message and "pw-right" not in message
+            assert "AuthenticationError" in message or "NOAUTH" in message
+
+
 def _self_signed_tls_files(folder: Path) -> tuple[Path, Path]:
     """A certificate for 127.0.0.1 (its own CA) and its key, as PEM files."""
     import datetime
