@@ -29,13 +29,32 @@ from coordinator.model_defaults import default_model_profiles
 from coordinator.model_types import ModelAuth, ModelCall, ModelProfile
 from coordinator.models import ModelProfileManager
 from coordinator.testing import RedisServer
-from scripts._benchlib import BUSY_US, bare_round_trip, busy_round_trip, interleaved_medians
+from scripts._benchlib import (
+    BARE_SHA,
+    BUSY_SHA,
+    BUSY_US,
+    SERVER_PASS,
+    ServerTimes,
+    bare_round_trip,
+    busy_round_trip,
+    interleaved_medians,
+)
 
 BUSY = f"busy {BUSY_US} µs in Redis (reference)"
 
 
-async def run(url: str, iterations: int) -> dict[str, float]:
-    """Measure every operation; returns medians in microseconds."""
+BARE = "bare round trip (EVALSHA return 1)"
+SELECT = "select_profile"
+EXECUTE = "execute (no-op call)"
+HOP = "failover hop (report + pick)"
+
+
+async def run(
+    url: str, iterations: int, *, server_times: bool = False
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Measure every operation; returns medians in microseconds and, with ``server_times``
+    (only for a server this run started), Redis's own time per operation from its slowlog
+    (``execute`` is two scripts: the pick and the success report, added up)."""
     store = await connect(url, namespace=f"bench{uuid.uuid4().hex[:8]}", secret_key=generate_key())
     # A breaker that never opens during the run (the hop benchmark reports many failures;
     # the breaker record is reset between samples, outside the timed region).
@@ -88,43 +107,53 @@ async def run(url: str, iterations: int) -> dict[str, float]:
             if i % 4 == 3:
                 await hop_manager.reset_breaker(primary.profile_id)
 
-        timings = await interleaved_medians(
-            {
-                "bare round trip (EVALSHA return 1)": bare,
-                BUSY: busy,
-                "select_profile": select,
-                "execute (no-op call)": execute,
-                "failover hop (report + pick)": hop,
-            },
-            iterations,
-            between=reset,
-        )
-        return {name: t["median"] for name, t in timings.items()}
+        ops = {BARE: bare, BUSY: busy, SELECT: select, EXECUTE: execute, HOP: hop}
+        timings = await interleaved_medians(ops, iterations, between=reset)
+        redis_us: dict[str, float] = {}
+        if server_times:
+            # Redis's own time, in a pass of its own (the slowlog slows every call a little).
+            server = ServerTimes(store)
+            await server.start()
+            await interleaved_medians(ops, SERVER_PASS, between=reset, warmup=0)
+            pick, report = store.script_sha("model_select"), store.script_sha("model_report")
+            times = await server.medians(
+                {
+                    BARE: BARE_SHA,
+                    BUSY: BUSY_SHA,
+                    SELECT: pick,
+                    "success report": (report, "success,"),
+                    HOP: (report, "failure,"),
+                }
+            )
+            redis_us = {name: times[name] for name in (BARE, BUSY, SELECT, HOP) if name in times}
+            if SELECT in times and "success report" in times:
+                redis_us[EXECUTE] = times[SELECT] + times["success report"]
+        return {name: t["median"] for name, t in timings.items()}, redis_us
     finally:
         await store.close()
 
 
-def report(results: dict[str, float]) -> str:
-    """The results table with the ratios to the bare round trip."""
-    bare = results["bare round trip (EVALSHA return 1)"]
-    execute = results["execute (no-op call)"]
-    hop = results["failover hop (report + pick)"]
-    lines = [f"{'operation':<38}{'median µs':>12}{'ratio':>10}  target"]
-    lines.append("-" * 72)
-    lines.append(f"{'bare round trip (EVALSHA return 1)':<38}{bare:>12.1f}{1.0:>10.2f}")
-    lines.append(f"{BUSY:<38}{results[BUSY]:>12.1f}{results[BUSY] / bare:>10.2f}  (vs 1 bare)")
-    lines.append(
-        f"{'select_profile':<38}{results['select_profile']:>12.1f}"
-        f"{results['select_profile'] / bare:>10.2f}  (vs 1 bare)"
-    )
-    lines.append(
-        f"{'execute (no-op call)':<38}{execute:>12.1f}{execute / (2 * bare):>10.2f}"
-        f"  <= 1.30 (vs 2 bare) {'ok' if execute / (2 * bare) <= 1.3 else 'MISSED'}"
-    )
-    lines.append(
-        f"{'failover hop (report + pick)':<38}{hop:>12.1f}{hop / bare:>10.2f}"
-        f"  <= 1.50 (vs 1 bare) {'ok' if hop / bare <= 1.5 else 'MISSED'}"
-    )
+def report(results: dict[str, float], redis_us: dict[str, float] | None = None) -> str:
+    """The results table with the ratios to the bare round trip (and Redis's own time per
+    operation, when measured)."""
+    bare = results[BARE]
+    execute = results[EXECUTE]
+    hop = results[HOP]
+    server = redis_us or {}
+
+    def row(name: str, median: float, ratio: float, note: str = "") -> str:
+        redis = f"{server[name]:.0f}" if name in server else ""
+        return f"{name:<38}{median:>12.1f}{ratio:>10.2f}{redis:>10}  {note}".rstrip()
+
+    lines = [f"{'operation':<38}{'median µs':>12}{'ratio':>10}{'Redis µs':>10}  target"]
+    lines.append("-" * 82)
+    lines.append(row(BARE, bare, 1.0))
+    lines.append(row(BUSY, results[BUSY], results[BUSY] / bare, "(vs 1 bare)"))
+    lines.append(row(SELECT, results[SELECT], results[SELECT] / bare, "(vs 1 bare)"))
+    verdict = "ok" if execute / (2 * bare) <= 1.3 else "MISSED"
+    lines.append(row(EXECUTE, execute, execute / (2 * bare), f"<= 1.30 (vs 2 bare) {verdict}"))
+    verdict = "ok" if hop / bare <= 1.5 else "MISSED"
+    lines.append(row(HOP, hop, hop / bare, f"<= 1.50 (vs 1 bare) {verdict}"))
     return "\n".join(lines)
 
 
@@ -135,11 +164,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5000)
     args = parser.parse_args()
     if args.url:
-        results = asyncio.run(run(args.url, args.iterations))
+        results, redis_us = asyncio.run(run(args.url, args.iterations))
     else:
         with RedisServer() as server:
-            results = asyncio.run(run(server.url, args.iterations))
-    print(report(results))
+            results, redis_us = asyncio.run(run(server.url, args.iterations, server_times=True))
+    print(report(results, redis_us))
 
 
 if __name__ == "__main__":
