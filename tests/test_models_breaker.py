@@ -294,6 +294,30 @@ async def test_add_profile_does_not_reset_an_open_breaker_nor_does_remove_and_ad
     assert await breaker(store, "tertiary") == {}
 
 
+async def test_reports_on_a_removed_profile_are_missing_with_or_without_a_kept_breaker(
+    store: Store,
+) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    # A closed breaker with a record (one failure): it goes with the profile.
+    await fail(manager, 1)
+    late = await manager.select_profile()
+    assert late is not None and late.profile_id == "primary"
+    assert (await breaker(store, "primary"))["state"] == "closed"
+    assert await manager.remove_profile("primary")
+    assert (await manager.record_success(late)).status == "missing"
+    assert (await manager.record_failure(late, "server")).status == "missing"
+    assert await breaker(store, "primary") == {}
+    # An open breaker outlives its profile; a report on the removed profile changes nothing.
+    await fail(manager, 3, "secondary")
+    kept = await breaker(store, "secondary")
+    assert kept["state"] == "open"
+    assert await manager.remove_profile("secondary")
+    assert (await manager.record_success("secondary")).status == "missing"
+    assert (await manager.record_failure("secondary", "server")).status == "missing"
+    assert await breaker(store, "secondary") == kept
+
+
 async def test_caller_errors_neither_count_nor_cool_down(store: Store) -> None:
     manager = model_manager(store)
     await add_three(manager)
