@@ -32,14 +32,10 @@ if pick_next or cooldown or (outcome ~= 'success' and outcome ~= 'release') then
 
 HOLD = pick_next  -- see emit in _model.lua
 local head
-local raw = redis.call('HGET', K_BREAKERS, id)
-local b, bad = parse_breaker(raw)
--- A closed breaker's record goes with its profile (model_remove deletes both at once), so a
--- closed record vouches for the profile; without one (or with an open one, which outlives its
--- profile) the profile's existence is read. One read fewer on the hot path.
-if not (raw and b and b.state == 'closed') and redis.call('HEXISTS', K_PROFILES, id) == 0 then
+if redis.call('HEXISTS', K_PROFILES, id) == 0 then
   head = 'missing,,-1,'
 else
+  local b, bad = parse_breaker(redis.call('HGET', K_BREAKERS, id))
   if not b then
     head = 'corrupt,,-1,' .. bad
   else
