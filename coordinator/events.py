@@ -228,10 +228,9 @@ class EventHub:
                 for key, last in wanted.items():
                     pipe.xread({key: last}, count=500)
                 replies = [item for reply in await pipe.execute() for item in reply or []]
-            elif self._blocking:
-                replies = await self._store.client.xread(wanted, count=500, block=_BLOCK_MS) or []
             else:
-                replies = await self._store.client.xread(wanted, count=500) or []
+                block = _BLOCK_MS if self._blocking else None
+                replies = await self._store.client.xread(wanted, count=500, block=block) or []
         delivered = 0
         for key, entries in replies:
             source = streams.get(key, "")

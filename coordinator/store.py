@@ -291,9 +291,7 @@ def _make_client(target: _Target) -> Any:
         # A blocking pool: under a burst, callers wait (up to 10 s) for a free connection
         # instead of failing with "too many connections". ?max_connections=N in the URL.
         pool = aioredis.BlockingConnectionPool.from_url(target.url, timeout=10, **options)
-        # Set before the first connection is made; TCP, TLS and Unix sockets alike.
-        pool.connection_class = with_hiredis_packing(pool.connection_class)
-        return aioredis.Redis.from_pool(pool)  # the client owns (and closes) the pool
+        return _packing_with_hiredis(aioredis.Redis.from_pool(pool))  # owns (closes) the pool
     parts = urlsplit(target.url)
     user, password = _credentials(parts.netloc)
     if target.backend == "cluster":
@@ -324,10 +322,17 @@ def _make_client(target: _Target) -> Any:
         )
         # The Sentinel's own connections close with the store (see Store.close).
         client._coordinator_sentinels = list(sentinel.sentinels)
-        pool = client.connection_pool
-        pool.connection_class = with_hiredis_packing(pool.connection_class)
-        return client
+        return _packing_with_hiredis(client)
     raise AssertionError(target.backend)
+
+
+def _packing_with_hiredis(client: Any) -> Any:
+    """``client`` (standalone or Sentinel: one connection pool) with its commands packed by
+    hiredis; set before the first connection is made (TCP, TLS and Unix sockets alike). The
+    cluster client fixes its connection class inside and keeps redis-py's packer."""
+    pool = client.connection_pool
+    pool.connection_class = with_hiredis_packing(pool.connection_class)
+    return client
 
 
 async def connect(

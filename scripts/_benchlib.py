@@ -89,8 +89,7 @@ async def interleaved_medians(
     }
 
 
-# Calls per operation in the pass that reads Redis's own time (a pass of its own, after the
-# timed one: the slowlog that it needs slows every call a little).
+# Calls per operation in the pass that reads Redis's own time.
 SERVER_PASS = 500
 
 
@@ -101,6 +100,20 @@ class ServerTimes:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    async def measure(
+        self,
+        ops: dict[str, Op],
+        scripts: dict[str, str | tuple[str, str]],
+        *,
+        between: Callable[[int], Awaitable[None]] | None = None,
+    ) -> dict[str, float]:
+        """Run ``ops`` for :data:`SERVER_PASS` interleaved rounds with every command logged
+        and return :meth:`medians` of ``scripts``. A pass of its own, after the timed one:
+        logging every command slows each call a little (more for more arguments)."""
+        await self.start()
+        await interleaved_medians(ops, SERVER_PASS, between=between, warmup=0)
+        return await self.medians(scripts)
 
     async def start(self) -> None:
         """Log every command from now on (slowlog-log-slower-than 0)."""

@@ -40,7 +40,6 @@ from scripts._benchlib import (
     BARE_SHA,
     BUSY_SHA,
     BUSY_US,
-    SERVER_PASS,
     ServerTimes,
     bare_round_trip,
     busy_round_trip,
@@ -110,16 +109,13 @@ async def _measure_pool(
     timings = await interleaved_medians(ops, iterations, between=between, warmup=50)
     redis_us: dict[str, float] = {}
     if server is not None:
-        # Redis's own time, in a pass of its own: logging every command costs each call
-        # time too (more for more arguments), which the timed pass must not pay.
-        await server.start()
 
         async def continue_between(i: int) -> None:
             await between(iterations + i)  # the pass goes on where the timed one stopped
 
-        await interleaved_medians(ops, SERVER_PASS, between=continue_between, warmup=0)
         shas = {op: store.script_sha(script) for op, script in _SCRIPTS.items()}
-        redis_us = await server.medians({"bare": BARE_SHA, BUSY: BUSY_SHA, **shas})
+        scripts: dict[str, str | tuple[str, str]] = {"bare": BARE_SHA, BUSY: BUSY_SHA, **shas}
+        redis_us = await server.measure(ops, scripts, between=continue_between)
     bare_median = timings["bare"]["median"]
     return [
         {

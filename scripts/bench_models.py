@@ -33,7 +33,6 @@ from scripts._benchlib import (
     BARE_SHA,
     BUSY_SHA,
     BUSY_US,
-    SERVER_PASS,
     ServerTimes,
     bare_round_trip,
     busy_round_trip,
@@ -111,19 +110,17 @@ async def run(
         timings = await interleaved_medians(ops, iterations, between=reset)
         redis_us: dict[str, float] = {}
         if server_times:
-            # Redis's own time, in a pass of its own (the slowlog slows every call a little).
-            server = ServerTimes(store)
-            await server.start()
-            await interleaved_medians(ops, SERVER_PASS, between=reset, warmup=0)
             pick, report = store.script_sha("model_select"), store.script_sha("model_report")
-            times = await server.medians(
+            times = await ServerTimes(store).measure(
+                ops,
                 {
                     BARE: BARE_SHA,
                     BUSY: BUSY_SHA,
                     SELECT: pick,
                     "success report": (report, "success,"),
                     HOP: (report, "failure,"),
-                }
+                },
+                between=reset,
             )
             redis_us = {name: times[name] for name in (BARE, BUSY, SELECT, HOP) if name in times}
             if SELECT in times and "success report" in times:

@@ -146,19 +146,19 @@ async def main() -> None:
         is printed one tick late, so that its events that reached the observer late still
         join their line."""
         groups: dict[tuple[str, str, str], list[Event]] = {}
-        later = [e for e in seen if before_ms is not None and e.ts_ms >= before_ms]
+        later: list[Event] = []
         for event in seen:
             if before_ms is not None and event.ts_ms >= before_ms:
-                continue
-            kind = "failed" if event.type == "profile:failed" else event.type
-            group = (clock(event.ts_ms - start_ms), event.profile_id, kind)
-            groups.setdefault(group, []).append(event)
+                later.append(event)
+            else:
+                group = (clock(event.ts_ms - start_ms), event.profile_id, event.type)
+                groups.setdefault(group, []).append(event)
         seen[:] = later
         for (when, profile_id, kind), events in groups.items():
             if kind == "profile:recovered":
                 print(f"[{when}] {profile_id:<17} recovered: back in rotation")
             elif kind == "profile:cooldown":
-                reports = len(groups.get((when, profile_id, "failed"), events))
+                reports = len(groups.get((when, profile_id, "profile:failed"), events))
                 longest = max(int(e.data["duration_ms"]) for e in events) // 1000
                 print(
                     f"[{when}] {profile_id:<17} cooling down {longest:>6} s  "

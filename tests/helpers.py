@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from coordinator import AuthConfig, AuthProfile, AuthProfileManager, Store
@@ -46,3 +47,14 @@ def clock_sleeper(store: Store) -> Callable[[float], Awaitable[None]]:
 def manager_for(store: Store, **config: object) -> AuthProfileManager:
     """A manager on ``store`` with ``AuthConfig(**config)``."""
     return AuthProfileManager(store, AuthConfig.from_mapping(config), sleep=clock_sleeper(store))
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Yield to the event loop until ``condition()`` holds (another task's work, such as the
+    event reader's, has to happen); fails after ``timeout`` seconds."""
+
+    async def wait() -> None:
+        while not condition():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(wait(), timeout)

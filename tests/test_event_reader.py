@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 import pytest
 
@@ -14,15 +13,7 @@ from coordinator.events import Event
 from coordinator.testing import RedisServer
 
 from .conftest import unique_namespace
-from .helpers import add_keys, manager_for
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async def wait() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(wait(), timeout)
+from .helpers import add_keys, manager_for, wait_until
 
 
 async def test_reader_waits_out_an_outage_that_began_before_it_started(
@@ -44,7 +35,7 @@ async def test_reader_waits_out_an_outage_that_began_before_it_started(
     seen: list[Event] = []
     caplog.set_level(logging.WARNING, logger="coordinator.events")
     hub.on("*", seen.append)  # starts the reader, which cannot reach Redis
-    await _until(lambda: len(pauses) >= 8)
+    await wait_until(lambda: len(pauses) >= 8)
     assert pauses[:8] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 1 and "retrying until the store answers" in warnings[0]
@@ -55,7 +46,7 @@ async def test_reader_waits_out_an_outage_that_began_before_it_started(
         await add_keys(writer, 1)
         await writer.mark_failed("key-0", "HTTP 500", kind="server")
         # The new pool's stream is found within about a second.
-        await _until(lambda: any(e.type == "profile:cooldown" for e in seen))
+        await wait_until(lambda: any(e.type == "profile:cooldown" for e in seen))
         assert [e.type for e in seen] == ["profile:added", "profile:failed", "profile:cooldown"]
         assert any("answers again" in r.getMessage() for r in caplog.records)
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -17,15 +18,11 @@ from coordinator import (
 from coordinator.testing import RedisServer, advance_time
 
 from .conftest import unique_namespace
-from .helpers import MINUTE_MS, add_keys, manager_for
+from .helpers import MINUTE_MS, add_keys, manager_for, wait_until
 
 
-async def _collect_until(events: list[Event], predicate: object, timeout: float = 10.0) -> None:
-    async def wait() -> None:
-        while not any(predicate(e) for e in events):  # type: ignore[operator]
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(wait(), timeout)
+async def _collect_until(events: list[Event], predicate: Callable[[Event], bool]) -> None:
+    await wait_until(lambda: any(predicate(e) for e in events))
 
 
 async def test_subscribers_on_any_replica_see_every_transition(store: Store) -> None:
