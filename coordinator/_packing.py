@@ -2,8 +2,9 @@
 
 redis-py's asyncio connections pack every command in Python, about 0.45 µs per argument
 here; an operation's EVALSHA carries 10 to 15 arguments (its keys, the clock offset and its
-own arguments), so packing alone cost ~7 µs of every call. ``hiredis.pack_command`` (hiredis
-is already a dependency, for parsing replies) does the same in ~1.3 µs.
+own arguments), so packing alone cost ~7.4 µs of every call. ``hiredis.pack_command``
+(hiredis is already a dependency, for parsing replies) does the same in ~1.3 µs, ~2.6 µs with
+the check below.
 
 The fast path is taken only where both packers agree byte for byte: every argument a ``str``
 (``StrEnum`` included), ``bytes`` or a non-``bool`` ``int``, and a command name without a
@@ -21,6 +22,11 @@ from redis.asyncio.connection import AbstractConnection
 __all__ = ["with_hiredis_packing"]
 
 
+# A tuple, not ``str | bytes | int``: isinstance with a union type is three times slower, and
+# this check runs on every command (~0.9 µs for an EVALSHA of 15 arguments, against ~2.8).
+_PACKABLE = (str, bytes, int)
+
+
 def _hiredis_packable(args: tuple[Any, ...]) -> bool:
     name = args[0]
     if isinstance(name, str):
@@ -28,8 +34,8 @@ def _hiredis_packable(args: tuple[Any, ...]) -> bool:
             return False
     elif not isinstance(name, bytes) or b" " in name:
         return False
-    for arg in args:
-        if isinstance(arg, bool) or not isinstance(arg, str | bytes | int):
+    for arg in args:  # noqa: SIM110 (a loop: all() over a generator is ~30% slower here)
+        if not isinstance(arg, _PACKABLE) or arg.__class__ is bool:
             return False
     return True
 
