@@ -261,19 +261,21 @@ class ModelProfile:
             auth = {"kind": "none"}
         else:
             auth = {"kind": self.auth.kind, "value": self.auth.value}
-        record: dict[str, Any] = {
+        # enabled, default_model and models come first: selection reads them with one
+        # anchored pattern instead of decoding the JSON (view_def in lua/_model.lua).
+        record: dict[str, Any] = {"enabled": self.enabled}
+        if self.default_model is not None:
+            record["default_model"] = self.default_model
+        record |= {
+            "models": list(self.models),
             "id": self.id,
             "name": self.name,
             "provider": self.provider,
             "auth": auth,
             "base_url": self.base_url,
             "priority": self.priority,
-            "models": list(self.models),
-            "enabled": self.enabled,
             "metadata": dict(self.metadata),
         }
-        if self.default_model is not None:
-            record["default_model"] = self.default_model
         return record
 
     @classmethod

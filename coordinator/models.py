@@ -277,6 +277,10 @@ class ModelProfileManager(EventSource):
             # it; the caller sees no selection rather than an exception about one profile.
             self._note_broken([f"{head[0]}:definition"])
             return None, None, head[0]
+        if not profile.enabled:
+            # The script read the first "enabled" of a hand-edited JSON that has two.
+            self._note_broken([f"{head[0]}:enabled"])
+            return None, None, head[0]
         selection = _new_selection(
             profile,
             str(reply[at + 2]) or None,

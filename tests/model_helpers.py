@@ -128,3 +128,9 @@ async def second_replica(store: Store, backend_url: str, secret_key: str) -> Sto
         other = await connect(backend_url, namespace=store.namespace, secret_key=secret_key)
     other.time_offset_ms = store.time_offset_ms
     return other
+
+
+async def server_now_ms(store: Store) -> int:
+    """The scripts' clock now: Redis ``TIME`` in ms plus the store's test offset."""
+    seconds, micros = await store.command("TIME")
+    return int(seconds) * 1000 + int(micros) // 1000 + store.time_offset_ms

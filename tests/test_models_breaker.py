@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import orjson
+
 from coordinator import Store
+from coordinator.keys import ModelKeys
 from coordinator.testing import advance_time
 
 from .model_helpers import (
@@ -15,6 +18,7 @@ from .model_helpers import (
     fail,
     model_manager,
     second_replica,
+    server_now_ms,
 )
 
 MARGIN = 1000  # ms of real time a test may take between two steps
@@ -387,3 +391,66 @@ async def test_reset_breaker_closes_it_at_once(store: Store) -> None:
     sel = await manager.select_profile()
     assert sel is not None and sel.profile_id == "primary"
     assert (await event_types(store, "primary"))[-1] == "profile:circuit-closed"
+
+
+async def test_selection_reads_a_closed_breaker_without_decoding_it_and_trusts_only_that(
+    store: Store,
+) -> None:
+    # A closed breaker is admitted from three values read in place (state, epoch, cooldown);
+    # any other shape takes the full path. Both must decide alike.
+    manager = model_manager(store, breaker={"window_size": 4, "min_calls": 4})
+    await add_three(manager)
+    keys = ModelKeys(store.namespace)
+
+    async def chosen_after(record: str) -> tuple[str, int] | None:
+        await store.command("HSET", keys.breakers, "primary", record)
+        sel = await manager.select_profile()
+        return None if sel is None else (sel.profile_id, sel.epoch)
+
+    now = await server_now_ms(store)
+    # Keys in any order, a cooldown over or running, digits read as they are.
+    assert await chosen_after('{"window":"","epoch":7,"state":"closed"}') == ("primary", 7)
+    past, future = now - MINUTE_MS, now + MINUTE_MS
+    ended = f'{{"state":"closed","cooldown_until_ms":{past},"epoch":3}}'
+    assert await chosen_after(ended) == ("primary", 3)
+    running = f'{{"state":"closed","epoch":3,"cooldown_until_ms":{future}}}'
+    assert await chosen_after(running) == ("secondary", 0)
+    # Not read in place (a key twice, a nested "state", an epoch in quotes): decoded in full.
+    twice = ended[:-1] + f',"cooldown_until_ms":{future}}}'
+    assert await chosen_after(twice) == ("secondary", 0)
+    nested = '{"state":"closed","epoch":2,"note":{"state":"open"}}'
+    assert await chosen_after(nested) == ("primary", 2)
+    assert await chosen_after('{"state":"closed","epoch":"2"}') == ("secondary", 0)
+    # Trusted for what a selection needs only: a field broken elsewhere is reported by the
+    # next report (and the status), not by the selection.
+    assert await chosen_after('{"state":"closed","epoch":1,"window":"1x"}') == ("primary", 1)
+    result = await manager.record_success("primary")
+    assert (result.status, result.broken_field) == ("corrupt", "breaker.window")
+
+
+async def test_a_success_on_a_steady_breaker_leaves_its_record_as_it_is(store: Store) -> None:
+    manager = model_manager(store, breaker={"window_size": 4, "min_calls": 4})
+    await add_three(manager)
+    keys = ModelKeys(store.namespace)
+    steady = '{"streak":[],"window":"0000","epoch":5,"state":"closed","failures_total":9}'
+    await store.command("HSET", keys.breakers, "primary", steady)
+    sel = await manager.select_profile()
+    assert sel is not None and sel.epoch == 5
+    result = await manager.record_success(sel)
+    assert (result.status, result.state, result.epoch) == ("recorded", "closed", 5)
+    assert await store.command("HGET", keys.breakers, "primary") == steady
+    # Not steady: a streak to end, a window of another size, a late report (older epoch).
+    for record, window in (
+        ('{"streak":[1],"window":"0001","epoch":5,"state":"closed"}', "0010"),
+        ('{"streak":{},"window":"00000","epoch":5,"state":"closed"}', "0000"),
+        ('{"streak":{},"window":"000","epoch":5,"state":"closed"}', "0000"),
+        ('{"streak":{},"window":"0000","epoch":6,"state":"closed"}', None),
+    ):
+        await store.command("HSET", keys.breakers, "primary", record)
+        result = await manager.record_success(sel)
+        assert result.status == ("recorded" if window else "stale"), record
+        after = await breaker(store, "primary")
+        if window:
+            assert after["window"] == window and not after["streak"], record
+        else:
+            assert after == orjson.loads(record)

@@ -616,3 +616,69 @@ def test_hot_path_value_objects_equal_what_their_constructors_build() -> None:
     call = models._new_call(fast, "m", "http://x", None, 1, None)
     assert call == ModelCall(slow, "m", "http://x", None, 1, None)
     assert [f.name for f in dataclasses.fields(ModelSelection)] == list(ModelSelection.__slots__)
+
+
+async def test_selection_reads_the_definition_head_and_any_other_shape_alike(
+    store: Store,
+) -> None:
+    # Selection reads enabled/default_model/models from the head that to_record writes first
+    # (one anchored match); any other shape is decoded in full. Both must choose alike.
+    manager = model_manager(store)
+    keys = ModelKeys(store.namespace)
+    odd = ('a"quote*', "back\\slash", 'br]ack,"et', "plain-é")
+    await manager.add_profile(profile("grok", 100, ("grok-*",), default_model="grok-2-latest"))
+    await manager.add_profile(profile("claude", 90, ("claude-3-opus", "claude-3-5-*")))
+    await manager.add_profile(profile("odd", 80, odd))
+    await manager.add_profile(profile("local", 10, ("*",)))
+    raw = await store.command("HGET", keys.profiles, "grok")
+    assert raw.startswith('{"enabled":true,"default_model":"grok-2-latest","models":["grok-*"],')
+    raw = await store.command("HGET", keys.profiles, "claude")
+    assert raw.startswith('{"enabled":true,"models":["claude-3-opus","claude-3-5-*"],')
+    wanted_models = [
+        None, "grok-beta", "claude-3-opus", "claude-3-5-sonnet", "claude-2", 'a"quote-1',
+        "back\\slash", "br]ack,\"et", "plain-é", "plain",
+    ]  # fmt: skip
+
+    async def choices() -> list[tuple[str, str | None, str] | None]:
+        out: list[tuple[str, str | None, str] | None] = []
+        for excluded in ([], ["grok"], ["grok", "claude"]):
+            for wanted in wanted_models:
+                sel = await manager.select_profile(wanted, exclude=excluded)
+                out.append(None if sel is None else (sel.profile_id, sel.model, sel.reason))
+        return out
+
+    as_written = await choices()
+    assert as_written[0] == ("grok", "grok-2-latest", "primary")
+    assert as_written[6] == ("odd", "back\\slash", "primary")
+    assert as_written[7] == ("odd", 'br]ack,"et', "primary")
+    assert as_written[len(wanted_models)] == ("claude", "claude-3-opus", "failover")
+    assert as_written[2 * len(wanted_models)] == ("odd", "back\\slash", "failover")
+    # The same definitions with their keys sorted: no head, every one decoded in full.
+    for pid in ("grok", "claude", "odd", "local"):
+        record = orjson.loads(await store.command("HGET", keys.profiles, pid))
+        sorted_raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+        assert not sorted_raw.startswith('{"enabled"')
+        await store.command("HSET", keys.profiles, pid, sorted_raw)
+    assert await choices() == as_written
+
+
+async def test_a_head_that_says_disabled_or_is_contradicted_is_not_chosen(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    keys = ModelKeys(store.namespace)
+    raw = await store.command("HGET", keys.profiles, "primary")
+    # Hand edits that leave the profile in the ranked index: a head saying disabled is
+    # skipped (and the index repaired); a second "enabled" key, which JSON readers take as
+    # the value, is caught by Python and the next profile chosen.
+    await store.command("HSET", keys.profiles, "primary", raw.replace("true", "false", 1))
+    sel = await manager.select_profile()
+    assert sel is not None and (sel.profile_id, sel.reason) == ("secondary", "primary")
+    assert await store.command("ZSCORE", keys.ranked, "primary") is None
+    await manager.add_profile(profile("secondary", 90))
+    raw = await store.command("HGET", keys.profiles, "secondary")
+    await store.command("HSET", keys.profiles, "secondary", raw[:-1] + ',"enabled":false}')
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "tertiary"
+    assert "secondary" in caplog.text and "enabled" in caplog.text

@@ -33,6 +33,7 @@
 local K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local MARG = 3
 local PAGE = 16
+local FIRST_PAGE_END = '15'  -- PAGE - 1, as text
 -- The configuration, once parsed (rare().conf()).
 local C = nil
 
@@ -252,9 +253,32 @@ end
 -- Whether a profile's breaker admits a call now (sticky_only: only a closed breaker does, no
 -- probe). Returns (epoch, probe token: '' for an ordinary call) when it does, else
 -- (nil, soonest recovery ms or nil, broken field or nil). Persists what it changed.
+-- The value of a top-level key of a JSON record, read without decoding it: a plain search
+-- for the key ('"<key>":', which cannot occur inside a JSON string, where quotes are escaped)
+-- and one match anchored there (value: '^"<key>":<capture>[,}]'). Returns nil when the key is
+-- absent, false when the value does not match or the key occurs twice (a hand edit, or a key
+-- in a nested object). Keys and patterns are literals: text built per call costs garbage.
+local function peek(raw, key, value)
+  local at = string.find(raw, key, 1, true)
+  if not at then return nil end
+  if string.find(raw, key, at + 1, true) then return false end
+  return string.match(raw, value, at) or false
+end
+
 local function admit(id, now, sticky_only)
   local raw = redis.call('HGET', K_BREAKERS, id)
   if not raw then return 0, '' end  -- no record yet: closed, epoch 0
+  -- A closed breaker with no cooldown running is admitted without decoding its record (that
+  -- was ~10% of a selection's instructions, measured with callgrind): only the three values
+  -- a selection needs are read, and trusted; a field broken elsewhere in the record is
+  -- reported by the next report and by the status. Anything else takes the full path.
+  if string.byte(raw) == 123 and peek(raw, '"state":', '^"state":"(closed)"[,}]') then  -- '{'
+    local epoch = tonumber(peek(raw, '"epoch":', '^"epoch":(%d+)[,}]'))
+    local cooldown = peek(raw, '"cooldown_until_ms":', '^"cooldown_until_ms":(%d+)[,}]')
+    if epoch and (cooldown == nil or (cooldown and tonumber(cooldown) <= now)) then
+      return epoch, ''
+    end
+  end
   local b, bad = parse_breaker(raw)
   if not b then return nil, nil, bad end
   local closed = b.state == 'closed'
@@ -276,10 +300,45 @@ local function admit(id, now, sticky_only)
   return nil, soonest, nil
 end
 
--- Whether a profile's model list serves the model ('' for any): exact names, 'prefix*'
+-- What a selection needs of a definition, without decoding it when it has the head that
+-- ModelProfile.to_record writes: {"enabled":..,"default_model":"..","models":[..],"... One
+-- anchored match reads it, where decoding the whole JSON cost ~13% of a selection's
+-- instructions (callgrind). A head can be trusted this far: a ']' followed by ',"' cannot be
+-- inside a JSON string (a quote in a string is escaped), so the capture is the whole array;
+-- names with escapes, an older key order or a hand edit take the full path (load_def). The
+-- fields a selection does not use are checked by Python, which parses every definition it is
+-- handed and picks again without one it cannot use, and by the status script.
+-- Returns (view, raw) or (nil, raw or nil, broken field): view has enabled, default_model
+-- (nil when absent) and either models (a list) or models_text (the array's inside).
+local HEAD = '^{"enabled":(%a+),"default_model":"([^"\\]*)","models":%[([^%]]*)%],"'
+local HEAD_NO_DEFAULT = '^{"enabled":(%a+),"models":%[([^%]]*)%],"'
+local function view_def(id)
+  local raw = redis.call('HGET', K_PROFILES, id)
+  if not raw then return nil, nil, 'missing' end
+  local enabled, default, text = string.match(raw, HEAD)
+  if not enabled then enabled, text = string.match(raw, HEAD_NO_DEFAULT) end
+  if (enabled == 'true' or enabled == 'false') and not string.find(text, '\\', 1, true) then
+    return {enabled = enabled == 'true', default_model = default, models_text = text}, raw
+  end
+  return load_def(id)
+end
+
+-- The model list of a view_def view (made from the head's text on first use).
+local function model_list(view)
+  local models = view.models
+  if not models then
+    models = {}
+    for name in string.gmatch(view.models_text, '"([^"]*)"') do models[#models + 1] = name end
+    view.models = models
+  end
+  return models
+end
+
+-- Whether a profile (a view_def view) serves the model ('' for any): exact names, 'prefix*'
 -- wildcards, '*' for all (the same rule as ModelProfile.serves in model_types.py).
-local function serves_model(models, model)
+local function serves_model(view, model)
   if model == '' then return true end
+  local models = model_list(view)
   for i = 1, #models do
     local p = models[i]
     local n = #p
@@ -332,8 +391,8 @@ local function select_profile(now, spec, session_key, also_excluded)
   if session_key then
     bound = redis.call('GET', session_key)
     if bound and bound ~= also_excluded and not (excluded and excluded[bound]) then
-      local def, raw = load_def(bound)
-      local serves = def and def.enabled and serves_model(def.models, model)
+      local def, raw = view_def(bound)
+      local serves = def and def.enabled and serves_model(def, model)
       if serves then
         local e, t, bad = admit(bound, now, true)
         if e then
@@ -349,7 +408,12 @@ local function select_profile(now, spec, session_key, also_excluded)
 
   local offset = 0
   while not (chosen and top) do
-    local page = redis.call('ZRANGE', K_RANKED, offset, offset + PAGE - 1)
+    local page
+    if offset == 0 then  -- the common case, with its bounds as text (see EVENTS_MAXLEN)
+      page = redis.call('ZRANGE', K_RANKED, '0', FIRST_PAGE_END)
+    else
+      page = redis.call('ZRANGE', K_RANKED, offset, offset + PAGE - 1)
+    end
     local count = #page
     if count == 0 then break end
     for i = 1, count do
@@ -359,7 +423,7 @@ local function select_profile(now, spec, session_key, also_excluded)
         -- excluded profile ranked above the one chosen makes the choice a failover.
         if top == nil then top = id end
       else
-        local def, raw, bad = load_def(id)
+        local def, raw, bad = view_def(id)
         if not def then
           if bad == 'missing' then
             redis.call('ZREM', K_RANKED, id)
@@ -370,7 +434,7 @@ local function select_profile(now, spec, session_key, also_excluded)
         elseif not def.enabled then
           redis.call('ZREM', K_RANKED, id)
         else
-          if serves_model(def.models, model) then
+          if serves_model(def, model) then
             if top == nil then top = id end
             if not chosen then
               local e, t, why = admit(id, now, false)
@@ -419,7 +483,7 @@ local function select_profile(now, spec, session_key, also_excluded)
     if type(default) == 'string' and default ~= '' then
       resolved = default
     else
-      local models = chosen_def.models
+      local models = model_list(chosen_def)
       for i = 1, #models do
         if not string.find(models[i], '*', 1, true) then
           resolved = models[i]

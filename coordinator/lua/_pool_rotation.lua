@@ -42,7 +42,7 @@ end
 -- (whole profiles and (profile, model) pairs alike), so nothing else has to remember it.
 local SWEEP_LIMIT = 100
 local function sweep(now)
-  local first = redis.call('ZRANGE', K_COOLING, 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', K_COOLING, '0', '0', 'WITHSCORES')
   if not first[2] or tonumber(first[2]) > now then return end
   local due_now = redis.call('ZRANGEBYSCORE', K_COOLING, '-inf', now, 'LIMIT', 0, SWEEP_LIMIT)
   for _, member in ipairs(due_now) do

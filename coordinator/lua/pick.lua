@@ -32,8 +32,12 @@ local function consider_until(t)
 end
 
 -- add_profile ends every definition with these fields, so the generation of one written by it
--- is a pattern match away (decoding the JSON cost a plain pick ~10% of its server time).
-local WRITTEN = '"gen":(%d+),"created_ms":%d+,"updated_ms":%d+}$'
+-- is a pattern match away (decoding the JSON cost a plain pick ~10% of its server time). The
+-- match is anchored where a plain search near the end finds '"gen":': an unanchored pattern
+-- is tried at every byte of the JSON (about 15% of a pick's instructions, measured with
+-- callgrind). The tail is at most ~100 bytes, numbers of absurd length fall back to decoding.
+local WRITTEN = '^"gen":(%d+),"created_ms":%d+,"updated_ms":%d+}$'
+local TAIL = 120
 
 -- A ready profile is usable when not excluded, its definition is sound and, for a model, the
 -- (profile, model) pair is not cooling down. Returns its generation (text), its raw JSON and,
@@ -44,7 +48,14 @@ local function usable(id, need_def)
   local raw = redis.call('HGET', K_PROFILES, id)
   if not raw then return nil end
   local def, gen = nil, nil
-  if not need_def then gen = string.match(raw, WRITTEN) end
+  if not need_def then
+    local at = string.find(raw, '"gen":', math.max(1, #raw - TAIL), true)
+    while at do
+      gen = string.match(raw, WRITTEN, at)
+      if gen then break end
+      at = string.find(raw, '"gen":', at + 1, true)
+    end
+  end
   if not gen then
     def = check_def(decode(raw))
     if not def then return nil end
@@ -145,7 +156,12 @@ if not chosen and strategy ~= 'priority' and strategy ~= 'random' then
   local offset = 0
   while not chosen do
     local size = page_size(offset)
-    local page = redis.call('ZRANGE', K_READY, offset, offset + size - 1, 'WITHSCORES')
+    local page
+    if offset == 0 then  -- the common case, with its bounds as text (see EVENTS_MAXLEN)
+      page = redis.call('ZRANGE', K_READY, '0', '0', 'WITHSCORES')
+    else
+      page = redis.call('ZRANGE', K_READY, offset, offset + size - 1, 'WITHSCORES')
+    end
     if #page == 0 then break end
     for i = 1, #page, 2 do
       local gen, raw = usable(page[i])
