@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck fmt bench redis-server oidc-server clean
+.PHONY: venv demo test lint typecheck fmt bench bench-instructions redis-server valgrind oidc-server clean
 
 venv: $(STAMP)
 
@@ -58,6 +58,17 @@ fmt: venv
 
 bench: venv redis-server
 	$(PY) scripts/bench.py
+
+# Redis's own cost of each operation in instructions (callgrind): figures that load does not move.
+bench-instructions: venv redis-server valgrind
+	$(PY) scripts/bench_instructions.py
+
+valgrind:
+	@command -v valgrind >/dev/null 2>&1 || { \
+	  echo "valgrind not found: installing the Debian package valgrind"; \
+	  (apt-get update -qq && apt-get install -y -qq valgrind) >/dev/null || { \
+	    echo "ERROR: valgrind is missing and could not be installed (apt-get install valgrind)." >&2; \
+	    exit 1; }; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

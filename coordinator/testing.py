@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
@@ -94,11 +95,14 @@ class _Process:
 
 
 class RedisServer(_Process):
-    """One ``redis-server`` on a free loopback port, without persistence."""
+    """One ``redis-server`` on a free loopback port, without persistence. ``wrapper`` is a
+    command to run it under (``valgrind --tool=callgrind ...``): the server's pid is then that
+    command's, and starting may take up to a minute."""
 
-    def __init__(self, *extra: str, port: int | None = None) -> None:
+    def __init__(self, *extra: str, port: int | None = None, wrapper: Sequence[str] = ()) -> None:
         self.port = port or free_port(cluster_bus="--cluster-enabled" in extra)
         self._extra = extra
+        self._wrapper = tuple(wrapper)
         self._dir = tempfile.mkdtemp(prefix="coordinator-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -107,9 +111,15 @@ class RedisServer(_Process):
         """``redis://127.0.0.1:<port>/0``."""
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int | None:
+        """The process id of the running server (or of its wrapper), else ``None``."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self) -> RedisServer:
-        """Start the server and wait until it answers PING (10 s at most)."""
+        """Start the server and wait until it answers PING (10 s at most, 60 s wrapped)."""
         args = [
+            *self._wrapper,
             _binary("redis-server"),
             "--port", str(self.port),
             "--bind", "127.0.0.1",
@@ -120,7 +130,7 @@ class RedisServer(_Process):
             *self._extra,
         ]  # fmt: skip
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + (60 if self._wrapper else 10)
         while not _ping(self.port):
             if self._proc.poll() is not None or time.monotonic() > deadline:
                 log = os.path.join(self._dir, "redis.log")

@@ -14,6 +14,8 @@ from typing import Any
 from coordinator import Store
 
 Op = Callable[[], Awaitable[Any]]
+# Run between two iterations, given the iteration's number.
+Step = Callable[[int], Awaitable[None]]
 
 BARE_SCRIPT = "return 1"
 BARE_SHA = hashlib.sha1(BARE_SCRIPT.encode()).hexdigest()

@@ -40,7 +40,9 @@ from scripts._benchlib import (
     BARE_SHA,
     BUSY_SHA,
     BUSY_US,
+    Op,
     ServerTimes,
+    Step,
     bare_round_trip,
     busy_round_trip,
     interleaved_medians,
@@ -75,9 +77,10 @@ _SCRIPTS = {
 BUSY = f"busy {BUSY_US} µs (ref.)"
 
 
-async def _measure_pool(
-    store: Store, bare: Any, busy: Any, size: int, iterations: int, server: ServerTimes | None
-) -> list[dict[str, Any]]:
+async def pool_ops(store: Store, size: int) -> tuple[dict[str, Op], Step]:
+    """A pool of ``size`` profiles in a replica's steady state and its three operations, with
+    the step to take between iterations (it sends Redis nothing): the reports move on to the
+    next profile, and once every profile has cooled down, time moves on past the cooldowns."""
     provider = f"bench{size}"
     manager = AuthProfileManager(store, AuthConfig())
     await _fill_pool(manager, provider, size)
@@ -99,13 +102,19 @@ async def _measure_pool(
             # Every profile is cooling now: bring them back so picks keep succeeding.
             store.time_offset_ms += 2 * 3_600_000
 
-    ops = {
-        "bare": bare,
-        BUSY: busy,
+    ops: dict[str, Op] = {
         "get_next_profile": partial(manager.get_next_profile, provider),
         "mark_success": success,
         "mark_failed": failed,
     }
+    return ops, between
+
+
+async def _measure_pool(
+    store: Store, bare: Any, busy: Any, size: int, iterations: int, server: ServerTimes | None
+) -> list[dict[str, Any]]:
+    pool, between = await pool_ops(store, size)
+    ops = {"bare": bare, BUSY: busy, **pool}
     timings = await interleaved_medians(ops, iterations, between=between, warmup=50)
     redis_us: dict[str, float] = {}
     if server is not None:

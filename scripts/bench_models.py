@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import sys
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from scripts._benchlib import (
     BARE_SHA,
     BUSY_SHA,
     BUSY_US,
+    Op,
     ServerTimes,
     bare_round_trip,
     busy_round_trip,
@@ -48,6 +50,68 @@ EXECUTE = "execute (no-op call)"
 HOP = "failover hop (report + pick)"
 
 
+@dataclass
+class ModelOps:
+    """The measured model operations on their own profiles, ready to run."""
+
+    ops: dict[str, Op]  # SELECT, EXECUTE, HOP
+    hop_manager: ModelProfileManager
+    hop_primary: str  # the profile every hop fails over from
+
+    async def reset(self, i: int) -> None:
+        """Between iterations: every fourth time, reset the hop primary's breaker, so that its
+        failure streak stays short (outside the timed region)."""
+        if i % 4 == 3:
+            await self.hop_manager.reset_breaker(self.hop_primary)
+
+
+async def model_ops(store: Store) -> ModelOps:
+    """Add the five default providers (all enabled, keys encrypted at rest) twice, for
+    ``execute`` and ``select_profile`` and, in another namespace on the same client, for the
+    failover hop, and return the operations. The hop fails its primary over and over; on the
+    same profiles, every success of execute would then rewrite a breaker that production would
+    find in its steady state (a window of successes, which a success leaves as it is). The
+    breakers never open during a run."""
+    config = ModelConfig(
+        breaker=BreakerConfig(
+            failure_threshold=1_000_000, window_size=20, min_calls=20, failure_rate_threshold=1.0
+        )
+    )
+    manager = ModelProfileManager(store, config)
+    hop_store = Store(
+        store.client, backend=store.backend, url=store.url, namespace=f"{store.namespace}h",
+        box=store.box,
+    )  # fmt: skip
+    hop_manager = ModelProfileManager(hop_store, config)
+    for i, p in enumerate(default_model_profiles({})):
+        for target in (manager, hop_manager):
+            await target.add_profile(
+                ModelProfile(
+                    id=p.id, provider=p.provider, base_url=p.base_url, models=p.models,
+                    default_model=p.default_model, priority=p.priority, enabled=True,
+                    auth=ModelAuth.api_key(f"sk-bench-{i}-0123456789abcdef"),
+                )
+            )  # fmt: skip
+
+    async def select() -> Any:
+        return await manager.select_profile()
+
+    async def noop(call: ModelCall) -> None:
+        return None
+
+    async def execute() -> Any:
+        return await manager.execute(noop)
+
+    primary = await hop_manager.select_profile()
+    assert primary is not None
+
+    async def hop() -> Any:
+        return await hop_manager.get_next_available_profile(primary, kind="server")
+
+    ops: dict[str, Op] = {SELECT: select, EXECUTE: execute, HOP: hop}
+    return ModelOps(ops, hop_manager, primary.profile_id)
+
+
 async def run(
     url: str, iterations: int, *, server_times: bool = False
 ) -> tuple[dict[str, float], dict[str, float]]:
@@ -55,58 +119,12 @@ async def run(
     (only for a server this run started), Redis's own time per operation from its slowlog
     (``execute`` is two scripts: the pick and the success report, added up)."""
     store = await connect(url, namespace=f"bench{uuid.uuid4().hex[:8]}", secret_key=generate_key())
-    # A breaker that never opens during the run (the hop benchmark reports many failures;
-    # the breaker record is reset between samples, outside the timed region).
-    config = ModelConfig(
-        breaker=BreakerConfig(
-            failure_threshold=1_000_000, window_size=20, min_calls=20, failure_rate_threshold=1.0
-        )
-    )
-    manager = ModelProfileManager(store, config)
-    # The hop fails its primary over and over; on the same profiles, every success of execute
-    # would then rewrite a breaker that production would find in its steady state (a window
-    # of successes, which a success leaves as it is). So the hop gets profiles of its own, in
-    # another namespace on the same client.
-    hop_store = Store(
-        store.client, backend=store.backend, url=url, namespace=f"{store.namespace}h",
-        box=store.box,
-    )  # fmt: skip
-    hop_manager = ModelProfileManager(hop_store, config)
     try:
-        # The five default providers, all enabled and keyed (keys encrypted at rest).
-        for i, p in enumerate(default_model_profiles({})):
-            for target in (manager, hop_manager):
-                await target.add_profile(
-                    ModelProfile(
-                        id=p.id, provider=p.provider, base_url=p.base_url, models=p.models,
-                        default_model=p.default_model, priority=p.priority, enabled=True,
-                        auth=ModelAuth.api_key(f"sk-bench-{i}-0123456789abcdef"),
-                    )
-                )  # fmt: skip
+        measured = await model_ops(store)
+        reset = measured.reset
         bare = await bare_round_trip(store)
         busy = await busy_round_trip(store)
-
-        async def select() -> Any:
-            return await manager.select_profile()
-
-        async def noop(call: ModelCall) -> None:
-            return None
-
-        async def execute() -> Any:
-            return await manager.execute(noop)
-
-        primary = await hop_manager.select_profile()
-        assert primary is not None
-
-        async def hop() -> Any:
-            return await hop_manager.get_next_available_profile(primary, kind="server")
-
-        async def reset(i: int) -> None:
-            # Keep the primary's failure streak short (outside the timed region).
-            if i % 4 == 3:
-                await hop_manager.reset_breaker(primary.profile_id)
-
-        ops = {BARE: bare, BUSY: busy, SELECT: select, EXECUTE: execute, HOP: hop}
+        ops = {BARE: bare, BUSY: busy, **measured.ops}
         timings = await interleaved_medians(ops, iterations, between=reset)
         redis_us: dict[str, float] = {}
         if server_times:

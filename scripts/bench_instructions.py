@@ -1,0 +1,164 @@
+"""Benchmark: Redis's own cost of each operation in CPU instructions, counted by callgrind.
+
+Usage: ``python scripts/bench_instructions.py [--calls N]`` (``make bench-instructions``).
+Starts a throw-away ``redis-server`` under ``valgrind --tool=callgrind`` on a free loopback
+port, runs the operations of ``make bench`` (pool of 10 and of 10,000 profiles; the model
+operations) ``N`` times each, and prints the instructions Redis executed inside their EVALSHA
+calls (scripts, the commands they run, converting arguments and replies), per call and as a
+multiple of a bare EVALSHA of ``return 1``. Not counted: the network, the event loop, parsing
+the request. Unlike times, these counts do not move with the machine's load (two runs agree
+within ~1%: hashing and garbage collection vary a little), so they show what a change to a
+script costs or saves; they hold for the Redis build they were taken on (printed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from coordinator import connect, generate_key
+from coordinator.keys import ModelKeys
+from coordinator.testing import RedisServer
+from scripts._benchlib import Op, Step, bare_round_trip
+from scripts.bench import pool_ops
+from scripts.bench_models import EXECUTE, HOP, SELECT, model_ops
+
+COLLECTED = "evalShaCommand"  # callgrind counts only inside this Redis function
+
+
+class Callgrind:
+    """Zero and dump the counters of a server running under callgrind."""
+
+    def __init__(self, pid: int, out_dir: str) -> None:
+        self._pid = pid
+        self._out_dir = out_dir
+        self._dumps = 0
+
+    def _control(self, *args: str) -> None:
+        subprocess.run(
+            ["callgrind_control", *args, str(self._pid)],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def zero(self) -> None:
+        """Start counting from zero."""
+        self._control("--zero")
+
+    def dump(self) -> int:
+        """Write the counters out and return the instructions counted since :meth:`zero`."""
+        self._dumps += 1
+        reason = f"d{self._dumps}"
+        self._control("--dump=" + reason)
+        for name in os.listdir(self._out_dir):
+            with open(os.path.join(self._out_dir, name)) as handle:
+                text = handle.read()
+            if re.search(rf"^desc: Trigger: dump {reason}$", text, re.M):
+                found = re.search(r"^summary: (\d+)$", text, re.M)
+                return int(found.group(1)) if found else 0
+        raise RuntimeError(f"callgrind wrote no dump for {reason}")
+
+
+async def _count(counter: Callgrind, op: Op, calls: int, between: Step | None = None) -> float:
+    """Instructions per call of ``op`` (``between`` runs after each call, and must not send
+    Redis an EVALSHA: it would be counted)."""
+    counter.zero()
+    for i in range(calls):
+        await op()
+        if between is not None:
+            await between(i)
+    return counter.dump() / calls
+
+
+async def measure(url: str, counter: Callgrind, calls: int) -> list[tuple[str, int, float]]:
+    """Rows of (operation, scripts per call, instructions per call)."""
+    store = await connect(url, namespace="instr", secret_key=generate_key())
+    rows: list[tuple[str, int, float]] = []
+    try:
+        bare = await bare_round_trip(store)
+        rows.append(("bare round trip (EVALSHA return 1)", 1, await _count(counter, bare, calls)))
+        for size in (10, 10_000):
+            ops, between = await pool_ops(store, size)
+            for name, op in ops.items():
+                await op()  # warm: the script is loaded, the state record exists
+                per_call = await _count(counter, op, calls, between)
+                rows.append((f"{name} (pool {size:,})", 1, per_call))
+        models = await model_ops(store)
+        # Steady state: breakers whose window is full of successes, as after the timed
+        # benchmark's warm-up.
+        for _ in range(30):
+            await models.ops[EXECUTE]()
+        for name in (SELECT, EXECUTE):
+            rows.append(
+                (name, 2 if name == EXECUTE else 1, await _count(counter, models.ops[name], calls))
+            )
+        # The hop: the primary's breaker record is dropped every fourth hop (a plain HDEL,
+        # not counted), which keeps its failure streak short as the timed benchmark does.
+        breakers = ModelKeys(f"{store.namespace}h").breakers
+
+        async def drop_streak(i: int) -> None:
+            if i % 4 == 3:
+                await store.command("HDEL", breakers, models.hop_primary)
+
+        rows.append((HOP, 1, await _count(counter, models.ops[HOP], calls, drop_streak)))
+        return rows
+    finally:
+        await store.close()
+
+
+def report(rows: list[tuple[str, int, float]], version: str) -> str:
+    """The table: instructions per call and per script, and the multiple of the bare call."""
+    bare = rows[0][2]
+    lines = [
+        f"Redis {version}: instructions inside EVALSHA, per call (callgrind)",
+        "",
+        f"{'operation':<36}{'scripts':>8}{'instructions':>14}{'× bare':>9}",
+        "-" * 67,
+    ]
+    for name, scripts, per_call in rows:
+        lines.append(f"{name:<36}{scripts:>8}{per_call:>14,.0f}{per_call / bare:>9.1f}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    """Entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=200, help="calls per operation (200)")
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control"):
+        if shutil.which(tool) is None:
+            print(f"{tool} not found: install the Debian package valgrind", file=sys.stderr)
+            return 1
+    out_dir = tempfile.mkdtemp(prefix="coordinator-callgrind-")
+    wrapper = [
+        "valgrind", "--tool=callgrind", "--collect-atstart=no",
+        f"--toggle-collect={COLLECTED}", f"--callgrind-out-file={out_dir}/callgrind.%p",
+    ]  # fmt: skip
+    try:
+        with RedisServer(wrapper=wrapper) as server:
+            assert server.pid is not None
+            version = (
+                subprocess.run(
+                    ["redis-server", "--version"], capture_output=True, text=True, check=True
+                )
+                .stdout.split()[2]
+                .removeprefix("v=")
+            )
+            counter = Callgrind(server.pid, out_dir)
+            rows = asyncio.run(measure(server.url, counter, args.calls))
+        print(report(rows, version))
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
