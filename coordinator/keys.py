@@ -108,15 +108,16 @@ class PoolKeys:
         return f"{self.prefix}:session:{session_id}"
 
     def all_static(self) -> list[str]:
-        """The keys every pool script receives, in the order the scripts expect them."""
+        """The keys pool scripts receive, in the order the scripts expect them (see
+        ``lua/_pool.lua``): the reports are given only the first ones they need."""
         return [
             self.profiles,
             self.state,
-            self.ready,
-            self.ranked,
             self.cooling,
-            self.meta,
+            self.ready,
             self.events,
+            self.ranked,
+            self.meta,
         ]
 
 

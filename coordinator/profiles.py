@@ -40,6 +40,8 @@ _SNAPSHOT_FORMAT = 1
 # Picks made again after skipping a definition that does not parse, before giving up.
 _CORRUPT_RETRIES = 8
 _BILLING = FailureKind.BILLING
+# The reports are given only the first static keys they touch (see lua/_pool.lua).
+_KEYS_NEEDED = {"mark_success": 2, "mark_failed": 5}
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -103,12 +105,14 @@ class AuthProfileManager(EventSource):
             keys = self._pool_keys[provider] = PoolKeys(self.store.namespace, provider)
         return keys
 
-    def _static(self, provider: str) -> list[bytes]:
-        """The pool's static keys, encoded once (they are on every hot path)."""
-        static = self._static_keys.get(provider)
+    def _static(self, provider: str, script: str = "") -> list[bytes]:
+        """The pool's static keys a script receives (all seven, or the first ones the
+        reports need), encoded once: they are on every hot path."""
+        cache_key = provider + "\0" + script if script in _KEYS_NEEDED else provider
+        static = self._static_keys.get(cache_key)
         if static is None:
-            keys = self._keys(provider).all_static()
-            static = self._static_keys[provider] = [k.encode() for k in keys]
+            keys = self._keys(provider).all_static()[: _KEYS_NEEDED.get(script, 7)]
+            static = self._static_keys[cache_key] = [k.encode() for k in keys]
         return static
 
     async def _providers(self) -> list[str]:
@@ -149,12 +153,12 @@ class AuthProfileManager(EventSource):
             provider = await self._locate(profile_id, refresh=True)
             if provider is None:
                 return None, None
-        reply = await self.store.run(script, self._static(provider), args)
+        reply = await self.store.run(script, self._static(provider, script), args)
         if _is_missing(reply):
             fresh = await self._locate(profile_id, refresh=True)
             if fresh is not None and fresh != provider:
                 provider = fresh
-                reply = await self.store.run(script, self._static(provider), args)
+                reply = await self.store.run(script, self._static(provider, script), args)
         return provider, reply
 
     # -- profiles ------------------------------------------------------------------------

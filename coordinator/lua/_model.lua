@@ -253,18 +253,6 @@ end
 -- Whether a profile's breaker admits a call now (sticky_only: only a closed breaker does, no
 -- probe). Returns (epoch, probe token: '' for an ordinary call) when it does, else
 -- (nil, soonest recovery ms or nil, broken field or nil). Persists what it changed.
--- The value of a top-level key of a JSON record, read without decoding it: a plain search
--- for the key ('"<key>":', which cannot occur inside a JSON string, where quotes are escaped)
--- and one match anchored there (value: '^"<key>":<capture>[,}]'). Returns nil when the key is
--- absent, false when the value does not match or the key occurs twice (a hand edit, or a key
--- in a nested object). Keys and patterns are literals: text built per call costs garbage.
-local function peek(raw, key, value)
-  local at = string.find(raw, key, 1, true)
-  if not at then return nil end
-  if string.find(raw, key, at + 1, true) then return false end
-  return string.match(raw, value, at) or false
-end
-
 local function admit(id, now, sticky_only)
   local raw = redis.call('HGET', K_BREAKERS, id)
   if not raw then return 0, '' end  -- no record yet: closed, epoch 0

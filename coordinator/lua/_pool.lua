@@ -2,20 +2,23 @@
 -- Pool scripts receive the seven static pool keys as KEYS[1..7] in this order:
 --   1 profiles (HASH id -> definition JSON)
 --   2 state (HASH id -> state JSON, "<id>|<model>" -> pair counters JSON)
---   3 ready (ZSET id -> rotation seq)         4 ranked (ZSET lex "<inv prio>|<type>|<seq>|<id>")
---   5 cooling (ZSET id or "<id>|<model>" -> until ms)
---   6 meta (HASH seq, gen, "used:<id>" -> last picked ms)   7 events (STREAM)
+--   3 cooling (ZSET id or "<id>|<model>" -> until ms)
+--   4 ready (ZSET id -> rotation seq)   5 events (STREAM)
+--   6 ranked (ZSET lex "<inv prio>|<type>|<seq>|<id>")
+--   7 meta (HASH seq, gen, "used:<id>" -> last picked ms)
 -- Ids cannot contain '|', so a member or field with one is always a (profile, model) pair.
--- Seven keys, not ten: every key is an argument the client encodes and Redis copies into Lua
--- on every call, and these scripts are the hot path.
+-- Seven keys, not ten, and a script that needs fewer is given only the first ones it needs
+-- (mark_success the first two, mark_failed the first five): every key is an argument the
+-- client encodes and Redis copies into Lua on every call (~900 instructions each), and these
+-- scripts are the hot path. The others are nil there.
 -- The cooldown truth is the cooling set; the state record only carries counters and history,
 -- so a state record edited into garbage never changes which profiles can be picked.
 -- Every helper below is a closure that Lua creates on every call of every script including
 -- this file, so this file holds only what the failure and success reports need; rotation and
 -- recovery helpers are in _pool_rotation.lua, the rarer operations' in _pool_admin.lua.
 
-local K_PROFILES, K_STATE, K_READY, K_RANKED = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_COOLING, K_META, K_EVENTS = KEYS[5], KEYS[6], KEYS[7]
+local K_PROFILES, K_STATE, K_COOLING, K_READY = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local K_EVENTS, K_RANKED, K_META = KEYS[5], KEYS[6], KEYS[7]
 
 -- Parse a stored state record; returns (state, nil) or (nil, broken_field). No record: {}.
 local function parse_state(raw)

@@ -10,7 +10,7 @@
 
 local snap = cjson.decode(ARGV[2])
 local now = now_ms()
-for i = 1, 6 do redis.call('DEL', KEYS[i]) end
+redis.call('DEL', K_PROFILES, K_STATE, K_COOLING, K_READY, K_RANKED, K_META)  -- not the events
 local count = 0
 for id, raw in pairs(snap.profiles or {}) do
   redis.call('HSET', K_PROFILES, id, raw)

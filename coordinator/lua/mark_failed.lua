@@ -1,5 +1,5 @@
 -- mark_failed.lua: record a failure and, unless it is the caller's fault, cool the profile down.
--- KEYS[1..7]  the static pool keys (see _pool.lua)
+-- KEYS[1..5]  the first five static pool keys (see _pool.lua: profiles to events)
 -- ARGV[1] clock offset ms  ARGV[2] profile id  ARGV[3] kind: rate_limit | billing | auth |
 --   server | timeout | unknown | caller   ARGV[4] error text (already redacted)
 -- ARGV[5] the policy of this kind's cooldown class, comma-separated (one argument: this is a
