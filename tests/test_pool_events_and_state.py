@@ -338,18 +338,25 @@ async def test_a_success_reads_counters_at_zero_in_place_and_repairs_unreadable_
     store: Store,
 ) -> None:
     manager = manager_for(store)
-    await add_keys(manager, 1)
+    await add_keys(manager, 2)
     keys = manager._keys("openai")
     await manager.mark_failed("key-0", "x", kind="server")
     assert await manager.mark_success("key-0")
     state = orjson.loads(await store.client.hget(keys.state, "key-0"))
     assert (state["failures"], state["billing_failures"], state["failures_total"]) == (0, 0, 1)
+    # A record without counters (a model's rate limit only) gets them at its first success,
+    # so that later ones read them in place too.
+    await manager.mark_failed("key-1", "x", kind="rate_limit", model="m")
+    assert "failures" not in orjson.loads(await store.client.hget(keys.state, "key-1"))
+    assert await manager.mark_success("key-1")
+    other = orjson.loads(await store.client.hget(keys.state, "key-1"))
+    assert (other["failures"], other["billing_failures"], other["failures_total"]) == (0, 0, 1)
     # Counters at 0 are read in place, so a field broken elsewhere is left for a failure (or
     # clear_cooldown) to repair and for the status to name.
     broken = dict(state, failures_total="x")
     await store.client.hset(keys.state, "key-0", orjson.dumps(broken).decode())
     assert await manager.mark_success("key-0")
-    status = (await manager.get_status("openai"))[0]
+    status = {s.id: s for s in await manager.get_status("openai")}["key-0"]
     assert status.broken_field == "failures_total"
     # Counters not readable in place (in quotes, twice, not a JSON object) are decoded, and
     # the record is repaired.
@@ -362,6 +369,6 @@ async def test_a_success_reads_counters_at_zero_in_place_and_repairs_unreadable_
         assert await manager.mark_success("key-0")
         repaired = orjson.loads(await store.client.hget(keys.state, "key-0"))
         assert (repaired["failures"], repaired["billing_failures"]) == (0, 0), garbage
-    status = (await manager.get_status("openai"))[0]
+    status = {s.id: s for s in await manager.get_status("openai")}["key-0"]
     assert status.broken_field is None
     await manager.close()

@@ -24,7 +24,8 @@ elseif not (string.byte(raw) == 123  -- '{'
     and peek(raw, '"billing_failures":', '^"billing_failures":(0)[,}]')) then
   local state
   state, broken = parse_state(raw)
-  if not state or (state.failures or 0) ~= 0 or (state.billing_failures or 0) ~= 0 then
+  -- (counters that are absent are written too, so that the next success reads them in place)
+  if not state or state.failures ~= 0 or state.billing_failures ~= 0 then
     state = state or {}
     state.failures = 0
     state.billing_failures = 0
