@@ -228,6 +228,8 @@ class ModelProfileManager(EventSource):
         """The scripts' selection spec (one argument, see ``select_profile`` in
         ``coordinator/lua/_model.lua``; ``None`` when everything is the default) and the
         session key, if any."""
+        if model is None and session_id is None and not exclude:
+            return None, []  # the common call: nothing to check or build
         if model is not None and (not isinstance(model, str) or not model):
             raise ConfigError("model", "must be a non-empty string or None")
         excluded = [validate_id(e, "exclude") for e in exclude]
@@ -369,16 +371,8 @@ class ModelProfileManager(EventSource):
     async def _select(
         self, model: str | None, session_id: str | None, exclude: Iterable[str]
     ) -> tuple[ModelSelection | None, int | None]:
-        tries = _CORRUPT_RETRIES
-        if model is None and session_id is None and not exclude:
-            # The common call (any model, no session, nothing excluded): no spec to build.
-            reply = await self.store.run("model_select", self._static, self._cfg_only)
-            selection, retry_in, unparsable = self._decode_selection(reply)
-            if unparsable is None:
-                return selection, retry_in
-            exclude, tries = [unparsable], tries - 1
         excluded = list(exclude)
-        for _ in range(tries):
+        for _ in range(_CORRUPT_RETRIES):
             spec, keys = self._selection_spec(model, session_id, excluded)
             # store.run directly (not _run): this is the hot path, one coroutine fewer.
             reply = await self.store.run(
@@ -436,17 +430,12 @@ class ModelProfileManager(EventSource):
         script_keys = self._report_keys
         args = [*self._cfg_args, header, message] if message else [*self._cfg_args, header]
         if pick_next:
-            script_keys = self._static
-            exclude = list(exclude)
-            if model is not None or session_id is not None or exclude:
-                # (the script skips the reported profile itself: no need to send it)
-                spec, keys = self._selection_spec(
-                    model, session_id, [e for e in exclude if e != profile_id]
-                )
-                if keys:
-                    script_keys = [*self._static, *keys]
-                if spec is not None:
-                    args = [*self._cfg_args, header, message, spec]
+            # (the script skips the reported profile itself: no need to send it)
+            exclude = [e for e in exclude if e != profile_id]
+            spec, keys = self._selection_spec(model, session_id, exclude)
+            script_keys = [*self._static, *keys] if keys else self._static
+            if spec is not None:
+                args = [*self._cfg_args, header, message, spec]
         reply = await self.store.run("model_report", script_keys, args)
         head = str(reply[0])
         if head.startswith("corrupt,"):
@@ -549,11 +538,10 @@ class ModelProfileManager(EventSource):
     async def _credential(
         self, selection: ModelSelection, session_id: str | None
     ) -> tuple[Secret | None, str | None]:
-        """The secret to call with, and the pool key id when the profile is pool-backed."""
+        """The secret of an ``oauth`` or ``pool`` profile (which may need I/O), and the pool
+        key id when the profile is pool-backed; the other kinds: :meth:`_direct_secret`."""
         profile = selection.profile
         auth = profile.auth
-        if auth.kind in _DIRECT_AUTH:
-            return self._direct_secret(profile), None
         if auth.kind == "oauth":
             return await self._oauth_token(profile.id, str(auth.value)), None
         # pool

@@ -41,6 +41,7 @@ _SNAPSHOT_FORMAT = 1
 _CORRUPT_RETRIES = 8
 _BILLING = FailureKind.BILLING
 # The reports are given only the first static keys they touch (see lua/_pool.lua).
+_ALL_KEYS = 7
 _KEYS_NEEDED = {"mark_success": 2, "mark_failed": 5}
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -68,7 +69,7 @@ class AuthProfileManager(EventSource):
         self.config = config or AuthConfig()
         self._index = IndexKeys(store.namespace)
         self._pool_keys: dict[str, PoolKeys] = {}
-        self._static_keys: dict[str, list[bytes]] = {}
+        self._static_keys: dict[tuple[str, int], list[bytes]] = {}
         self._pool_of: dict[str, str] = {}
         self._parsed = ParsedDefinitions(self._parse_definition)
         self._sleep = sleep
@@ -105,14 +106,13 @@ class AuthProfileManager(EventSource):
             keys = self._pool_keys[provider] = PoolKeys(self.store.namespace, provider)
         return keys
 
-    def _static(self, provider: str, script: str = "") -> list[bytes]:
-        """The pool's static keys a script receives (all seven, or the first ones the
-        reports need), encoded once: they are on every hot path."""
-        cache_key = provider + "\0" + script if script in _KEYS_NEEDED else provider
-        static = self._static_keys.get(cache_key)
+    def _static(self, provider: str, count: int = _ALL_KEYS) -> list[bytes]:
+        """The first ``count`` of the pool's static keys (all seven, or the ones a report
+        needs), encoded once: they are on every hot path."""
+        static = self._static_keys.get((provider, count))
         if static is None:
-            keys = self._keys(provider).all_static()[: _KEYS_NEEDED.get(script, 7)]
-            static = self._static_keys[cache_key] = [k.encode() for k in keys]
+            keys = self._keys(provider).all_static()[:count]
+            static = self._static_keys[provider, count] = [k.encode() for k in keys]
         return static
 
     async def _providers(self) -> list[str]:
@@ -153,12 +153,13 @@ class AuthProfileManager(EventSource):
             provider = await self._locate(profile_id, refresh=True)
             if provider is None:
                 return None, None
-        reply = await self.store.run(script, self._static(provider, script), args)
+        count = _KEYS_NEEDED.get(script, _ALL_KEYS)
+        reply = await self.store.run(script, self._static(provider, count), args)
         if _is_missing(reply):
             fresh = await self._locate(profile_id, refresh=True)
             if fresh is not None and fresh != provider:
                 provider = fresh
-                reply = await self.store.run(script, self._static(provider, script), args)
+                reply = await self.store.run(script, self._static(provider, count), args)
         return provider, reply
 
     # -- profiles ------------------------------------------------------------------------
@@ -276,7 +277,9 @@ class AuthProfileManager(EventSource):
         model: str | None,
         exclude: Iterable[str],
     ) -> tuple[AuthProfile | None, int | None]:
-        script_keys = self._static_keys.get(provider) or self._static(validate_name(provider))
+        script_keys = self._static_keys.get((provider, _ALL_KEYS)) or self._static(
+            validate_name(provider)
+        )
         ttl_ms: int | str = ""
         if session_id is not None and self.config.session_sticky:
             session_key = self._keys(provider).session(validate_session_id(session_id))

@@ -58,9 +58,10 @@ local function emit(etype, id, data, now)
   if HOLD then held = e else xadd(e) end
 end
 
--- A definition: returns (def, raw, nil), (nil, nil, 'missing') or (nil, raw, broken field).
-local function load_def(id)
-  local raw = redis.call('HGET', K_PROFILES, id)
+-- A definition, decoded and checked (raw: its stored text when already read, else it is read
+-- here): returns (def, raw, nil), (nil, nil, 'missing') or (nil, raw, broken field).
+local function load_def(id, raw)
+  if raw == nil then raw = redis.call('HGET', K_PROFILES, id) end
   if not raw then return nil, nil, 'missing' end
   local d = decode(raw)
   if not d then return nil, raw, 'definition' end
@@ -250,6 +251,17 @@ local function rare()
   return R
 end
 
+-- The epoch (text) of a breaker record that is closed, read in place without decoding it
+-- (peek in _lib.lua), else nil. Only the values a decision reads this way are trusted: a
+-- field broken elsewhere in the record is reported by the next report that decodes it, and by
+-- the status.
+local function closed_epoch(raw)
+  if string.byte(raw) ~= 123 or not peek(raw, '"state":', '^"state":"(closed)"[,}]') then  -- '{'
+    return nil
+  end
+  return peek(raw, '"epoch":', '^"epoch":(%d+)[,}]') or nil
+end
+
 -- Whether a profile's breaker admits a call now (sticky_only: only a closed breaker does, no
 -- probe). Returns (epoch, probe token: '' for an ordinary call) when it does, else
 -- (nil, soonest recovery ms or nil, broken field or nil). Persists what it changed.
@@ -257,14 +269,13 @@ local function admit(id, now, sticky_only)
   local raw = redis.call('HGET', K_BREAKERS, id)
   if not raw then return 0, '' end  -- no record yet: closed, epoch 0
   -- A closed breaker with no cooldown running is admitted without decoding its record (that
-  -- was ~10% of a selection's instructions, measured with callgrind): only the three values
-  -- a selection needs are read, and trusted; a field broken elsewhere in the record is
-  -- reported by the next report and by the status. Anything else takes the full path.
-  if string.byte(raw) == 123 and peek(raw, '"state":', '^"state":"(closed)"[,}]') then  -- '{'
-    local epoch = tonumber(peek(raw, '"epoch":', '^"epoch":(%d+)[,}]'))
+  -- was ~10% of a selection's instructions, measured with callgrind). Anything else takes
+  -- the full path.
+  local epoch = closed_epoch(raw)
+  if epoch then
     local cooldown = peek(raw, '"cooldown_until_ms":', '^"cooldown_until_ms":(%d+)[,}]')
-    if epoch and (cooldown == nil or (cooldown and tonumber(cooldown) <= now)) then
-      return epoch, ''
+    if cooldown == nil or (cooldown and tonumber(cooldown) <= now) then
+      return tonumber(epoch), ''
     end
   end
   local b, bad = parse_breaker(raw)
@@ -308,7 +319,7 @@ local function view_def(id)
   if (enabled == 'true' or enabled == 'false') and not string.find(text, '\\', 1, true) then
     return {enabled = enabled == 'true', default_model = default, models_text = text}, raw
   end
-  return load_def(id)
+  return load_def(id, raw)
 end
 
 -- The model list of a view_def view (made from the head's text on first use).

@@ -31,22 +31,6 @@ local now = nil
 if pick_next or cooldown or (outcome ~= 'success' and outcome ~= 'release') then now = now_ms() end
 
 HOLD = pick_next  -- see emit in _model.lua
--- A success on a closed breaker in its steady state (the epoch it was selected in, a window
--- of successes only, no failure streak) changes nothing; that is seen without decoding the
--- record (as admit does in _model.lua; the decode was ~15% of this report's instructions).
--- Returns the epoch's text then, else nil (the full path).
-local function steady_success(raw)
-  if string.byte(raw) ~= 123 or not peek(raw, '"state":', '^"state":"(closed)"[,}]') then
-    return nil
-  end
-  local current = peek(raw, '"epoch":', '^"epoch":(%d+)[,}]')
-  if not current or (epoch ~= '' and tonumber(epoch) ~= tonumber(current)) then return nil end
-  local window = peek(raw, '"window":', '^"window":"(0*)"[,}]')
-  local size = tonumber(string.match(ARGV[2], '^[^,]*,([^,]*)'))
-  if not window or #window ~= size then return nil end
-  if not peek(raw, '"streak":', '^"streak":([%[{][%]}])[,}]') then return nil end
-  return current
-end
 
 local head
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then
@@ -54,7 +38,7 @@ if redis.call('HEXISTS', K_PROFILES, id) == 0 then
 else
   local raw = redis.call('HGET', K_BREAKERS, id)
   local steady = raw and outcome == 'success' and token == '' and not cooldown
-    and steady_success(raw)
+    and steady_success(raw, epoch)
   if steady then
     head = 'recorded,closed,' .. steady .. ','
   else

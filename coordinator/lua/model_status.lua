@@ -10,15 +10,13 @@ local rows = {}
 local ids = redis.call('HKEYS', K_PROFILES)
 table.sort(ids)
 for _, id in ipairs(ids) do
-  local raw_def = redis.call('HGET', K_PROFILES, id) or ''
-  local _, _, bad = load_def(id)
-  local b, bbad = parse_breaker(redis.call('HGET', K_BREAKERS, id))
-  if b then
-    if b.state ~= 'closed' and rare().refresh(id, b, now) then
-      redis.call('HSET', K_BREAKERS, id, cjson.encode(b))
-    end
+  local _, raw_def, bad = load_def(id)
+  local raw_b = redis.call('HGET', K_BREAKERS, id)
+  local b, bbad = parse_breaker(raw_b)
+  if b and b.state ~= 'closed' and rare().refresh(id, b, now) then
+    raw_b = cjson.encode(b)
+    redis.call('HSET', K_BREAKERS, id, raw_b)
   end
-  local raw_b = redis.call('HGET', K_BREAKERS, id) or ''
-  rows[#rows + 1] = {id, raw_def, raw_b, bad or bbad or ''}
+  rows[#rows + 1] = {id, raw_def or '', raw_b or '', bad or bbad or ''}
 end
 return {now, rows}
