@@ -30,8 +30,7 @@
 -- first use. JSON is decoded only when a record exists, the configuration only when a
 -- decision needs it.
 
-local K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local MARG = 3
+--!include _model_base.lua
 local PAGE = 16
 local FIRST_PAGE_END = '15'  -- PAGE - 1, as text
 -- The configuration, once parsed (rare().conf()).
@@ -249,17 +248,6 @@ local function rare()
   end
 
   return R
-end
-
--- The epoch (text) of a breaker record that is closed, read in place without decoding it
--- (peek in _lib.lua), else nil. Only the values a decision reads this way are trusted: a
--- field broken elsewhere in the record is reported by the next report that decodes it, and by
--- the status.
-local function closed_epoch(raw)
-  if string.byte(raw) ~= 123 or not peek(raw, '"state":', '^"state":"(closed)"[,}]') then  -- '{'
-    return nil
-  end
-  return peek(raw, '"epoch":', '^"epoch":(%d+)[,}]') or nil
 end
 
 -- Whether a profile's breaker admits a call now (sticky_only: only a closed breaker does, no

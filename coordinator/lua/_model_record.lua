@@ -2,24 +2,6 @@
 -- model_report only, so that selection does not pay for defining this function; the
 -- transitions it may make are in rare(), see _model.lua).
 
--- The window size (the configuration's second field), without parsing the rest of it.
-local function window_size()
-  return C and C.window or tonumber(string.match(ARGV[2], '^[^,]*,([^,]*)'))
-end
-
--- A success on a closed breaker in its steady state (the epoch it was selected in, epoch ''
--- for the current one; a full window of successes; no failure streak) changes nothing; that is
--- seen without decoding the record (see closed_epoch in _model.lua; the decode was ~15% of a
--- success report's instructions, callgrind). Returns the epoch's text then, else nil.
-local function steady_success(raw, epoch)
-  local current = closed_epoch(raw)
-  if not current or (epoch ~= '' and tonumber(epoch) ~= tonumber(current)) then return nil end
-  local window = peek(raw, '"window":', '^"window":"(0*)"[,}]')
-  if not window or #window ~= window_size() then return nil end
-  if not peek(raw, '"streak":', '^"streak":([%[{][%]}])[,}]') then return nil end
-  return current
-end
-
 -- Record the outcome of one call. outcome: 'success' | 'failure' | 'release' (the call did not
 -- test the provider: free its probe permit, change nothing else) | 'unusable' (the credential
 -- could not be obtained: free the permit, cool down for the given time, no breaker count). epoch '' means "current"
@@ -103,19 +85,26 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     end
     return 'recorded', changed or cooldown_set
   end
-  local C = rare().conf()
+  -- The five settings this needs, read from ARGV[2] (its first five fields, see _model.lua)
+  -- in one match: rare().conf() parses all twelve and creates the rare helpers, ~6% of a
+  -- failover hop's instructions (callgrind); only a failure that opens the breaker needs them.
+  local threshold, window, min_calls, rate, decay =
+    string.match(ARGV[2], '^(%d+),(%d+),(%d+),([^,]+),(%d+),')
+  -- (arithmetic converts a text itself: cheaper than calls of tonumber)
+  threshold, window, min_calls, rate, decay =
+    threshold + 0, window + 0, min_calls + 0, rate + 0, decay + 0
   local streak = {}
   for _, t in ipairs(b.streak) do
-    if now - t <= C.decay then streak[#streak + 1] = t end
+    if now - t <= decay then streak[#streak + 1] = t end
   end
   streak[#streak + 1] = now
   b.streak = streak
-  b.window = string.sub(b.window .. '1', -C.window)
-  if #streak >= C.threshold then
-    R.open_breaker(id, b, now, 'consecutive-failures', kind)
-  elseif #b.window >= C.min_calls then
+  b.window = string.sub(b.window .. '1', -window)
+  if #streak >= threshold then
+    rare().open_breaker(id, b, now, 'consecutive-failures', kind)
+  elseif #b.window >= min_calls then
     local _, fails = string.gsub(b.window, '1', '')
-    if fails / #b.window >= C.rate then R.open_breaker(id, b, now, 'failure-rate', kind) end
+    if fails / #b.window >= rate then rare().open_breaker(id, b, now, 'failure-rate', kind) end
   end
   return 'recorded', true
 end

@@ -18,39 +18,43 @@
 --   a pick emits profile:failover {from, to} once.
 -- Redis TIME is only read when needed: a success or release in a closed state without a
 -- cooldown does not need the clock (the hot path).
---!include _model.lua
---!include _model_record.lua
+--!include _model_base.lua
 
 local outcome, kind, cooldown_text, epoch, token, pick, id = string.match(ARGV[MARG],
   '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([01]),(.+)$')
 if not outcome then return redis.error_reply('model_report: malformed ARGV[3]') end
-local message = ARGV[MARG + 1] or ''
 local pick_next = pick == '1'
 local cooldown = tonumber(cooldown_text)
+local exists = redis.call('HEXISTS', K_PROFILES, id) == 1
+local raw = exists and redis.call('HGET', K_BREAKERS, id)
+-- The hot path: a success on a breaker in its steady state changes nothing, and returns here,
+-- before the helpers below are even defined (see _model_base.lua).
+if raw and outcome == 'success' and token == '' and not cooldown and not pick_next then
+  local steady = steady_success(raw, epoch)
+  if steady then return {'recorded,closed,' .. steady .. ','} end
+end
+
+--!include _model.lua
+--!include _model_record.lua
+
+local message = ARGV[MARG + 1] or ''
 local now = nil
 if pick_next or cooldown or (outcome ~= 'success' and outcome ~= 'release') then now = now_ms() end
 
 HOLD = pick_next  -- see emit in _model.lua
 
 local head
-if redis.call('HEXISTS', K_PROFILES, id) == 0 then
+if not exists then
   head = 'missing,,-1,'
 else
-  local raw = redis.call('HGET', K_BREAKERS, id)
-  local steady = raw and outcome == 'success' and token == '' and not cooldown
-    and steady_success(raw, epoch)
-  if steady then
-    head = 'recorded,closed,' .. steady .. ','
+  local b, bad = parse_breaker(raw)
+  if not b then
+    head = 'corrupt,,-1,' .. bad
   else
-    local b, bad = parse_breaker(raw)
-    if not b then
-      head = 'corrupt,,-1,' .. bad
-    else
-      if now == nil and b.state ~= 'closed' then now = now_ms() end
-      local status, changed = record(id, b, now, outcome, kind, message, epoch, token, cooldown)
-      if changed then redis.call('HSET', K_BREAKERS, id, cjson.encode(b)) end
-      head = status .. ',' .. b.state .. ',' .. int(b.epoch) .. ','
-    end
+    if now == nil and b.state ~= 'closed' then now = now_ms() end
+    local status, changed = record(id, b, now, outcome, kind, message, epoch, token, cooldown)
+    if changed then redis.call('HSET', K_BREAKERS, id, cjson.encode(b)) end
+    head = status .. ',' .. b.state .. ',' .. int(b.epoch) .. ','
   end
 end
 
