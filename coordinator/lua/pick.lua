@@ -157,7 +157,7 @@ if not chosen and strategy ~= 'priority' and strategy ~= 'random' then
   while not chosen do
     local size = page_size(offset)
     local page
-    if offset == 0 then  -- the common case, with its bounds as text (see EVENTS_MAXLEN)
+    if offset == 0 then  -- the common case (page_size(0) is 1), bounds as text (see EVENTS_MAXLEN)
       page = redis.call('ZRANGE', K_READY, '0', '0', 'WITHSCORES')
     else
       page = redis.call('ZRANGE', K_READY, offset, offset + size - 1, 'WITHSCORES')
