@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,9 @@ __all__ = ["Backend", "Store", "connect"]
 Backend = Literal["redis", "sentinel", "cluster", "memory"]
 ENV_URL = "COORDINATOR_REDIS_URL"
 ENV_SECRET_KEY = "COORDINATOR_SECRET_KEY"
+
+# The start of Redis's answer to an FCALL of a function it does not have (redis-py drops "ERR").
+_NO_FUNCTION = "Function not found"
 
 _UNAVAILABLE = (
     rexc.ConnectionError,
@@ -137,16 +139,10 @@ class Store:
         self.namespace = namespace
         self.box = box
         self.time_offset_ms = 0
-        # name -> (sha1, source). The runner is ours rather than redis-py's Script: it is the
-        # hot path of every operation, and calling EVALSHA directly saves ~10 µs per call.
-        self._scripts: dict[str, tuple[str, str]] = {
-            name: (
-                # The script cache's own name for it (SHA1), not a security measure.
-                hashlib.sha1(
-                    scripts.script_source(name).encode(), usedforsecurity=False
-                ).hexdigest(),
-                scripts.script_source(name),
-            )
+        # name -> (function name, library source). The runner is ours rather than redis-py's:
+        # it is the hot path of every operation, and calling FCALL directly saves ~10 µs.
+        self._functions: dict[str, tuple[str, str]] = {
+            name: (scripts.function_name(name), scripts.library_source(name))
             for name in scripts.script_names()
         }
         self._persist_path = persist_path
@@ -180,25 +176,29 @@ class Store:
                 f"{what} failed on {self.url}: {type(exc).__name__}: {str(exc)[:200]}"
             ) from exc
 
-    def script_sha(self, name: str) -> str:
-        """The SHA1 under which operation ``name`` is cached by Redis."""
-        return self._scripts[name][0]
+    def function_name(self, name: str) -> str:
+        """The name under which operation ``name`` is loaded on the server (its library's and
+        its function's)."""
+        return self._functions[name][0]
 
     async def run(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
-        """Run one Lua operation in one round trip: EVALSHA, and on NOSCRIPT (a flushed or
-        restarted server) SCRIPT LOAD and EVALSHA again. Keys may be pre-encoded bytes."""
-        sha, source = self._scripts[name]
+        """Run one Lua operation in one round trip: FCALL, and when the server does not have
+        the function (a flushed or restarted server, a new cluster node) FUNCTION LOAD and
+        FCALL again. Keys may be pre-encoded bytes."""
+        function, source = self._functions[name]
         client = self._client
         # Inline rather than `guard()`: this is the hot path of every operation.
         try:
             try:
                 result = await client.execute_command(
-                    "EVALSHA", sha, len(keys), *keys, self.time_offset_ms, *args
+                    "FCALL", function, len(keys), *keys, self.time_offset_ms, *args
                 )
-            except rexc.NoScriptError:
-                await client.script_load(source)
+            except rexc.ResponseError as exc:
+                if not str(exc).startswith(_NO_FUNCTION):
+                    raise
+                await client.function_load(source, replace=True)
                 result = await client.execute_command(
-                    "EVALSHA", sha, len(keys), *keys, self.time_offset_ms, *args
+                    "FCALL", function, len(keys), *keys, self.time_offset_ms, *args
                 )
         except _UNAVAILABLE as exc:
             raise StoreUnavailableError(
@@ -226,17 +226,26 @@ class Store:
         async with self.guard("PING"):
             await self._client.ping()
 
-    async def load_scripts(self) -> None:
-        """``SCRIPT LOAD`` every operation now, so that a Lua error shows at connect time and
-        the first call of each operation is one round trip (NOSCRIPT still reloads later)."""
-        async with self.guard("SCRIPT LOAD"):
-            for name in scripts.script_names():
-                await self._client.script_load(scripts.script_source(name))
+    async def load_functions(self) -> None:
+        """``FUNCTION LOAD`` every operation now (on every primary of a cluster), so that a Lua
+        error shows at connect time and the first call of each operation is one round trip (a
+        function missing later is still loaded then). ``REPLACE``: a library's name holds the
+        digest of its code, so replacing one can only put the same code back, and two
+        replicas starting together do not fail on each other's load."""
+        async with self.guard("FUNCTION LOAD"):
+            for _, source in self._functions.values():
+                await self._client.function_load(source, replace=True)
 
-    async def flush_script_cache(self) -> None:
-        """``SCRIPT FLUSH`` everywhere (tests use it to prove NOSCRIPT reloads)."""
-        async with self.guard("SCRIPT FLUSH"):
-            await self._client.script_flush()
+    async def unload_functions(self) -> None:
+        """``FUNCTION DELETE`` this version's libraries (tests use it to prove that a missing
+        function is loaded again); other libraries on the server are left alone."""
+        async with self.guard("FUNCTION DELETE"):
+            for function, _ in self._functions.values():
+                try:
+                    await self._client.function_delete(function)
+                except rexc.ResponseError as exc:
+                    if "not found" not in str(exc).lower():
+                        raise
 
     def _schedule_persist(self) -> None:
         if self._persist_path is None or self._closed:
@@ -374,7 +383,7 @@ async def connect(
     )
     try:
         await store.ping()
-        await store.load_scripts()
+        await store.load_functions()
     except StoreUnavailableError:
         await store.close()
         raise

@@ -125,10 +125,10 @@ class ServerTimes:
         await client.slowlog_reset()
 
     async def medians(self, scripts: dict[str, str | tuple[str, str]]) -> dict[str, float]:
-        """Median duration per name of the EVALSHA calls of each script given, as name -> sha,
-        or name -> (sha, text) for only the calls with an argument starting with that text
-        (one script serving two operations); then the log is cleared and logging switched off
-        again."""
+        """Median duration per name of the calls of each script given, as name -> its SHA1
+        (EVALSHA) or function name (FCALL), or name -> (either, text) for only the calls with
+        an argument starting with that text (one script serving two operations); then the log
+        is cleared and logging switched off again."""
         client = self._store.client
         entries = await client.execute_command("SLOWLOG", "GET", 1_000_000)
         await client.config_set("slowlog-log-slower-than", 10_000)
@@ -138,7 +138,7 @@ class ServerTimes:
         for entry in entries:
             words = entry["command"].split() if isinstance(entry, dict) else entry[3]
             words = [w.decode() if isinstance(w, bytes) else str(w) for w in words]
-            if len(words) < 2 or words[0].upper() != "EVALSHA":
+            if len(words) < 2 or words[0].upper() not in ("EVALSHA", "FCALL"):
                 continue
             for name, (sha, text) in wanted.items():
                 if words[1] == sha and (not text or any(w.startswith(text) for w in words[2:])):

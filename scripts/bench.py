@@ -122,8 +122,8 @@ async def _measure_pool(
         async def continue_between(i: int) -> None:
             await between(iterations + i)  # the pass goes on where the timed one stopped
 
-        shas = {op: store.script_sha(script) for op, script in _SCRIPTS.items()}
-        scripts: dict[str, str | tuple[str, str]] = {"bare": BARE_SHA, BUSY: BUSY_SHA, **shas}
+        names = {op: store.function_name(script) for op, script in _SCRIPTS.items()}
+        scripts: dict[str, str | tuple[str, str]] = {"bare": BARE_SHA, BUSY: BUSY_SHA, **names}
         redis_us = await server.measure(ops, scripts, between=continue_between)
     bare_median = timings["bare"]["median"]
     return [

@@ -3,12 +3,13 @@
 Usage: ``python scripts/bench_instructions.py [--calls N]`` (``make bench-instructions``).
 Starts a throw-away ``redis-server`` under ``valgrind --tool=callgrind`` on a free loopback
 port, runs the operations of ``make bench`` (pool of 10 and of 10,000 profiles; the model
-operations) ``N`` times each, and prints the instructions Redis executed inside their EVALSHA
-calls (scripts, the commands they run, converting arguments and replies), per call and as a
-multiple of a bare EVALSHA of ``return 1``. Not counted: the network, the event loop, parsing
-the request. Unlike times, these counts do not move with the machine's load (two runs agree
-within ~1%: hashing and garbage collection vary a little), so they show what a change to a
-script costs or saves; they hold for the Redis build they were taken on (printed).
+operations) ``N`` times each, and prints the instructions Redis executed inside their FCALL
+calls (functions, the commands they run, converting arguments and replies), per call and as a
+multiple of a bare EVALSHA of ``return 1`` (the bare round trip of ``make bench``; a bare FCALL
+of a function returning 1 is printed too, for comparison). Not counted: the network, the event
+loop, parsing the request. Unlike times, these counts do not move with the machine's load (two
+runs agree within ~1%: hashing and garbage collection vary a little), so they show what a
+change to a script costs or saves; they hold for the Redis build they were taken on (printed).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,7 +34,7 @@ from scripts._benchlib import Op, Step, bare_round_trip
 from scripts.bench import pool_ops
 from scripts.bench_models import EXECUTE, HOP, SELECT, model_ops
 
-COLLECTED = "evalShaCommand"  # callgrind counts only inside this Redis function
+COLLECTED = ("evalShaCommand", "fcallCommand")  # callgrind counts only inside these
 
 
 class Callgrind:
@@ -69,7 +71,7 @@ class Callgrind:
 
 async def _count(counter: Callgrind, op: Op, calls: int, between: Step | None = None) -> float:
     """Instructions per call of ``op`` (``between`` runs after each call, and must not send
-    Redis an EVALSHA: it would be counted)."""
+    Redis an EVALSHA or an FCALL: it would be counted)."""
     counter.zero()
     for i in range(calls):
         await op()
@@ -85,6 +87,17 @@ async def measure(url: str, counter: Callgrind, calls: int) -> list[tuple[str, i
     try:
         bare = await bare_round_trip(store)
         rows.append(("bare round trip (EVALSHA return 1)", 1, await _count(counter, bare, calls)))
+        name = "bench_return_1"
+        await store.client.function_load(
+            f"#!lua name={name}\nredis.register_function('{name}', function() return 1 end)",
+            replace=True,
+        )
+
+        async def bare_fcall() -> Any:
+            return await store.client.execute_command("FCALL", name, 1, b"bench")
+
+        await bare_fcall()
+        rows.append(("bare FCALL (return 1)", 1, await _count(counter, bare_fcall, calls)))
         for size in (10, 10_000):
             ops, between = await pool_ops(store, size)
             for name, op in ops.items():
@@ -126,7 +139,7 @@ def report(rows: list[tuple[str, int, float]], version: str) -> str:
     """The table: instructions per call and per script, and the multiple of the bare call."""
     bare = rows[0][2]
     lines = [
-        f"Redis {version}: instructions inside EVALSHA, per call (callgrind)",
+        f"Redis {version}: instructions inside EVALSHA and FCALL, per call (callgrind)",
         "",
         f"{'operation':<40}{'scripts':>8}{'instructions':>14}{'× bare':>9}",
         "-" * 71,
@@ -148,7 +161,8 @@ def main() -> int:
     out_dir = tempfile.mkdtemp(prefix="coordinator-callgrind-")
     wrapper = [
         "valgrind", "--tool=callgrind", "--collect-atstart=no",
-        f"--toggle-collect={COLLECTED}", f"--callgrind-out-file={out_dir}/callgrind.%p",
+        *(f"--toggle-collect={name}" for name in COLLECTED),
+        f"--callgrind-out-file={out_dir}/callgrind.%p",
     ]  # fmt: skip
     try:
         with RedisServer(wrapper=wrapper) as server:

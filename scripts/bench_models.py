@@ -128,7 +128,8 @@ async def run(
         timings = await interleaved_medians(ops, iterations, between=reset)
         redis_us: dict[str, float] = {}
         if server_times:
-            pick, report = store.script_sha("model_select"), store.script_sha("model_report")
+            pick = store.function_name("model_select")
+            report = store.function_name("model_report")
             times = await ServerTimes(store).measure(
                 ops,
                 {

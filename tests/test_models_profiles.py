@@ -515,11 +515,11 @@ async def test_env_profile_whose_variable_is_unset_here_is_skipped_not_punished(
     assert await fresh.execute(call) == "envy"
 
 
-async def test_breakers_survive_a_new_manager_and_a_script_flush(store: Store) -> None:
+async def test_breakers_survive_a_new_manager_and_deleted_functions(store: Store) -> None:
     manager = model_manager(store)
     await add_three(manager)
     await fail(manager, 3)
-    await store.flush_script_cache()
+    await store.unload_functions()
     fresh = model_manager(store)
     sel = await fresh.select_profile()
     assert sel is not None and sel.profile_id == "secondary"

@@ -324,8 +324,8 @@ async def test_all_oauth_keys_share_one_hash_slot(store: Store) -> None:
     assert len({key_slot(key.encode()) for key in shapes}) == 1
 
 
-async def test_scripts_reload_after_a_script_cache_flush(store: Store) -> None:
-    await store.flush_script_cache()
+async def test_functions_are_loaded_again_after_they_are_deleted(store: Store) -> None:
+    await store.unload_functions()
     assert (await save(store, "p1:a"))[0] == 1
     assert (await acquire(store, "p1:a", "o1"))["code"] == "fresh"
 

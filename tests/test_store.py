@@ -1,10 +1,12 @@
-"""The store: URLs, errors at the boundary, NOSCRIPT reloads, round trips, persistence."""
+"""The store: URLs, errors at the boundary, functions loaded again, round trips, persistence."""
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,11 +68,11 @@ async def test_storing_a_key_on_redis_without_secret_key_is_refused(
         await store.close()
 
 
-async def test_scripts_reload_after_the_script_cache_is_flushed(store: coordinator.Store) -> None:
+async def test_functions_are_loaded_again_after_they_are_deleted(store: coordinator.Store) -> None:
     manager = manager_for(store)
     await add_keys(manager, 2)
     assert await manager.get_next_profile("openai") is not None
-    await store.flush_script_cache()
+    await store.unload_functions()
     assert await manager.get_next_profile("openai") is not None
     assert (await manager.mark_failed("key-0", "x", kind="server")).status == "cooling"
     assert await manager.mark_success("key-1")
@@ -115,7 +117,7 @@ async def test_hot_operations_are_one_round_trip_each(store: coordinator.Store) 
         for name, operation in operations.items():
             sent.clear()
             await operation()
-            assert sent == ["EVALSHA"], name
+            assert sent == ["FCALL"], name
     finally:
         del store.client.execute_command
 
@@ -325,11 +327,42 @@ async def test_one_manager_per_process_and_a_different_config_is_an_error() -> N
         await reset_auth_profile_manager()
 
 
-async def test_script_flush_reaches_every_node(store: coordinator.Store) -> None:
+def _libraries(listing: Any) -> set[str]:
+    """Library names in a FUNCTION LIST answer (a cluster client answers per node)."""
+    nodes = listing.values() if isinstance(listing, dict) else [listing]
+    names: set[str] = set()
+    for libraries in nodes:
+        for library in libraries:
+            entry = dict(zip(library[::2], library[1::2], strict=True))
+            name = entry.get(b"library_name", entry.get("library_name"))
+            names.add(name.decode() if isinstance(name, bytes) else str(name))
+    return names
+
+
+async def test_unload_reaches_every_node_and_spares_other_libraries(
+    store: coordinator.Store,
+) -> None:
     from coordinator import scripts
 
-    sha = store.script_sha("pick")
-    assert sha == __import__("hashlib").sha1(scripts.script_source("pick").encode()).hexdigest()
-    await store.flush_script_cache()
-    exists = await store.client.script_exists(sha)
-    assert not any(exists if isinstance(exists, list) else [exists])
+    name = store.function_name("pick")
+    assert name == scripts.function_name("pick")
+    assert re.fullmatch(r"coordinator_pick_[0-9a-f]{16}", name)
+    # Another version of the package (a rolling deploy) has its own library for the same
+    # operation; loading and unloading this version's leave it alone.
+    other = "coordinator_pick_0123456789abcdef"
+    await store.client.function_load(
+        f"#!lua name={other}\nredis.register_function('{other}', function() return 1 end)",
+        replace=True,
+    )
+    await store.load_functions()
+    assert {name, other} <= _libraries(await store.client.function_list())
+    await store.unload_functions()
+    listed = _libraries(await store.client.function_list())
+    assert other in listed and not any(
+        n.startswith("coordinator_pick_") and n != other for n in listed
+    )
+    manager = manager_for(store)
+    await add_keys(manager, 1)
+    assert await manager.get_next_profile("openai") is not None  # loaded again on first use
+    assert name in _libraries(await store.client.function_list())
+    await store.client.function_delete(other)

@@ -1,8 +1,28 @@
--- _lib.lua: helpers shared by every operation; prepended to each script at load time.
+-- _lib.lua: helpers shared by every operation; the first part of each operation's function
+-- library (see coordinator/scripts.py). Libraries run once, when the function library loads;
+-- the operation's body runs on every call, with KEYS and ARGV set by register() below.
 -- Every operation receives the test clock offset (ms, zero in production) as ARGV[1].
 -- A script that needs more shared code names it on a line of its own: --!include _pool.lua
 
-local OFFSET_MS = tonumber(ARGV[1]) or 0
+-- The call's keys and arguments (upvalues of every helper, set before each call) and the
+-- clock offset taken from ARGV[1].
+local KEYS, ARGV = nil, nil
+local OFFSET_MS = 0
+-- Per-call hooks: a library whose helpers keep state for one call (keys read from KEYS, a value
+-- computed once per call) adds a function here that sets that state; each call runs them all
+-- first, so nothing of an earlier call (or of one that failed halfway) is ever seen.
+local BEGIN = {}
+
+-- Register the operation's body (coordinator/scripts.py makes every operation one function).
+local function register(name, body)
+  redis.register_function(name, function(keys, args)
+    KEYS, ARGV = keys, args
+    OFFSET_MS = tonumber(args[1]) or 0
+    for i = 1, #BEGIN do BEGIN[i]() end
+    return body()
+  end)
+end
+
 -- Text, not a number: Redis 7.0 formats every number a script passes to redis.call with
 -- snprintf("%.17g"), about 2,000 instructions each (measured with callgrind). Hot-path
 -- constants are therefore written as strings.

@@ -33,8 +33,9 @@
 --!include _model_base.lua
 local PAGE = 16
 local FIRST_PAGE_END = '15'  -- PAGE - 1, as text
--- The configuration, once parsed (rare().conf()).
-local C = nil
+-- The configuration as parsed by rare().conf(), and the text (ARGV[2]) it was parsed from: kept
+-- from call to call, parsed again only when a call brings another text.
+local C, C_TEXT = nil, nil
 
 -- emit_to (see _lib.lua) with the timestamp text made once per script (a failover emits two).
 -- With HOLD on (a failover report), the latest event is held back instead of written, so that
@@ -43,6 +44,9 @@ local C = nil
 -- held one first, so the order never changes.
 local TS, TS_NOW = nil, nil
 local HOLD, held = false, nil
+BEGIN[#BEGIN + 1] = function()
+  TS, TS_NOW, HOLD, held = nil, nil, false, nil
+end
 local function xadd(e)
   redis.call('XADD', K_EVENTS, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
     'type', e[1], 'profile', e[2], 'ts', e[4], 'data', cjson.encode(e[3]))
@@ -151,11 +155,13 @@ local function rare()
   -- The breaker configuration (ARGV[2]), decoded as one JSON array: cheaper than splitting
   -- twelve numbers with string patterns.
   function R.conf()
-    if C == nil then
+    if C_TEXT ~= ARGV[2] then
+      C_TEXT = nil  -- (a text that fails to parse must not be taken for the last one)
       local v = cjson.decode('[' .. ARGV[2] .. ']')
       C = {threshold = v[1], window = v[2], min_calls = v[3], rate = v[4], decay = v[5],
         reset = v[6], max_open = v[7], probes = v[8], probe_timeout = v[9], success = v[10],
         billing = v[11], max_retry = v[12]}
+      C_TEXT = ARGV[2]
     end
     return C
   end

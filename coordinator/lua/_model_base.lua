@@ -5,7 +5,10 @@
 -- upvalues, and the twenty of _model.lua and _model_record.lua were ~25% of that report's
 -- instructions, callgrind). The key and argument layout is described in _model.lua.
 
-local K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META
+BEGIN[#BEGIN + 1] = function()
+  K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+end
 local MARG = 3
 
 -- The epoch (text) of a breaker record that is closed, read in place without decoding it

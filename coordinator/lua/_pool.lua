@@ -13,12 +13,14 @@
 -- scripts are the hot path. The others are nil there.
 -- The cooldown truth is the cooling set; the state record only carries counters and history,
 -- so a state record edited into garbage never changes which profiles can be picked.
--- Every helper below is a closure that Lua creates on every call of every script including
--- this file, so this file holds only what the failure and success reports need; rotation and
--- recovery helpers are in _pool_rotation.lua, the rarer operations' in _pool_admin.lua.
+-- This file holds what the failure and success reports need; rotation and recovery helpers
+-- are in _pool_rotation.lua, the rarer operations' in _pool_admin.lua.
 
-local K_PROFILES, K_STATE, K_COOLING, K_READY = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local K_EVENTS, K_RANKED, K_META = KEYS[5], KEYS[6], KEYS[7]
+local K_PROFILES, K_STATE, K_COOLING, K_READY, K_EVENTS, K_RANKED, K_META
+BEGIN[#BEGIN + 1] = function()
+  K_PROFILES, K_STATE, K_COOLING, K_READY = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+  K_EVENTS, K_RANKED, K_META = KEYS[5], KEYS[6], KEYS[7]
+end
 
 -- Parse a stored state record; returns (state, nil) or (nil, broken_field). No record: {}.
 local function parse_state(raw)
