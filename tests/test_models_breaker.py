@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
-from coordinator import Store
+from coordinator import Store, StoreUnavailableError
 from coordinator.keys import ModelKeys
 from coordinator.testing import advance_time
 
@@ -454,3 +455,41 @@ async def test_a_success_on_a_steady_breaker_leaves_its_record_as_it_is(store: S
             assert after["window"] == window and not after["streak"], record
         else:
             assert after == orjson.loads(record)
+
+
+async def test_each_call_reads_its_own_keys_and_configuration(store: Store) -> None:
+    """The functions keep helpers and a parsed configuration between calls: a call must still
+    act on its own namespace's keys and its own breaker settings."""
+    other = Store(
+        store.client, backend=store.backend, url=store.url, namespace=f"{store.namespace}b",
+        box=store.box,
+    )  # fmt: skip
+    strict = model_manager(store, breaker={"failure_threshold": 1})
+    lenient = model_manager(other, breaker={"failure_threshold": 5})
+    await add_three(strict)
+    await add_three(lenient)
+    await fail(lenient, 1)
+    await fail(strict, 1)
+    await fail(lenient, 1)
+    assert (await breaker(store, "primary"))["state"] == "open"
+    assert (await breaker(store, "primary"))["failures_total"] == 1
+    held = await breaker(other, "primary")
+    assert held["state"] == "closed" and held["failures_total"] == 2 and len(held["streak"]) == 2
+
+
+async def test_a_call_that_fails_halfway_leaves_nothing_to_the_next(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failover report holds its failure event back for the failover; when the pick then
+    fails (here: a malformed selection spec), the next call must not write that event."""
+    manager = model_manager(store)
+    await add_three(manager)
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "primary"
+    monkeypatch.setattr(manager, "_selection_spec", lambda *args: ("not a spec", []))
+    with pytest.raises(StoreUnavailableError, match="malformed selection spec"):
+        await manager.get_next_available_profile(sel, kind="server")
+    monkeypatch.undo()
+    await manager.record_failure("secondary", "server", error="500")
+    assert "profile:failure" not in await event_types(store, "primary")
+    assert (await event_types(store, "secondary")).count("profile:failure") == 1

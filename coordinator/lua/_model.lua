@@ -23,19 +23,57 @@
 --   one by one (a success in a steady closed state writes nothing: it is the hot path).
 -- The function that records outcomes is in _model_record.lua (only model_report needs it).
 --
--- Cost notes (these scripts are the hot path; measured on Redis 7.0): every `local function`
--- is a new closure at every call (≈ 0.2 µs each, plus its garbage), so the common paths (a
--- closed breaker selected, a success or failure reported) use a handful of helpers and
--- everything else (transitions, probe permits, the configuration) is created by rare() on
--- first use. JSON is decoded only when a record exists, the configuration only when a
--- decision needs it.
+-- Cost notes (these scripts are the hot path; measured on Redis 7.0 with callgrind): JSON is
+-- decoded only when a decision needs more than a record read in place (peek in _lib.lua), and
+-- the configuration is parsed once per distinct text (conf()).
 
---!include _model_base.lua
+local K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META
+BEGIN[#BEGIN + 1] = function()
+  K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+end
+local MARG = 3
+
+local C, C_TEXT = nil, nil  -- the configuration parsed, and the text it was parsed from
+-- The breaker configuration (ARGV[2]), decoded as one JSON array (cheaper than splitting twelve
+-- numbers with string patterns), once per distinct text: the library keeps it between calls.
+local function conf()
+  if C_TEXT ~= ARGV[2] then
+    C_TEXT = nil  -- (a text that fails to parse must not be taken for the last one)
+    local v = cjson.decode('[' .. ARGV[2] .. ']')
+    C = {threshold = v[1], window = v[2], min_calls = v[3], rate = v[4], decay = v[5],
+      reset = v[6], max_open = v[7], probes = v[8], probe_timeout = v[9], success = v[10],
+      billing = v[11], max_retry = v[12]}
+    C_TEXT = ARGV[2]
+  end
+  return C
+end
+
+-- The epoch (text) of a breaker record that is closed, read in place without decoding it
+-- (peek in _lib.lua), else nil. Only the values a decision reads this way are trusted: a
+-- field broken elsewhere in the record is reported by the next report that decodes it, and by
+-- the status.
+local function closed_epoch(raw)
+  if string.byte(raw) ~= 123 or not peek(raw, '"state":', '^"state":"(closed)"[,}]') then  -- '{'
+    return nil
+  end
+  return peek(raw, '"epoch":', '^"epoch":(%d+)[,}]') or nil
+end
+
+-- A success on a closed breaker in its steady state (the epoch it was selected in, epoch ''
+-- for the current one; a full window of successes; no failure streak) changes nothing; that is
+-- seen without decoding the record (see closed_epoch above; the decode was ~15% of a
+-- success report's instructions, callgrind). Returns the epoch's text then, else nil.
+local function steady_success(raw, epoch)
+  local current = closed_epoch(raw)
+  if not current or (epoch ~= '' and tonumber(epoch) ~= tonumber(current)) then return nil end
+  local window = peek(raw, '"window":', '^"window":"(0*)"[,}]')
+  if not window or #window ~= conf().window then return nil end
+  if not peek(raw, '"streak":', '^"streak":([%[{][%]}])[,}]') then return nil end
+  return current
+end
+
 local PAGE = 16
 local FIRST_PAGE_END = '15'  -- PAGE - 1, as text
--- The configuration as parsed by rare().conf(), and the text (ARGV[2]) it was parsed from: kept
--- from call to call, parsed again only when a call brings another text.
-local C, C_TEXT = nil, nil
 
 -- emit_to (see _lib.lua) with the timestamp text made once per script (a failover emits two).
 -- With HOLD on (a failover report), the latest event is held back instead of written, so that
@@ -145,115 +183,92 @@ local function parse_breaker(raw)
   return b, nil
 end
 
--- The rarely needed helpers (a breaker that is not closed, a transition, a decision that needs
--- the configuration), created on first use only.
-local R = nil
-local function rare()
-  if R then return R end
-  R = {}
-
-  -- The breaker configuration (ARGV[2]), decoded as one JSON array: cheaper than splitting
-  -- twelve numbers with string patterns.
-  function R.conf()
-    if C_TEXT ~= ARGV[2] then
-      C_TEXT = nil  -- (a text that fails to parse must not be taken for the last one)
-      local v = cjson.decode('[' .. ARGV[2] .. ']')
-      C = {threshold = v[1], window = v[2], min_calls = v[3], rate = v[4], decay = v[5],
-        reset = v[6], max_open = v[7], probes = v[8], probe_timeout = v[9], success = v[10],
-        billing = v[11], max_retry = v[12]}
-      C_TEXT = ARGV[2]
+-- Drop expired probe permits; returns (count left, soonest expiry or nil, whether any
+-- dropped).
+local function live_permits(b, now)
+  local n, soonest, dropped = 0, nil, false
+  local permits = b.permits
+  for token, t in pairs(permits) do
+    if t <= now then
+      permits[token] = nil
+      dropped = true
+    else
+      n = n + 1
+      if soonest == nil or t < soonest then soonest = t end
     end
-    return C
   end
+  return n, soonest, dropped
+end
 
-  -- Drop expired probe permits; returns (count left, soonest expiry or nil, whether any
-  -- dropped).
-  function R.live_permits(b, now)
-    local n, soonest, dropped = 0, nil, false
-    local permits = b.permits
-    for token, t in pairs(permits) do
-      if t <= now then
-        permits[token] = nil
-        dropped = true
-      else
-        n = n + 1
-        if soonest == nil or t < soonest then soonest = t end
-      end
-    end
-    return n, soonest, dropped
-  end
-
-  -- Lazy transition open -> half-open on Redis time (announced once: this script persists it),
-  -- and expired permits dropped. For a breaker that is not closed (a closed one never changes
-  -- here). Returns whether the breaker changed and must be saved.
-  function R.refresh(id, b, now)
-    if b.state == 'open' then
-      if now < b.open_until_ms then return false end
-      b.state = 'half_open'
-      b.epoch = b.epoch + 1
-      b.permits = {}
-      b.probe_successes = 0
-      b.half_open_ms = now
-      emit('profile:circuit-half-open', id, {epoch = b.epoch, open_ms = b.open_ms or 0}, now)
-      return true
-    end
-    if next(b.permits) == nil then return false end
-    local _, _, dropped = R.live_permits(b, now)
-    return dropped
-  end
-
-  function R.open_breaker(id, b, now, reason, kind)
-    local C = R.conf()
-    local reopens = 0
-    if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
-    local period = math.min(C.max_open, C.reset * (2 ^ reopens))
-    period = math.floor(period)
-    b.state = 'open'
+-- Lazy transition open -> half-open on Redis time (announced once: this script persists it),
+-- and expired permits dropped. For a breaker that is not closed (a closed one never changes
+-- here). Returns whether the breaker changed and must be saved.
+local function refresh(id, b, now)
+  if b.state == 'open' then
+    if now < b.open_until_ms then return false end
+    b.state = 'half_open'
     b.epoch = b.epoch + 1
-    b.opened_ms = now
-    b.open_ms = period
-    b.open_until_ms = now + period
-    b.reopens = reopens
     b.permits = {}
     b.probe_successes = 0
-    b.streak = {}
-    b.window = ''
-    emit('profile:circuit-opened', id, {
-      reason = reason, kind = kind, epoch = b.epoch, open_ms = period,
-      until_ms = now + period, reopens = reopens
-    }, now)
+    b.half_open_ms = now
+    emit('profile:circuit-half-open', id, {epoch = b.epoch, open_ms = b.open_ms or 0}, now)
+    return true
   end
+  if next(b.permits) == nil then return false end
+  local _, _, dropped = live_permits(b, now)
+  return dropped
+end
 
-  function R.close_breaker(id, b, now)
-    local since = b.opened_ms or now
-    b.state = 'closed'
-    b.epoch = b.epoch + 1
-    b.reopens = 0
-    b.permits = {}
-    b.probe_successes = 0
-    b.streak = {}
-    b.window = ''
-    b.opened_ms = nil
-    b.open_until_ms = nil
-    b.half_open_ms = nil
-    emit('profile:circuit-closed', id, {epoch = b.epoch, after_ms = now - since}, now)
+local function open_breaker(id, b, now, reason, kind)
+  local c = conf()
+  local reopens = 0
+  if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
+  local period = math.min(c.max_open, c.reset * (2 ^ reopens))
+  period = math.floor(period)
+  b.state = 'open'
+  b.epoch = b.epoch + 1
+  b.opened_ms = now
+  b.open_ms = period
+  b.open_until_ms = now + period
+  b.reopens = reopens
+  b.permits = {}
+  b.probe_successes = 0
+  b.streak = {}
+  b.window = ''
+  emit('profile:circuit-opened', id, {
+    reason = reason, kind = kind, epoch = b.epoch, open_ms = period,
+    until_ms = now + period, reopens = reopens
+  }, now)
+end
+
+local function close_breaker(id, b, now)
+  local since = b.opened_ms or now
+  b.state = 'closed'
+  b.epoch = b.epoch + 1
+  b.reopens = 0
+  b.permits = {}
+  b.probe_successes = 0
+  b.streak = {}
+  b.window = ''
+  b.opened_ms = nil
+  b.open_until_ms = nil
+  b.half_open_ms = nil
+  emit('profile:circuit-closed', id, {epoch = b.epoch, after_ms = now - since}, now)
+end
+
+-- Whether a breaker that is not closed admits a call now (no probe for a sticky session).
+-- Returns (epoch, probe token) when it does, else (nil, soonest recovery ms or nil).
+local function admit_probe(id, b, now, sticky_only)
+  if sticky_only then return nil, nil end
+  if b.state == 'open' then return nil, b.open_until_ms end
+  local n, first = live_permits(b, now)
+  local c = conf()
+  if n < c.probes then
+    local token = 'p' .. int(redis.call('HINCRBY', K_META, 'probe_seq', 1))
+    b.permits[token] = now + c.probe_timeout
+    return b.epoch, token
   end
-
-  -- Whether a breaker that is not closed admits a call now (no probe for a sticky session).
-  -- Returns (epoch, probe token) when it does, else (nil, soonest recovery ms or nil).
-  function R.admit_probe(id, b, now, sticky_only)
-    if sticky_only then return nil, nil end
-    if b.state == 'open' then return nil, b.open_until_ms end
-    local n, first = R.live_permits(b, now)
-    if n < R.conf().probes then
-      local token = 'p' .. int(redis.call('HINCRBY', K_META, 'probe_seq', 1))
-      b.permits[token] = now + C.probe_timeout
-      return b.epoch, token
-    end
-    return nil, first
-  end
-
-  return R
+  return nil, first
 end
 
 -- Whether a profile's breaker admits a call now (sticky_only: only a closed breaker does, no
@@ -275,7 +290,7 @@ local function admit(id, now, sticky_only)
   local b, bad = parse_breaker(raw)
   if not b then return nil, nil, bad end
   local closed = b.state == 'closed'
-  local changed = not closed and rare().refresh(id, b, now)
+  local changed = not closed and refresh(id, b, now)
   local cooldown = b.cooldown_until_ms
   local epoch, token, soonest = nil, '', nil
   if cooldown and cooldown > now then
@@ -283,7 +298,7 @@ local function admit(id, now, sticky_only)
   elseif b.state == 'closed' then
     epoch = b.epoch
   else
-    epoch, soonest = R.admit_probe(id, b, now, sticky_only)
+    epoch, soonest = admit_probe(id, b, now, sticky_only)
     if epoch then
       token, soonest, changed = soonest, nil, true
     end

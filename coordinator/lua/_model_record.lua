@@ -1,6 +1,5 @@
 -- _model_record.lua: recording call outcomes into a breaker (included after _model.lua, by
--- model_report only, so that selection does not pay for defining this function; the
--- transitions it may make are in rare(), see _model.lua).
+-- model_report only; the transitions it may make are in _model.lua).
 
 -- Record the outcome of one call. outcome: 'success' | 'failure' | 'release' (the call did not
 -- test the provider: free its probe permit, change nothing else) | 'unusable' (the credential
@@ -12,7 +11,7 @@
 -- success in a steady closed state changes nothing). now may be nil for a success or release
 -- in a closed state without a cooldown (nothing on that path reads the clock).
 local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms)
-  local changed = b.state ~= 'closed' and rare().refresh(id, b, now)
+  local changed = b.state ~= 'closed' and refresh(id, b, now)
   local caller = outcome == 'failure' and kind == 'caller'
   if outcome == 'release' or outcome == 'unusable' or caller then
     if token ~= '' and b.permits[token] then
@@ -25,8 +24,8 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
   -- Cooldown: a Retry-After or an exhausted quota (also on a success), a billing failure, a
   -- credential that is not usable now.
   local cooldown = 0
-  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, rare().conf().max_retry) end
-  if outcome == 'failure' and kind == 'billing' then cooldown = math.max(cooldown, rare().conf().billing) end
+  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, conf().max_retry) end
+  if outcome == 'failure' and kind == 'billing' then cooldown = math.max(cooldown, conf().billing) end
   local cooldown_set = false
   if outcome ~= 'release' and cooldown > 0 and now + cooldown > (b.cooldown_until_ms or 0) then
     b.cooldown_until_ms = math.floor(now + cooldown)
@@ -68,16 +67,16 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     b.permits[token] = nil
     if outcome == 'success' then
       b.probe_successes = (b.probe_successes or 0) + 1
-      if b.probe_successes >= R.conf().success then R.close_breaker(id, b, now) end
+      if b.probe_successes >= conf().success then close_breaker(id, b, now) end
     else
-      R.open_breaker(id, b, now, 'probe-failed', kind)
+      open_breaker(id, b, now, 'probe-failed', kind)
     end
     return 'recorded', true
   end
 
   -- closed
   if outcome == 'success' then
-    local window = string.sub(b.window .. '0', -window_size())
+    local window = string.sub(b.window .. '0', -conf().window)
     if window ~= b.window or next(b.streak) ~= nil then
       b.streak = {}
       b.window = window
@@ -85,26 +84,20 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     end
     return 'recorded', changed or cooldown_set
   end
-  -- The five settings this needs, read from ARGV[2] (its first five fields, see _model.lua)
-  -- in one match: rare().conf() parses all twelve and creates the rare helpers, ~6% of a
-  -- failover hop's instructions (callgrind); only a failure that opens the breaker needs them.
-  local threshold, window, min_calls, rate, decay =
-    string.match(ARGV[2], '^(%d+),(%d+),(%d+),([^,]+),(%d+),')
-  -- (arithmetic converts a text itself: cheaper than calls of tonumber)
-  threshold, window, min_calls, rate, decay =
-    threshold + 0, window + 0, min_calls + 0, rate + 0, decay + 0
+  local c = conf()
+  local decay = c.decay
   local streak = {}
   for _, t in ipairs(b.streak) do
     if now - t <= decay then streak[#streak + 1] = t end
   end
   streak[#streak + 1] = now
   b.streak = streak
-  b.window = string.sub(b.window .. '1', -window)
-  if #streak >= threshold then
-    rare().open_breaker(id, b, now, 'consecutive-failures', kind)
-  elseif #b.window >= min_calls then
+  b.window = string.sub(b.window .. '1', -c.window)
+  if #streak >= c.threshold then
+    open_breaker(id, b, now, 'consecutive-failures', kind)
+  elseif #b.window >= c.min_calls then
     local _, fails = string.gsub(b.window, '1', '')
-    if fails / #b.window >= rate then rare().open_breaker(id, b, now, 'failure-rate', kind) end
+    if fails / #b.window >= c.rate then open_breaker(id, b, now, 'failure-rate', kind) end
   end
   return 'recorded', true
 end

@@ -20,7 +20,7 @@ end
 local b = parse_breaker(redis.call('HGET', K_BREAKERS, id))
 local state = 'corrupt'
 if b then
-  if b.state ~= 'closed' and rare().refresh(id, b, now) then
+  if b.state ~= 'closed' and refresh(id, b, now) then
     redis.call('HSET', K_BREAKERS, id, cjson.encode(b))
   end
   state = b.state

@@ -11,7 +11,7 @@ local existed = redis.call('HDEL', K_PROFILES, id)
 redis.call('ZREM', K_RANKED, id)
 local b = parse_breaker(redis.call('HGET', K_BREAKERS, id))
 if b then
-  if b.state ~= 'closed' then rare().refresh(id, b, now) end
+  if b.state ~= 'closed' then refresh(id, b, now) end
   if b.state == 'closed' then
     redis.call('HDEL', K_BREAKERS, id)
   else

@@ -18,7 +18,8 @@
 --   a pick emits profile:failover {from, to} once.
 -- Redis TIME is only read when needed: a success or release in a closed state without a
 -- cooldown does not need the clock (the hot path).
---!include _model_base.lua
+--!include _model.lua
+--!include _model_record.lua
 
 local outcome, kind, cooldown_text, epoch, token, pick, id = string.match(ARGV[MARG],
   '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([01]),(.+)$')
@@ -27,15 +28,12 @@ local pick_next = pick == '1'
 local cooldown = tonumber(cooldown_text)
 local exists = redis.call('HEXISTS', K_PROFILES, id) == 1
 local raw = exists and redis.call('HGET', K_BREAKERS, id)
--- The hot path: a success on a breaker in its steady state changes nothing, and returns here,
--- before the helpers below are even defined (see _model_base.lua).
+-- The hot path: a success on a breaker in its steady state changes nothing (read in place, see
+-- steady_success in _model.lua), and returns here.
 if raw and outcome == 'success' and token == '' and not cooldown and not pick_next then
   local steady = steady_success(raw, epoch)
   if steady then return {'recorded,closed,' .. steady .. ','} end
 end
-
---!include _model.lua
---!include _model_record.lua
 
 local message = ARGV[MARG + 1] or ''
 local now = nil

@@ -13,7 +13,7 @@ for _, id in ipairs(ids) do
   local _, raw_def, bad = load_def(id)
   local raw_b = redis.call('HGET', K_BREAKERS, id)
   local b, bbad = parse_breaker(raw_b)
-  if b and b.state ~= 'closed' and rare().refresh(id, b, now) then
+  if b and b.state ~= 'closed' and refresh(id, b, now) then
     raw_b = cjson.encode(b)
     redis.call('HSET', K_BREAKERS, id, raw_b)
   end
