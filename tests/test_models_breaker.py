@@ -493,3 +493,19 @@ async def test_a_call_that_fails_halfway_leaves_nothing_to_the_next(
     await manager.record_failure("secondary", "server", error="500")
     assert "profile:failure" not in await event_types(store, "primary")
     assert (await event_types(store, "secondary")).count("profile:failure") == 1
+
+
+async def test_selection_stays_right_past_the_read_caches_limit(store: Store) -> None:
+    """The functions keep what they read of each breaker record text (up to 1,024 texts, then
+    the cache starts over): a breaker whose record changes on every call goes through more
+    texts than that, and every selection still reads the record it is given."""
+    manager = model_manager(
+        store, breaker={"failure_threshold": 10**6, "min_calls": 10**6, "window_size": 10**6}
+    )
+    await add_three(manager)
+    for i in range(1100):
+        sel = await manager.select_profile()
+        assert sel is not None and (sel.profile_id, sel.epoch) == ("primary", 0), i
+        await manager.record_failure(sel, "server", error=f"500 #{i}")
+    record = await breaker(store, "primary")
+    assert record["state"] == "closed" and record["failures_total"] == 1100

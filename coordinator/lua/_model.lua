@@ -48,28 +48,53 @@ local function conf()
   return C
 end
 
--- The epoch (text) of a breaker record that is closed, read in place without decoding it
--- (peek in _lib.lua), else nil. Only the values a decision reads this way are trusted: a
--- field broken elsewhere in the record is reported by the next report that decodes it, and by
--- the status.
-local function closed_epoch(raw)
-  if string.byte(raw) ~= 123 or not peek(raw, '"state":', '^"state":"(closed)"[,}]') then  -- '{'
-    return nil
+-- Answers kept by the library from call to call, keyed by the text they were read from (a
+-- definition or a breaker record): the same text always gives the same answer, and a steady
+-- profile's texts do not change between calls, so each is read once instead of on every call
+-- (callgrind: reading them was ~9% of a selection's instructions). A table is dropped whole
+-- when it reaches CACHE_LIMIT entries, which bounds the texts it keeps alive.
+local CACHE_LIMIT = 1024
+local function remember(cache, text, answer)
+  if cache.n >= CACHE_LIMIT then cache.by, cache.n = {}, 0 end
+  cache.by[text] = answer
+  cache.n = cache.n + 1
+  return answer
+end
+
+-- What the hot paths read of a breaker record in place, without decoding it (peek in
+-- _lib.lua): closed (a closed breaker whose epoch reads), epoch and epoch_text, cooldown (ms,
+-- 0 for none; nil when malformed), quiet_window (the length of a window of successes only,
+-- else nil), no_streak. Only the values a decision reads this way are trusted: a field
+-- broken elsewhere in the record is reported by the next report that decodes it, and by the
+-- status.
+local GLANCES = {by = {}, n = 0}
+local function glance(raw)
+  local g = GLANCES.by[raw]
+  if g then return g end
+  g = {closed = false}
+  if string.byte(raw) == 123 and peek(raw, '"state":', '^"state":"(closed)"[,}]') then  -- '{'
+    local epoch = peek(raw, '"epoch":', '^"epoch":(%d+)[,}]')
+    if epoch then
+      g.closed, g.epoch_text, g.epoch = true, epoch, tonumber(epoch)
+      local cooldown = peek(raw, '"cooldown_until_ms":', '^"cooldown_until_ms":(%d+)[,}]')
+      if cooldown == nil then g.cooldown = 0 elseif cooldown then g.cooldown = tonumber(cooldown) end
+      local window = peek(raw, '"window":', '^"window":"(0*)"[,}]')
+      if window then g.quiet_window = #window end
+      g.no_streak = peek(raw, '"streak":', '^"streak":([%[{][%]}])[,}]') and true or false
+    end
   end
-  return peek(raw, '"epoch":', '^"epoch":(%d+)[,}]') or nil
+  return remember(GLANCES, raw, g)
 end
 
 -- A success on a closed breaker in its steady state (the epoch it was selected in, epoch ''
 -- for the current one; a full window of successes; no failure streak) changes nothing; that is
--- seen without decoding the record (see closed_epoch above; the decode was ~15% of a
--- success report's instructions, callgrind). Returns the epoch's text then, else nil.
+-- seen without decoding the record (glance above; the decode was ~15% of a success report's
+-- instructions, callgrind). Returns the epoch's text then, else nil.
 local function steady_success(raw, epoch)
-  local current = closed_epoch(raw)
-  if not current or (epoch ~= '' and tonumber(epoch) ~= tonumber(current)) then return nil end
-  local window = peek(raw, '"window":', '^"window":"(0*)"[,}]')
-  if not window or #window ~= conf().window then return nil end
-  if not peek(raw, '"streak":', '^"streak":([%[{][%]}])[,}]') then return nil end
-  return current
+  local g = glance(raw)
+  if not g.closed or (epoch ~= '' and tonumber(epoch) ~= g.epoch) then return nil end
+  if g.quiet_window ~= conf().window or not g.no_streak then return nil end
+  return g.epoch_text
 end
 
 local PAGE = 16
@@ -280,13 +305,8 @@ local function admit(id, now, sticky_only)
   -- A closed breaker with no cooldown running is admitted without decoding its record (that
   -- was ~10% of a selection's instructions, measured with callgrind). Anything else takes
   -- the full path.
-  local epoch = closed_epoch(raw)
-  if epoch then
-    local cooldown = peek(raw, '"cooldown_until_ms":', '^"cooldown_until_ms":(%d+)[,}]')
-    if cooldown == nil or (cooldown and tonumber(cooldown) <= now) then
-      return tonumber(epoch), ''
-    end
-  end
+  local g = glance(raw)
+  if g.closed and g.cooldown and g.cooldown <= now then return g.epoch, '' end
   local b, bad = parse_breaker(raw)
   if not b then return nil, nil, bad end
   local closed = b.state == 'closed'
@@ -320,13 +340,17 @@ end
 -- (nil when absent) and either models (a list) or models_text (the array's inside).
 local HEAD = '^{"enabled":(%a+),"default_model":"([^"\\]*)","models":%[([^%]]*)%],"'
 local HEAD_NO_DEFAULT = '^{"enabled":(%a+),"models":%[([^%]]*)%],"'
+local VIEWS = {by = {}, n = 0}
 local function view_def(id)
   local raw = redis.call('HGET', K_PROFILES, id)
   if not raw then return nil, nil, 'missing' end
+  local view = VIEWS.by[raw]
+  if view then return view, raw end
   local enabled, default, text = string.match(raw, HEAD)
   if not enabled then enabled, text = string.match(raw, HEAD_NO_DEFAULT) end
   if (enabled == 'true' or enabled == 'false') and not string.find(text, '\\', 1, true) then
-    return {enabled = enabled == 'true', default_model = default, models_text = text}, raw
+    return remember(VIEWS, raw, {enabled = enabled == 'true', default_model = default,
+      models_text = text}), raw
   end
   return load_def(id, raw)
 end
