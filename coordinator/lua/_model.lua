@@ -48,15 +48,26 @@ local function conf()
   return C
 end
 
--- Answers kept by the library from call to call, keyed by the text they were read from (a
--- definition or a breaker record): the same text always gives the same answer, and a steady
--- profile's texts do not change between calls, so each is read once instead of on every call
--- (callgrind: reading them was ~9% of a selection's instructions). A table is dropped whole
--- when it reaches CACHE_LIMIT entries, which bounds the texts it keeps alive.
+-- Answers kept by the library from call to call, per profile id, with the text they were read
+-- from (a definition or a breaker record): an answer is used only for that very text, which a
+-- steady profile does not change between calls, so each text is read once instead of on every
+-- call (callgrind: reading them was ~9% of a selection's instructions). One entry per profile,
+-- not per text: every live object a library keeps costs each garbage-collection cycle to mark.
+-- A cache is dropped whole when it reaches CACHE_LIMIT profiles.
 local CACHE_LIMIT = 1024
-local function remember(cache, text, answer)
+local function recall(cache, id, text)
+  local entry = cache.by[id]
+  if entry and entry[1] == text then return entry[2] end
+  return nil
+end
+local function remember(cache, id, text, answer)
+  local entry = cache.by[id]
+  if entry then
+    entry[1], entry[2] = text, answer
+    return answer
+  end
   if cache.n >= CACHE_LIMIT then cache.by, cache.n = {}, 0 end
-  cache.by[text] = answer
+  cache.by[id] = {text, answer}
   cache.n = cache.n + 1
   return answer
 end
@@ -68,8 +79,8 @@ end
 -- broken elsewhere in the record is reported by the next report that decodes it, and by the
 -- status.
 local GLANCES = {by = {}, n = 0}
-local function glance(raw)
-  local g = GLANCES.by[raw]
+local function glance(id, raw)
+  local g = recall(GLANCES, id, raw)
   if g then return g end
   g = {closed = false}
   if string.byte(raw) == 123 and peek(raw, '"state":', '^"state":"(closed)"[,}]') then  -- '{'
@@ -83,15 +94,15 @@ local function glance(raw)
       g.no_streak = peek(raw, '"streak":', '^"streak":([%[{][%]}])[,}]') and true or false
     end
   end
-  return remember(GLANCES, raw, g)
+  return remember(GLANCES, id, raw, g)
 end
 
 -- A success on a closed breaker in its steady state (the epoch it was selected in, epoch ''
 -- for the current one; a full window of successes; no failure streak) changes nothing; that is
 -- seen without decoding the record (glance above; the decode was ~15% of a success report's
 -- instructions, callgrind). Returns the epoch's text then, else nil.
-local function steady_success(raw, epoch)
-  local g = glance(raw)
+local function steady_success(id, raw, epoch)
+  local g = glance(id, raw)
   if not g.closed or (epoch ~= '' and tonumber(epoch) ~= g.epoch) then return nil end
   if g.quiet_window ~= conf().window or not g.no_streak then return nil end
   return g.epoch_text
@@ -152,11 +163,42 @@ local function load_def(id, raw)
   return d, raw, nil
 end
 
--- A breaker from its stored record (HGET of the breakers hash): returns (state, nil) or
--- (nil, broken field). No record (nil or false): a closed breaker. Numbers must be finite and
--- >= 0 (checked inline: a helper function per check would be a closure per call).
-local function parse_breaker(raw)
+-- A copy of a breaker that its holder may change (record() and the transitions change fields,
+-- and probe permits in place).
+local function copy_breaker(b)
+  local c = {}
+  for k, v in pairs(b) do c[k] = v end
+  local t = {}
+  for k, v in pairs(b.permits) do t[k] = v end
+  c.permits = t
+  t = {}
+  for k, v in pairs(b.streak) do t[k] = v end
+  c.streak = t
+  return c
+end
+
+-- The last breaker record this library wrote for each profile (see remember). The next report
+-- on a profile usually reads the record the last one wrote, and takes a copy of the breaker
+-- kept here instead of decoding and checking the text (the decode and its checks were ~10% of
+-- a failover hop's instructions, callgrind).
+local WRITTEN = {by = {}, n = 0}
+
+-- Write a breaker record. b must be valid (parse_breaker's output, changed by this library)
+-- and is kept as it is: the caller must not change it afterwards. Returns the text written.
+local function save_breaker(id, b)
+  local text = cjson.encode(b)
+  redis.call('HSET', K_BREAKERS, id, text)
+  remember(WRITTEN, id, text, b)
+  return text
+end
+
+-- A breaker from its stored record (HGET of the breakers hash; id: the profile's, to find the
+-- record this library last wrote for it, or nil): returns (state, nil) or (nil, broken
+-- field). No record (nil or false): a closed breaker. Numbers must be finite and >= 0.
+local function parse_breaker(raw, id)
   if not raw then return {state = 'closed', epoch = 0, window = '', streak = {}, permits = {}}, nil end
+  local written = id and recall(WRITTEN, id, raw)
+  if written then return copy_breaker(written), nil end
   local b = decode(raw)
   if not b then return nil, 'breaker' end
   local state = b.state
@@ -305,9 +347,9 @@ local function admit(id, now, sticky_only)
   -- A closed breaker with no cooldown running is admitted without decoding its record (that
   -- was ~10% of a selection's instructions, measured with callgrind). Anything else takes
   -- the full path.
-  local g = glance(raw)
+  local g = glance(id, raw)
   if g.closed and g.cooldown and g.cooldown <= now then return g.epoch, '' end
-  local b, bad = parse_breaker(raw)
+  local b, bad = parse_breaker(raw, id)
   if not b then return nil, nil, bad end
   local closed = b.state == 'closed'
   local changed = not closed and refresh(id, b, now)
@@ -323,7 +365,7 @@ local function admit(id, now, sticky_only)
       token, soonest, changed = soonest, nil, true
     end
   end
-  if changed then redis.call('HSET', K_BREAKERS, id, cjson.encode(b)) end
+  if changed then save_breaker(id, b) end
   if epoch then return epoch, token, nil end
   return nil, soonest, nil
 end
@@ -344,12 +386,12 @@ local VIEWS = {by = {}, n = 0}
 local function view_def(id)
   local raw = redis.call('HGET', K_PROFILES, id)
   if not raw then return nil, nil, 'missing' end
-  local view = VIEWS.by[raw]
+  local view = recall(VIEWS, id, raw)
   if view then return view, raw end
   local enabled, default, text = string.match(raw, HEAD)
   if not enabled then enabled, text = string.match(raw, HEAD_NO_DEFAULT) end
   if (enabled == 'true' or enabled == 'false') and not string.find(text, '\\', 1, true) then
-    return remember(VIEWS, raw, {enabled = enabled == 'true', default_model = default,
+    return remember(VIEWS, id, raw, {enabled = enabled == 'true', default_model = default,
       models_text = text}), raw
   end
   return load_def(id, raw)

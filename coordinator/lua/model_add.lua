@@ -17,11 +17,11 @@ if enabled then
 else
   redis.call('ZREM', K_RANKED, id)
 end
-local b = parse_breaker(redis.call('HGET', K_BREAKERS, id))
+local b = parse_breaker(redis.call('HGET', K_BREAKERS, id), id)
 local state = 'corrupt'
 if b then
   if b.state ~= 'closed' and refresh(id, b, now) then
-    redis.call('HSET', K_BREAKERS, id, cjson.encode(b))
+    save_breaker(id, b)
   end
   state = b.state
 end

@@ -9,13 +9,13 @@ local id = ARGV[MARG]
 local now = now_ms()
 local existed = redis.call('HDEL', K_PROFILES, id)
 redis.call('ZREM', K_RANKED, id)
-local b = parse_breaker(redis.call('HGET', K_BREAKERS, id))
+local b = parse_breaker(redis.call('HGET', K_BREAKERS, id), id)
 if b then
   if b.state ~= 'closed' then refresh(id, b, now) end
   if b.state == 'closed' then
     redis.call('HDEL', K_BREAKERS, id)
   else
-    redis.call('HSET', K_BREAKERS, id, cjson.encode(b))
+    save_breaker(id, b)
   end
 end
 if existed == 1 then emit('profile:removed', id, {}, now) end

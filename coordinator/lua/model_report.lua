@@ -31,7 +31,7 @@ local raw = exists and redis.call('HGET', K_BREAKERS, id)
 -- The hot path: a success on a breaker in its steady state changes nothing (read in place, see
 -- steady_success in _model.lua), and returns here.
 if raw and outcome == 'success' and token == '' and not cooldown and not pick_next then
-  local steady = steady_success(raw, epoch)
+  local steady = steady_success(id, raw, epoch)
   if steady then return {'recorded,closed,' .. steady .. ','} end
 end
 
@@ -45,13 +45,13 @@ local head
 if not exists then
   head = 'missing,,-1,'
 else
-  local b, bad = parse_breaker(raw)
+  local b, bad = parse_breaker(raw, id)
   if not b then
     head = 'corrupt,,-1,' .. bad
   else
     if now == nil and b.state ~= 'closed' then now = now_ms() end
     local status, changed = record(id, b, now, outcome, kind, message, epoch, token, cooldown)
-    if changed then redis.call('HSET', K_BREAKERS, id, cjson.encode(b)) end
+    if changed then save_breaker(id, b) end
     head = status .. ',' .. b.state .. ',' .. int(b.epoch) .. ','
   end
 end

@@ -8,7 +8,7 @@
 local id = ARGV[MARG]
 local now = now_ms()
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
-local b = parse_breaker(redis.call('HGET', K_BREAKERS, id))
+local b = parse_breaker(redis.call('HGET', K_BREAKERS, id), id)
 local previous = 'corrupt'
 local epoch = 0
 if b then
@@ -21,7 +21,7 @@ if b then
   fresh.last_error = b.last_error
   fresh.last_error_kind = b.last_error_kind
 end
-redis.call('HSET', K_BREAKERS, id, cjson.encode(fresh))
+save_breaker(id, fresh)
 if previous ~= 'closed' then
   emit('profile:circuit-closed', id, {epoch = fresh.epoch, reason = 'reset'}, now)
 end

@@ -12,10 +12,9 @@ table.sort(ids)
 for _, id in ipairs(ids) do
   local _, raw_def, bad = load_def(id)
   local raw_b = redis.call('HGET', K_BREAKERS, id)
-  local b, bbad = parse_breaker(raw_b)
+  local b, bbad = parse_breaker(raw_b, id)
   if b and b.state ~= 'closed' and refresh(id, b, now) then
-    raw_b = cjson.encode(b)
-    redis.call('HSET', K_BREAKERS, id, raw_b)
+    raw_b = save_breaker(id, b)
   end
   rows[#rows + 1] = {id, raw_def or '', raw_b or '', bad or bbad or ''}
 end
