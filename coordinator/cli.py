@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from . import __version__
+from . import __version__, scripts
 from .errors import CoordinatorError
 from .profiles import AuthProfileManager
 from .secrets import generate_key
-from .store import connect
+from .store import Store, connect
 
 __all__ = ["main"]
 
@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("export", help="print a JSON snapshot of every pool (keys stay encrypted)")
     load = commands.add_parser("import", help="replace pools from an export file")
     load.add_argument("file", type=argparse.FileType("r"))
+    functions = commands.add_parser(
+        "functions", help="list the Redis function libraries of this and other versions"
+    )
+    functions.add_argument(
+        "--prune",
+        action="store_true",
+        help="delete other versions' libraries (once no replica runs those versions)",
+    )
     return parser
 
 
@@ -61,10 +69,26 @@ async def _run(args: argparse.Namespace) -> int:
         elif args.command == "import":
             count = await manager.import_state(json.load(args.file))
             print(f"imported {count} profiles")
+        elif args.command == "functions":
+            await _functions(store, prune=args.prune)
     finally:
         await manager.close()
         await store.close()
     return 0
+
+
+async def _functions(store: Store, *, prune: bool) -> None:
+    ours, others = await store.function_libraries()
+    print(f"this version: {len(ours)} of {len(scripts.script_names())} libraries loaded")
+    if prune:
+        deleted = await store.prune_functions()
+        print(f"deleted {len(deleted)} libraries of other versions")
+        for name in deleted:
+            print(f"  {name}")
+        return
+    print(f"other versions: {len(others)} libraries (coordinator functions --prune deletes them)")
+    for name in others:
+        print(f"  {name}")
 
 
 def _print_status(rows: Sequence[object]) -> None:

@@ -29,11 +29,12 @@ import re
 from functools import cache
 from importlib import resources
 
-__all__ = ["function_name", "library_source", "script_names"]
+__all__ = ["LIBRARY_PREFIX", "function_name", "library_source", "script_names"]
 
 
 _INCLUDE = re.compile(r"^--!include (_[a-z0-9_]+\.lua)[ \t]*$", re.MULTILINE)
-_PREFIX = "coordinator_"
+#: Every library (and function) of this package is named with this prefix.
+LIBRARY_PREFIX = "coordinator_"
 
 
 @cache
@@ -102,7 +103,7 @@ def function_name(name: str) -> str:
     """The name of operation ``name``'s library and function on the server: the operation and a
     digest of its code."""
     digest = hashlib.sha1(_code(name).encode(), usedforsecurity=False).hexdigest()[:16]
-    return f"{_PREFIX}{name}_{digest}"
+    return f"{LIBRARY_PREFIX}{name}_{digest}"
 
 
 @cache

@@ -55,6 +55,26 @@ _UNAVAILABLE = (
 )
 
 
+def _library_names(listing: Any) -> set[str]:
+    """Library names in a FUNCTION LIST answer: a list of libraries (each a flat list of
+    fields and values, or a dict), or a cluster client's dict of such lists per node."""
+    if isinstance(listing, dict):
+        nodes: list[Any] = list(listing.values())
+    else:
+        nodes = [listing]
+    names: set[str] = set()
+    for libraries in nodes:
+        for library in libraries or []:
+            if isinstance(library, dict):
+                fields = library
+            else:
+                fields = dict(zip(library[::2], library[1::2], strict=False))
+            name = fields.get(b"library_name", fields.get("library_name"))
+            if name is not None:
+                names.add(name.decode() if isinstance(name, bytes) else str(name))
+    return names
+
+
 @dataclass(frozen=True, slots=True)
 class _Target:
     backend: Backend
@@ -235,6 +255,30 @@ class Store:
         async with self.guard("FUNCTION LOAD"):
             for _, source in self._functions.values():
                 await self._client.function_load(source, replace=True)
+
+    async def function_libraries(self) -> tuple[list[str], list[str]]:
+        """The ``coordinator_*`` function libraries on the server (on every primary of a
+        cluster): this version's that are loaded, and those of other versions (a rolling
+        deploy, or versions that no replica runs any more), each list sorted."""
+        async with self.guard("FUNCTION LIST"):
+            listing = await self._client.function_list(library=f"{scripts.LIBRARY_PREFIX}*")
+        ours = {function for function, _ in self._functions.values()}
+        found = _library_names(listing)
+        return sorted(found & ours), sorted(found - ours)
+
+    async def prune_functions(self) -> list[str]:
+        """``FUNCTION DELETE`` the ``coordinator_*`` libraries of other versions and return
+        their names. Only once no replica runs those versions: one that still does loads its
+        functions again on its next call, at the cost of a round trip."""
+        _, others = await self.function_libraries()
+        async with self.guard("FUNCTION DELETE"):
+            for name in others:
+                try:
+                    await self._client.function_delete(name)
+                except rexc.ResponseError as exc:
+                    if "not found" not in str(exc).lower():
+                        raise
+        return others
 
     async def unload_functions(self) -> None:
         """``FUNCTION DELETE`` this version's libraries (tests use it to prove that a missing

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from coordinator import AuthProfileManager, connect
+from coordinator import AuthProfileManager, connect, scripts
 from coordinator.cli import main
 from coordinator.testing import RedisServer
 
@@ -64,3 +64,40 @@ def test_errors_are_one_line_and_nonzero() -> None:
     assert bad_url.returncode == 1 and "unsupported scheme" in bad_url.stderr
     usage = subprocess.run([sys.executable, "-m", "coordinator.cli"], capture_output=True)
     assert usage.returncode == 2
+
+
+async def test_functions_lists_and_prunes_other_versions_libraries(
+    redis_server: RedisServer, secret_key: str
+) -> None:
+    """A rolling deploy leaves the libraries of the older version on the server: the command
+    lists them and, with --prune, deletes them and nothing else."""
+    store = await connect(redis_server.url, namespace=unique_namespace(), secret_key=secret_key)
+    old = "coordinator_pick_00000000deadbeef"
+    other = "someone_elses_library"
+    for name in (old, other):
+        await store.client.function_load(
+            f"#!lua name={name}\nredis.register_function('{name}', function() return 1 end)",
+            replace=True,
+        )
+    await store.close()
+    base = [sys.executable, "-m", "coordinator.cli", "--url", redis_server.url]
+    listed = subprocess.run([*base, "functions"], capture_output=True, text=True, check=True)
+    count = len(scripts.script_names())
+    assert f"this version: {count} of {count} libraries loaded" in listed.stdout
+    assert "other versions: 1 libraries" in listed.stdout and old in listed.stdout
+    pruned = subprocess.run(
+        [*base, "functions", "--prune"], capture_output=True, text=True, check=True
+    )
+    assert "deleted 1 libraries of other versions" in pruned.stdout and old in pruned.stdout
+    store = await connect(redis_server.url, namespace=unique_namespace(), secret_key=secret_key)
+    try:
+        ours, others = await store.function_libraries()
+        assert len(ours) == count and others == []
+        names = {
+            (lib[1].decode() if isinstance(lib[1], bytes) else lib[1])
+            for lib in await store.client.function_list()
+        }
+        assert other in names and old not in names
+        await store.client.function_delete(other)
+    finally:
+        await store.close()

@@ -6,7 +6,6 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -327,18 +326,6 @@ async def test_one_manager_per_process_and_a_different_config_is_an_error() -> N
         await reset_auth_profile_manager()
 
 
-def _libraries(listing: Any) -> set[str]:
-    """Library names in a FUNCTION LIST answer (a cluster client answers per node)."""
-    nodes = listing.values() if isinstance(listing, dict) else [listing]
-    names: set[str] = set()
-    for libraries in nodes:
-        for library in libraries:
-            entry = dict(zip(library[::2], library[1::2], strict=True))
-            name = entry.get(b"library_name", entry.get("library_name"))
-            names.add(name.decode() if isinstance(name, bytes) else str(name))
-    return names
-
-
 async def test_unload_reaches_every_node_and_spares_other_libraries(
     store: coordinator.Store,
 ) -> None:
@@ -355,14 +342,12 @@ async def test_unload_reaches_every_node_and_spares_other_libraries(
         replace=True,
     )
     await store.load_functions()
-    assert {name, other} <= _libraries(await store.client.function_list())
+    ours, others = await store.function_libraries()
+    assert name in ours and len(ours) == len(scripts.script_names()) and other in others
     await store.unload_functions()
-    listed = _libraries(await store.client.function_list())
-    assert other in listed and not any(
-        n.startswith("coordinator_pick_") and n != other for n in listed
-    )
+    assert await store.function_libraries() == ([], [other])
     manager = manager_for(store)
     await add_keys(manager, 1)
     assert await manager.get_next_profile("openai") is not None  # loaded again on first use
-    assert name in _libraries(await store.client.function_list())
+    assert name in (await store.function_libraries())[0]
     await store.client.function_delete(other)
