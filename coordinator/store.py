@@ -254,7 +254,15 @@ class Store:
         replicas starting together do not fail on each other's load."""
         async with self.guard("FUNCTION LOAD"):
             for _, source in self._functions.values():
-                await self._client.function_load(source, replace=True)
+                try:
+                    await self._client.function_load(source, replace=True)
+                except rexc.ResponseError as exc:
+                    if "unknown command" not in str(exc).lower():
+                        raise
+                    raise StoreUnavailableError(
+                        f"{self.url} does not know FUNCTION LOAD: coordinator runs its "
+                        "operations as Redis functions, which need Redis 7.0 or newer"
+                    ) from exc
 
     async def function_libraries(self) -> tuple[list[str], list[str]]:
         """The ``coordinator_*`` function libraries on the server (on every primary of a

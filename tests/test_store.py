@@ -351,3 +351,18 @@ async def test_unload_reaches_every_node_and_spares_other_libraries(
     assert await manager.get_next_profile("openai") is not None  # loaded again on first use
     assert name in (await store.function_libraries())[0]
     await store.client.function_delete(other)
+
+
+async def test_a_server_without_functions_is_a_clear_error(
+    store: coordinator.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis before 7.0 has no FUNCTION command: connecting says what is needed."""
+    import redis.exceptions as rexc
+
+    async def old_server(*args: object, **kwargs: object) -> None:
+        raise rexc.ResponseError("unknown command 'FUNCTION', with args beginning with: 'LOAD'")
+
+    monkeypatch.setattr(store.client, "function_load", old_server)
+    with pytest.raises(StoreUnavailableError, match=r"need Redis 7\.0 or newer") as info:
+        await store.load_functions()
+    assert isinstance(info.value.__cause__, rexc.ResponseError)
