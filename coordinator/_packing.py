@@ -1,7 +1,7 @@
 """Commands packed into the Redis protocol by hiredis's C packer instead of redis-py's Python one.
 
 redis-py's asyncio connections pack every command in Python, about 0.45 µs per argument
-here; an operation's EVALSHA carries 10 to 15 arguments (its keys, the clock offset and its
+here; an operation's FCALL carries 10 to 15 arguments (its keys, the clock offset and its
 own arguments), so packing alone cost ~7.4 µs of every call. ``hiredis.pack_command``
 (hiredis is already a dependency, for parsing replies) does the same in ~1.3 µs, ~2.6 µs with
 the check below.
@@ -23,7 +23,7 @@ __all__ = ["with_hiredis_packing"]
 
 
 # A tuple, not ``str | bytes | int``: isinstance with a union type is three times slower, and
-# this check runs on every command (~0.9 µs for an EVALSHA of 15 arguments, against ~2.8).
+# this check runs on every command (~0.9 µs for a call of 15 arguments, against ~2.8).
 _PACKABLE = (str, bytes, int)
 
 
