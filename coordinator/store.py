@@ -55,6 +55,17 @@ _UNAVAILABLE = (
 )
 
 
+def _old_server(exc: rexc.ResponseError, url: str, command: str) -> Exception:
+    """What to raise for an error answered to a FUNCTION command: for a server that does not
+    know the command (Redis before 7.0) an error that says what is needed, else ``exc``."""
+    if "unknown command" not in str(exc).lower():
+        return exc
+    return StoreUnavailableError(
+        f"{url} does not know {command}: coordinator runs its operations as Redis functions, "
+        "which need Redis 7.0 or newer"
+    )
+
+
 def _library_names(listing: Any) -> set[str]:
     """Library names in a FUNCTION LIST answer: a list of libraries (each a flat list of
     fields and values, or a dict), or a cluster client's dict of such lists per node."""
@@ -247,29 +258,34 @@ class Store:
             await self._client.ping()
 
     async def load_functions(self) -> None:
-        """``FUNCTION LOAD`` every operation now (on every primary of a cluster), so that a Lua
-        error shows at connect time and the first call of each operation is one round trip (a
-        function missing later is still loaded then). ``REPLACE``: a library's name holds the
-        digest of its code, so replacing one can only put the same code back, and two
-        replicas starting together do not fail on each other's load."""
+        """``FUNCTION LOAD`` every operation the server does not have yet (on every primary of
+        a cluster), so that a Lua error shows at connect time and the first call of each
+        operation is one round trip (a function missing later is still loaded then). One
+        ``FUNCTION LIST`` tells which are there: a replica that connects to a server where
+        this version runs already loads nothing, and leaves what the libraries keep between
+        calls as it is. ``REPLACE``: a library's name holds the digest of its code, so
+        replacing one can only put the same code back, and two replicas starting together
+        do not fail on each other's load."""
+        loaded, _ = await self.function_libraries()
+        present = set(loaded)
         async with self.guard("FUNCTION LOAD"):
-            for _, source in self._functions.values():
+            for function, source in self._functions.values():
+                if function in present:
+                    continue
                 try:
                     await self._client.function_load(source, replace=True)
                 except rexc.ResponseError as exc:
-                    if "unknown command" not in str(exc).lower():
-                        raise
-                    raise StoreUnavailableError(
-                        f"{self.url} does not know FUNCTION LOAD: coordinator runs its "
-                        "operations as Redis functions, which need Redis 7.0 or newer"
-                    ) from exc
+                    raise _old_server(exc, self.url, "FUNCTION LOAD") from exc
 
     async def function_libraries(self) -> tuple[list[str], list[str]]:
         """The ``coordinator_*`` function libraries on the server (on every primary of a
         cluster): this version's that are loaded, and those of other versions (a rolling
         deploy, or versions that no replica runs any more), each list sorted."""
         async with self.guard("FUNCTION LIST"):
-            listing = await self._client.function_list(library=f"{scripts.LIBRARY_PREFIX}*")
+            try:
+                listing = await self._client.function_list(library=f"{scripts.LIBRARY_PREFIX}*")
+            except rexc.ResponseError as exc:
+                raise _old_server(exc, self.url, "FUNCTION LIST") from exc
         ours = {function for function, _ in self._functions.values()}
         found = _library_names(listing)
         return sorted(found & ours), sorted(found - ours)

@@ -16,6 +16,7 @@ from coordinator import (
     ConfigError,
     StoreUnavailableError,
     connect,
+    scripts,
 )
 from coordinator.testing import RedisServer, free_port
 
@@ -329,8 +330,6 @@ async def test_one_manager_per_process_and_a_different_config_is_an_error() -> N
 async def test_unload_reaches_every_node_and_spares_other_libraries(
     store: coordinator.Store,
 ) -> None:
-    from coordinator import scripts
-
     name = store.function_name("pick")
     assert name == scripts.function_name("pick")
     assert re.fullmatch(r"coordinator_pick_[0-9a-f]{16}", name)
@@ -362,7 +361,30 @@ async def test_a_server_without_functions_is_a_clear_error(
     async def old_server(*args: object, **kwargs: object) -> None:
         raise rexc.ResponseError("unknown command 'FUNCTION', with args beginning with: 'LOAD'")
 
-    monkeypatch.setattr(store.client, "function_load", old_server)
-    with pytest.raises(StoreUnavailableError, match=r"need Redis 7\.0 or newer") as info:
-        await store.load_functions()
-    assert isinstance(info.value.__cause__, rexc.ResponseError)
+    for command in ("function_list", "function_load"):
+        with monkeypatch.context() as patch:
+            patch.setattr(store.client, command, old_server)
+            await store.unload_functions()  # so that loading has something to load
+            with pytest.raises(StoreUnavailableError, match=r"need Redis 7\.0 or newer") as info:
+                await store.load_functions()
+            assert isinstance(info.value.__cause__, rexc.ResponseError)
+
+
+async def test_connecting_where_this_version_runs_loads_nothing(
+    store: coordinator.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One FUNCTION LIST tells that every library is there already; none is loaded again."""
+    await store.load_functions()
+    loads: list[object] = []
+    original = store.client.function_load
+
+    async def counting(*args: object, **kwargs: object) -> object:
+        loads.append(args)
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, "function_load", counting)
+    await store.load_functions()
+    assert loads == []
+    await store.unload_functions()
+    await store.load_functions()
+    assert len(loads) == len(scripts.script_names())
