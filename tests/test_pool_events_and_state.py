@@ -372,3 +372,25 @@ async def test_a_success_reads_counters_at_zero_in_place_and_repairs_unreadable_
     status = {s.id: s for s in await manager.get_status("openai")}["key-0"]
     assert status.broken_field is None
     await manager.close()
+
+
+async def test_a_failure_reads_the_state_record_as_it_is_now(store: Store) -> None:
+    """mark_failed keeps the state record it wrote, to copy instead of decoding it next time;
+    a record changed since (by a hand edit, another operation, another version) is read anew."""
+    manager = manager_for(store)
+    await add_keys(manager, 1)
+    keys = manager._keys("openai")
+    first = await manager.mark_failed("key-0", "x", kind="server")
+    assert first.failures == 1
+    advance_time(store, 2 * MINUTE_MS)  # past the cooldown, within the failure window
+    again = await manager.mark_failed("key-0", "x", kind="server")
+    assert again.failures == 2  # the record it wrote, copied
+    state = orjson.loads(await store.client.hget(keys.state, "key-0"))
+    await store.client.hset(
+        keys.state, "key-0", orjson.dumps(dict(state, failures=4, failures_total=40)).decode()
+    )
+    advance_time(store, 10 * MINUTE_MS)
+    edited = await manager.mark_failed("key-0", "x", kind="server")
+    assert edited.failures == 5
+    assert orjson.loads(await store.client.hget(keys.state, "key-0"))["failures_total"] == 41
+    await manager.close()

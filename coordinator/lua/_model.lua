@@ -48,30 +48,6 @@ local function conf()
   return C
 end
 
--- Answers kept by the library from call to call, per profile id, with the text they were read
--- from (a definition or a breaker record): an answer is used only for that very text, which a
--- steady profile does not change between calls, so each text is read once instead of on every
--- call (callgrind: reading them was ~9% of a selection's instructions). One entry per profile,
--- not per text: every live object a library keeps costs each garbage-collection cycle to mark.
--- A cache is dropped whole when it reaches CACHE_LIMIT profiles.
-local CACHE_LIMIT = 1024
-local function recall(cache, id, text)
-  local entry = cache.by[id]
-  if entry and entry[1] == text then return entry[2] end
-  return nil
-end
-local function remember(cache, id, text, answer)
-  local entry = cache.by[id]
-  if entry then
-    entry[1], entry[2] = text, answer
-    return answer
-  end
-  if cache.n >= CACHE_LIMIT then cache.by, cache.n = {}, 0 end
-  cache.by[id] = {text, answer}
-  cache.n = cache.n + 1
-  return answer
-end
-
 -- What the hot paths read of a breaker record in place, without decoding it (peek in
 -- _lib.lua): closed (a closed breaker whose epoch reads), epoch and epoch_text, cooldown (ms,
 -- 0 for none; nil when malformed), quiet_window (the length of a window of successes only,

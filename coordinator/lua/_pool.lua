@@ -22,9 +22,21 @@ BEGIN[#BEGIN + 1] = function()
   K_EVENTS, K_RANKED, K_META = KEYS[5], KEYS[6], KEYS[7]
 end
 
--- Parse a stored state record; returns (state, nil) or (nil, broken_field). No record: {}.
-local function parse_state(raw)
+-- The last state record this library wrote for each profile (see remember in _lib.lua): the
+-- next report on a profile usually reads it, and takes a copy instead of decoding and checking
+-- the text (~10% of a failure report's instructions, callgrind).
+local WRITTEN_STATES = {by = {}, n = 0}
+
+-- Parse a stored state record (id: the profile's, to find the record this library last wrote
+-- for it, or nil); returns (state, nil) or (nil, broken_field). No record: {}.
+local function parse_state(raw, id)
   if not raw then return {}, nil end
+  local written = id and recall(WRITTEN_STATES, id, raw)
+  if written then
+    local copy = {}
+    for k, v in pairs(written) do copy[k] = v end
+    return copy, nil
+  end
   local s = decode(raw)
   if not s then return nil, 'state' end
   if bad_number(s.failures) then return nil, 'failures' end
@@ -35,8 +47,12 @@ local function parse_state(raw)
   return s, nil
 end
 
+-- Write a state record; s is kept as it is (see WRITTEN_STATES): the caller must not change it
+-- afterwards.
 local function save_state(id, s)
-  redis.call('HSET', K_STATE, id, cjson.encode(s))
+  local text = cjson.encode(s)
+  redis.call('HSET', K_STATE, id, text)
+  remember(WRITTEN_STATES, id, text, s)
 end
 
 local function emit(etype, id, data, now)

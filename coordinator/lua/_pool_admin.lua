@@ -4,7 +4,7 @@
 
 -- Load a profile's state; returns (state, nil) or (nil, broken_field).
 local function load_state(id)
-  return parse_state(redis.call('HGET', K_STATE, id))
+  return parse_state(redis.call('HGET', K_STATE, id), id)
 end
 
 local function dequeue(id, def)

@@ -55,7 +55,7 @@ local function sweep(now)
       end
     elseif redis.call('HEXISTS', K_PROFILES, member) == 1 then
       enqueue(member, (load_def(member)))
-      local s = parse_state(redis.call('HGET', K_STATE, member))
+      local s = parse_state(redis.call('HGET', K_STATE, member), member)
       if s and s.cooldown_kind then
         s.cooldown_until_ms = nil
         s.cooldown_kind = nil

@@ -44,7 +44,7 @@ local raw_state = redis.call('HGET', K_STATE, id)
 if not raw_state and redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
 if kind == 'caller' then return {'ignored'} end
 
-local state, broken = parse_state(raw_state)
+local state, broken = parse_state(raw_state, id)
 if not state then state = {} end
 
 local count

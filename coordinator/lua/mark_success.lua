@@ -23,7 +23,7 @@ elseif not (string.byte(raw) == 123  -- '{'
     and peek(raw, '"failures":', '^"failures":(0)[,}]')
     and peek(raw, '"billing_failures":', '^"billing_failures":(0)[,}]')) then
   local state
-  state, broken = parse_state(raw)
+  state, broken = parse_state(raw, id)
   -- (counters that are absent are written too, so that the next success reads them in place)
   if not state or state.failures ~= 0 or state.billing_failures ~= 0 then
     state = state or {}
