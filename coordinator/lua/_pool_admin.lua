@@ -1,5 +1,5 @@
 -- _pool_admin.lua: helpers of the rarer pool operations (removal, manual clearing); kept out
--- of _pool.lua because a Lua script creates every helper it includes on every call.
+-- of _pool.lua so that each operation's library holds only the helpers it uses.
 --!include _pool_rotation.lua
 
 -- Load a profile's state; returns (state, nil) or (nil, broken_field).

@@ -4,7 +4,8 @@
 -- Optional, left out from the end when empty (each argument costs the client and Redis time):
 -- ARGV[3] model ('' for none)   ARGV[4] session TTL ms ('' for none)
 -- ARGV[5] a uniform random fraction in [0, 1) from the caller (used by the random strategy:
---   entropy is not shared state, and Redis seeds the Lua generator identically every call)
+--   entropy is not shared state, and Redis's Lua generator gives every server the same
+--   sequence)
 -- ARGV[6] count of excluded ids   ARGV[7..] excluded profile ids
 -- Returns {1, id, definition JSON, reason, now}   reason: sticky | rotation
 --      or {0, soonest recovery in ms (-1 if none is cooling), now}
