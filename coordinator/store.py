@@ -55,11 +55,11 @@ _UNAVAILABLE = (
 )
 
 
-def _old_server(exc: rexc.ResponseError, url: str, command: str) -> Exception:
-    """What to raise for an error answered to a FUNCTION command: for a server that does not
-    know the command (Redis before 7.0) an error that says what is needed, else ``exc``."""
+def _old_server(exc: rexc.ResponseError, url: str, command: str) -> StoreUnavailableError | None:
+    """For an error answered to a FUNCTION command by a server that does not know the command
+    (Redis before 7.0), an error that says what is needed; else None."""
     if "unknown command" not in str(exc).lower():
-        return exc
+        return None
     return StoreUnavailableError(
         f"{url} does not know {command}: coordinator runs its operations as Redis functions, "
         "which need Redis 7.0 or newer"
@@ -170,8 +170,9 @@ class Store:
         self.namespace = namespace
         self.box = box
         self.time_offset_ms = 0
-        # name -> (function name, library source). The runner is ours rather than redis-py's:
-        # it is the hot path of every operation, and calling FCALL directly saves ~10 µs.
+        # name -> (function name, library source; a function's library has the same name).
+        # The runner is ours rather than redis-py's: it is the hot path of every operation,
+        # and calling FCALL directly saves ~10 µs.
         self._functions: dict[str, tuple[str, str]] = {
             name: (scripts.function_name(name), scripts.library_source(name))
             for name in scripts.script_names()
@@ -275,7 +276,10 @@ class Store:
                 try:
                     await self._client.function_load(source, replace=True)
                 except rexc.ResponseError as exc:
-                    raise _old_server(exc, self.url, "FUNCTION LOAD") from exc
+                    old = _old_server(exc, self.url, "FUNCTION LOAD")
+                    if old is None:
+                        raise
+                    raise old from exc
 
     async def function_libraries(self) -> tuple[list[str], list[str]]:
         """The ``coordinator_*`` function libraries on the server (on every primary of a
@@ -285,7 +289,10 @@ class Store:
             try:
                 listing = await self._client.function_list(library=f"{scripts.LIBRARY_PREFIX}*")
             except rexc.ResponseError as exc:
-                raise _old_server(exc, self.url, "FUNCTION LIST") from exc
+                old = _old_server(exc, self.url, "FUNCTION LIST")
+                if old is None:
+                    raise
+                raise old from exc
         ours = {function for function, _ in self._functions.values()}
         found = _library_names(listing)
         return sorted(found & ours), sorted(found - ours)
@@ -295,24 +302,21 @@ class Store:
         their names. Only once no replica runs those versions: one that still does loads its
         functions again on its next call, at the cost of a round trip."""
         _, others = await self.function_libraries()
-        async with self.guard("FUNCTION DELETE"):
-            for name in others:
-                try:
-                    await self._client.function_delete(name)
-                except rexc.ResponseError as exc:
-                    if "not found" not in str(exc).lower():
-                        raise
+        await self._delete_libraries(others)
         return others
 
     async def unload_functions(self) -> None:
         """``FUNCTION DELETE`` this version's libraries (tests use it to prove that a missing
         function is loaded again); other libraries on the server are left alone."""
+        await self._delete_libraries([function for function, _ in self._functions.values()])
+
+    async def _delete_libraries(self, names: Sequence[str]) -> None:
         async with self.guard("FUNCTION DELETE"):
-            for function, _ in self._functions.values():
+            for name in names:
                 try:
-                    await self._client.function_delete(function)
+                    await self._client.function_delete(name)
                 except rexc.ResponseError as exc:
-                    if "not found" not in str(exc).lower():
+                    if "not found" not in str(exc).lower():  # gone already: as asked
                         raise
 
     def _schedule_persist(self) -> None:
