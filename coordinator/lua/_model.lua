@@ -38,8 +38,7 @@ local C, C_TEXT = nil, nil  -- the configuration parsed, and the text it was par
 -- numbers with string patterns), once per distinct text: the library keeps it between calls.
 local function conf()
   if C_TEXT ~= ARGV[2] then
-    C_TEXT = nil  -- (a text that fails to parse must not be taken for the last one)
-    local v = cjson.decode('[' .. ARGV[2] .. ']')
+    local v = cjson.decode('[' .. ARGV[2] .. ']')  -- (raises on a bad text: C_TEXT stays)
     C = {threshold = v[1], window = v[2], min_calls = v[3], rate = v[4], decay = v[5],
       reset = v[6], max_open = v[7], probes = v[8], probe_timeout = v[9], success = v[10],
       billing = v[11], max_retry = v[12]}
