@@ -106,7 +106,7 @@ class ServerTimes:
     async def measure(
         self,
         ops: dict[str, Op],
-        scripts: dict[str, str | tuple[str, str]],
+        scripts: dict[str, str | tuple[str, ...]],
         *,
         between: Callable[[int], Awaitable[None]] | None = None,
     ) -> dict[str, float]:
@@ -124,24 +124,26 @@ class ServerTimes:
         await client.config_set("slowlog-log-slower-than", 0)
         await client.slowlog_reset()
 
-    async def medians(self, scripts: dict[str, str | tuple[str, str]]) -> dict[str, float]:
+    async def medians(self, scripts: dict[str, str | tuple[str, ...]]) -> dict[str, float]:
         """Median duration per name of the calls of each script given, as name -> its SHA1
-        (EVALSHA) or function name (FCALL), or name -> (either, text) for only the calls with
-        an argument starting with that text (one script serving two operations); then the log
-        is cleared and logging switched off again."""
+        (EVALSHA) or function name (FCALL), or name -> (either, text, ...) for only the calls
+        with, for each text, a key or argument starting with it (one script serving several
+        operations); then the log is cleared and logging switched off again."""
         client = self._store.client
         entries = await client.execute_command("SLOWLOG", "GET", 1_000_000)
         await client.config_set("slowlog-log-slower-than", 10_000)
         await client.slowlog_reset()
-        wanted = {name: (s, "") if isinstance(s, str) else s for name, s in scripts.items()}
+        wanted = {name: (s,) if isinstance(s, str) else s for name, s in scripts.items()}
         durations: dict[str, list[float]] = {name: [] for name in scripts}
         for entry in entries:
             words = entry["command"].split() if isinstance(entry, dict) else entry[3]
             words = [w.decode() if isinstance(w, bytes) else str(w) for w in words]
             if len(words) < 2 or words[0].upper() not in ("EVALSHA", "FCALL"):
                 continue
-            for name, (sha, text) in wanted.items():
-                if words[1] == sha and (not text or any(w.startswith(text) for w in words[2:])):
+            for name, (sha, *texts) in wanted.items():
+                if words[1] == sha and all(
+                    any(w.startswith(text) for w in words[2:]) for text in texts
+                ):
                     duration = entry["duration"] if isinstance(entry, dict) else entry[2]
                     durations[name].append(float(duration))
         return {name: statistics.median(v) for name, v in durations.items() if v}

@@ -123,7 +123,7 @@ async def _measure_pool(
             await between(iterations + i)  # the pass goes on where the timed one stopped
 
         names = {op: store.function_name(script) for op, script in _SCRIPTS.items()}
-        scripts: dict[str, str | tuple[str, str]] = {"bare": BARE_SHA, BUSY: BUSY_SHA, **names}
+        scripts: dict[str, str | tuple[str, ...]] = {"bare": BARE_SHA, BUSY: BUSY_SHA, **names}
         redis_us = await server.measure(ops, scripts, between=continue_between)
     bare_median = timings["bare"]["median"]
     return [

@@ -8,7 +8,10 @@ one run and on one client: a bare round trip (EVALSHA of ``return 1``, see
 ``execute`` with a no-op call (target <= 1.3x two bare round trips: it costs select + report;
 its profiles are in their steady state, a breaker whose window holds only successes) and one
 failover hop (``get_next_available_profile``: report and pick in one script, on profiles of
-its own; target <= 1.5x one bare round trip). Prints medians in microseconds and the ratios,
+its own; target <= 1.5x one bare round trip). Each hop is the first failure of a healthy
+primary, as in production: between two hops (outside the timed region) the primary reports a
+success, which ends its failure streak, so every hop is counted by the breaker, with the
+selection's current epoch. Prints medians in microseconds and the ratios,
 with a reference row: a script that only keeps Redis busy for 30 µs (see ``BUSY_SCRIPT``).
 """
 
@@ -27,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from coordinator import Store, connect, generate_key
 from coordinator.breaker_config import BreakerConfig, ModelConfig
 from coordinator.model_defaults import default_model_profiles
-from coordinator.model_types import ModelAuth, ModelCall, ModelProfile
+from coordinator.model_types import ModelAuth, ModelCall, ModelProfile, ModelSelection
 from coordinator.models import ModelProfileManager
 from coordinator.testing import RedisServer
 from scripts._benchlib import (
@@ -56,22 +59,23 @@ class ModelOps:
 
     ops: dict[str, Op]  # SELECT, EXECUTE, HOP
     hop_manager: ModelProfileManager
-    hop_primary: str  # the profile every hop fails over from
+    hop_primary: ModelSelection  # the selection every hop fails over from
 
-    async def reset(self, i: int) -> None:
-        """Between iterations: every fourth time, reset the hop primary's breaker, so that its
-        failure streak stays short (outside the timed region)."""
-        if i % 4 == 3:
-            await self.hop_manager.reset_breaker(self.hop_primary)
+    async def recover(self, i: int) -> None:
+        """Between iterations (outside the timed region): the hop primary reports a success,
+        which ends the failure streak of the last hop (its breaker stays closed and its epoch
+        current), so the next hop is again a healthy primary's first failure."""
+        await self.hop_manager.record_success(self.hop_primary)
 
 
 async def model_ops(store: Store) -> ModelOps:
     """Add the five default providers (all enabled, keys encrypted at rest) twice, for
     ``execute`` and ``select_profile`` and, in another namespace on the same client, for the
-    failover hop, and return the operations. The hop fails its primary over and over; on the
-    same profiles, every success of execute would then rewrite a breaker that production would
-    find in its steady state (a window of successes, which a success leaves as it is). The
-    breakers never open during a run."""
+    failover hop, and return the operations. The hop's primary fails and recovers in turn; on
+    the same profiles, every success of execute would then rewrite a breaker that production
+    would find in its steady state (a window of successes, which a success leaves as it is).
+    The breakers never open during a run (a window of alternating outcomes stays under the
+    failure rate threshold of 100%, and no streak grows past one)."""
     config = ModelConfig(
         breaker=BreakerConfig(
             failure_threshold=1_000_000, window_size=20, min_calls=20, failure_rate_threshold=1.0
@@ -109,7 +113,7 @@ async def model_ops(store: Store) -> ModelOps:
         return await hop_manager.get_next_available_profile(primary, kind="server")
 
     ops: dict[str, Op] = {SELECT: select, EXECUTE: execute, HOP: hop}
-    return ModelOps(ops, hop_manager, primary.profile_id)
+    return ModelOps(ops, hop_manager, primary)
 
 
 async def run(
@@ -121,11 +125,11 @@ async def run(
     store = await connect(url, namespace=f"bench{uuid.uuid4().hex[:8]}", secret_key=generate_key())
     try:
         measured = await model_ops(store)
-        reset = measured.reset
+        recover = measured.recover
         bare = await bare_round_trip(store)
         busy = await busy_round_trip(store)
         ops = {BARE: bare, BUSY: busy, **measured.ops}
-        timings = await interleaved_medians(ops, iterations, between=reset)
+        timings = await interleaved_medians(ops, iterations, between=recover)
         redis_us: dict[str, float] = {}
         if server_times:
             pick = store.function_name("model_select")
@@ -136,10 +140,12 @@ async def run(
                     BARE: BARE_SHA,
                     BUSY: BUSY_SHA,
                     SELECT: pick,
-                    "success report": (report, "success,"),
+                    # (execute's own success reports: the hop's recoveries are in another
+                    # namespace, whose keys start with the hop namespace's name)
+                    "success report": (report, "success,", f"{store.namespace}:"),
                     HOP: (report, "failure,"),
                 },
-                between=reset,
+                between=recover,
             )
             redis_us = {name: times[name] for name in (BARE, BUSY, SELECT, HOP) if name in times}
             if SELECT in times and "success report" in times:
