@@ -44,5 +44,10 @@ class ParsedDefinitions(Generic[T]):
         self._entries[key] = (raw, value)
         return value
 
+    def latest(self, key: str) -> T | None:
+        """The value last parsed under ``key`` (whatever text is stored now), or ``None``."""
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -133,15 +133,26 @@ class NoProfileAvailableError(CoordinatorError):
 class AllProfilesUnavailableError(CoordinatorError):
     """Every model profile was tried (or is unavailable) and none succeeded.
 
-    ``attempts`` lists what was tried, ``retry_in_ms`` the time until the soonest recovery.
+    ``attempts`` lists what was tried, ``retry_in_ms`` the time until the soonest recovery
+    (``None`` when nothing recovers by itself, or when ``limit_reached``). ``limit_reached``:
+    :meth:`~coordinator.models.ModelProfileManager.execute` stopped at ``max_attempts``, so
+    profiles it did not try may still be usable now.
     """
 
-    def __init__(self, attempts: Sequence[Any], retry_in_ms: int | None) -> None:
+    def __init__(
+        self, attempts: Sequence[Any], retry_in_ms: int | None, *, limit_reached: bool = False
+    ) -> None:
         self.attempts = list(attempts)
         self.retry_in_ms = retry_in_ms
+        self.limit_reached = limit_reached
         when = f"; soonest recovery in {retry_in_ms} ms" if retry_in_ms is not None else ""
         tried = ", ".join(str(a) for a in self.attempts) or "none"
-        super().__init__(f"all profiles unavailable (tried: {tried}){when}")
+        what = (
+            f"max_attempts ({len(self.attempts)}) reached"
+            if limit_reached
+            else "all profiles unavailable"
+        )
+        super().__init__(f"{what} (tried: {tried}){when}")
 
 
 class OAuthError(CoordinatorError):

@@ -38,6 +38,7 @@ from .errors import (
     AllProfilesUnavailableError,
     ConfigError,
     CorruptStateError,
+    DecryptionError,
     MissingSecretError,
     NoProfileAvailableError,
     OAuthError,
@@ -73,7 +74,10 @@ Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
 Outcome = Literal["success", "failure", "release", "unusable"]
 
-_CORRUPT_RETRIES = 4
+# How many times one selection may pick again after skipping a profile (its definition does
+# not parse here, or its key cannot be used on this replica). Each pick excludes one more id,
+# so this only bounds a pathological case.
+_RESELECTS = 32
 # Failure kinds that concern one key of a pool, not the provider: for a pool-backed profile
 # they cool the key down in its pool and do not count against the model profile's breaker.
 _KEY_LEVEL = frozenset({FailureKind.AUTH, FailureKind.BILLING, FailureKind.RATE_LIMIT})
@@ -81,6 +85,9 @@ _KEY_LEVEL = frozenset({FailureKind.AUTH, FailureKind.BILLING, FailureKind.RATE_
 # secret needs no I/O.
 _SUCCESS = Classification(None)
 _DIRECT_AUTH = frozenset({"api_key", "env", "none"})
+# The auth kinds whose key this replica itself holds (a value it decrypts, or a variable of
+# its environment): whether it can use it is known without I/O, before the call.
+_LOCAL_KEY = frozenset({"api_key", "env"})
 
 
 def _slot_setters(cls: type, names: Sequence[str]) -> list[Callable[[Any, Any], None]]:
@@ -205,6 +212,11 @@ class ModelProfileManager(EventSource):
         self._clock = clock
         self._parsed = ParsedDefinitions(partial(ModelProfile.from_record, box=store.box))
         self._reported_broken: set[str] = set()
+        # Profiles whose key this replica cannot use (an unset variable, a key it cannot
+        # decrypt): id -> when to look again (self._clock() seconds). Local on purpose: other
+        # replicas may hold the key, so nothing is written to Redis and no breaker counts it.
+        self._unusable_here: dict[str, float] = {}
+        self._warned_unusable: set[str] = set()
         self.events = EventHub(
             store, self._event_streams, poll_interval_s=self.config.event_poll_interval_s
         )
@@ -257,6 +269,38 @@ class ModelProfileManager(EventSource):
                     field_name,
                 )
 
+    def _excluded_here(self) -> list[str]:
+        """The profiles this replica skips because it cannot use their key, until their time
+        to look again (see :meth:`_usable_here`)."""
+        if not self._unusable_here:
+            return []
+        now = self._clock()
+        for profile_id in [p for p, until in self._unusable_here.items() if until <= now]:
+            del self._unusable_here[profile_id]
+        return list(self._unusable_here)
+
+    async def _usable_here(self, selection: ModelSelection) -> bool:
+        """Whether this replica can use the selected profile's key. When it cannot (an ``env``
+        variable unset here, an ``api_key`` it cannot decrypt: no or another ``secret_key``),
+        the profile is skipped by this replica for ``unusable_cooldown_ms`` (then looked at
+        again), its probe permit is given back, and nothing counts against it: replicas that
+        hold the key keep using it. Pool and OAuth keys are obtained by :meth:`execute`."""
+        profile = selection.profile
+        if profile.auth.kind not in _LOCAL_KEY:
+            return True
+        try:
+            self._direct_secret(profile)
+        except _Unusable as problem:
+            recheck_s = self.config.unusable_cooldown_ms / 1000.0
+            self._unusable_here[profile.id] = self._clock() + recheck_s
+            if profile.id not in self._warned_unusable:
+                self._warned_unusable.add(profile.id)
+                log.warning("model profile %r skipped on this replica: %s", profile.id, problem)
+            if selection.permit is not None:
+                await self.release(selection)
+            return False
+        return True
+
     def _decode_selection(
         self, reply: Sequence[Any], at: int = 0
     ) -> tuple[ModelSelection | None, int | None, str | None]:
@@ -301,21 +345,44 @@ class ModelProfileManager(EventSource):
         closes an open breaker."""
         if not isinstance(profile, ModelProfile):
             profile = ModelProfile.from_mapping(profile)
-        record = profile.to_record(self.store.box)
-        await self._run(
-            "model_add",
-            [profile.id, orjson.dumps(record), profile.priority, 1 if profile.enabled else 0],
-        )
+        await self._add(profile, only_new=False)
         return profile
 
+    async def _add(self, profile: ModelProfile, *, only_new: bool) -> bool:
+        """Store a profile (``only_new``: only when its id is not taken); returns whether it
+        was written."""
+        record = profile.to_record(self.store.box)
+        reply = await self._run(
+            "model_add",
+            [
+                profile.id,
+                orjson.dumps(record),
+                profile.priority,
+                1 if profile.enabled else 0,
+                1 if only_new else 0,
+            ],
+        )
+        return bool(reply[0] != "kept")
+
     async def load_defaults(
-        self, env: Mapping[str, str] | None = None, *, path: str | None = None
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        path: str | None = None,
+        replace: bool = False,
     ) -> list[ModelProfile]:
-        """Add the default profiles (see :mod:`coordinator.model_defaults`) and return them."""
-        profiles = default_model_profiles(env, path=path)
-        for profile in profiles:
-            await self.add_profile(profile)
-        return profiles
+        """Add the default profiles (see :mod:`coordinator.model_defaults`; ``env`` decides
+        which are enabled, default ``os.environ``) that do not exist yet, and return those it
+        added. Existing profiles are left as they are, so a replica's restart neither undoes
+        an operator's change (a disabled profile, another priority) nor writes its own
+        environment over what other replicas see; a replica without a profile's key skips
+        that profile by itself (see :meth:`select_profile`). ``replace=True`` writes every
+        default over the stored profile (breakers are kept, as with :meth:`add_profile`)."""
+        added: list[ModelProfile] = []
+        for profile in default_model_profiles(env, path=path):
+            if await self._add(profile, only_new=not replace):
+                added.append(profile)
+        return added
 
     async def remove_profile(self, profile_id: str) -> bool:
         """Delete a profile. Returns whether it existed. An open breaker record is kept, so
@@ -372,7 +439,10 @@ class ModelProfileManager(EventSource):
         self, model: str | None, session_id: str | None, exclude: Iterable[str]
     ) -> tuple[ModelSelection | None, int | None]:
         excluded = list(exclude)
-        for _ in range(_CORRUPT_RETRIES):
+        for skip in self._excluded_here():
+            if skip not in excluded:
+                excluded.append(skip)
+        for _ in range(_RESELECTS):
             spec, keys = self._selection_spec(model, session_id, excluded)
             # store.run directly (not _run): this is the hot path, one coroutine fewer.
             reply = await self.store.run(
@@ -381,9 +451,12 @@ class ModelProfileManager(EventSource):
                 self._cfg_only if spec is None else [*self._cfg_args, spec],
             )
             selection, retry_in, unparsable = self._decode_selection(reply)
-            if unparsable is None:
+            if unparsable is not None:
+                excluded.append(unparsable)  # its definition does not parse: skip it, pick again
+            elif selection is None or await self._usable_here(selection):
                 return selection, retry_in
-            excluded.append(unparsable)  # its definition does not parse: skip it, pick again
+            else:
+                excluded.append(selection.profile_id)  # its key is not usable here
         return None, None
 
     async def select_profile(
@@ -395,8 +468,11 @@ class ModelProfileManager(EventSource):
         """Choose the profile to call now (one round trip), or ``None`` if none is usable.
 
         Highest priority first among enabled profiles that serve the model, whose breaker
-        admits the call (closed, or half-open with a probe permit left) and that are not
-        cooling down. A session keeps its profile while that profile's breaker is closed.
+        admits the call (closed, or half-open with a probe permit left), that are not
+        cooling down and whose key this replica can use (an ``env`` variable set here, an
+        ``api_key`` it can decrypt; else it picks again without that profile, see
+        :meth:`_usable_here`). A session keeps its profile while that profile's breaker is
+        closed.
         """
         selection, _retry_in = await self._select(preferred_model, session_id, exclude)
         return selection
@@ -431,7 +507,7 @@ class ModelProfileManager(EventSource):
         args = [*self._cfg_args, header, message] if message else [*self._cfg_args, header]
         if pick_next:
             # (the script skips the reported profile itself: no need to send it)
-            exclude = [e for e in exclude if e != profile_id]
+            exclude = [e for e in [*exclude, *self._excluded_here()] if e != profile_id]
             spec, keys = self._selection_spec(model, session_id, exclude)
             script_keys = [*self._static, *keys] if keys else self._static
             if spec is not None:
@@ -443,9 +519,11 @@ class ModelProfileManager(EventSource):
         if not pick_next:
             return head, None, None
         selection, retry_in, unparsable = self._decode_selection(reply, 1)
+        if selection is not None and not await self._usable_here(selection):
+            unparsable = selection.profile_id
         if unparsable is not None:
-            # The next profile's definition does not parse here: pick again without it (one
-            # more round trip, only when a stored value is corrupt).
+            # The next profile's definition does not parse here, or its key is not usable
+            # here: pick again without it (one more round trip, only then).
             selection, retry_in = await self._select(
                 model, session_id, [*exclude, profile_id, unparsable]
             )
@@ -474,7 +552,7 @@ class ModelProfileManager(EventSource):
         for a call selected before the breaker changed state is recognised as late."""
         failure, retry = self._failure_of(kind, error, retry_after_s)
         head, _sel, _retry = await self._report(
-            selection, "failure", failure, _describe(error), retry_after_ms(retry)
+            selection, "failure", failure, self._message(selection, error), retry_after_ms(retry)
         )
         return _report_result(head)
 
@@ -482,6 +560,25 @@ class ModelProfileManager(EventSource):
         """Give back a selection that was not used (frees a half-open probe permit at once)."""
         head, _sel, _retry = await self._report(selection, "release", None, "", "")
         return _report_result(head)
+
+    def _message(self, target: ModelSelection | str, error: BaseException | str | None) -> str:
+        """The stored and emitted text of a reported error: token-shaped text redacted, and the
+        profile's own key too (an ``api_key`` or ``env`` key this replica holds: of the
+        selection's profile, or for an id the last definition this replica parsed)."""
+        if error is None:
+            return ""
+        profile = (
+            target.profile if isinstance(target, ModelSelection) else self._parsed.latest(target)
+        )
+        known: list[str] = []
+        if profile is not None and profile.auth.kind in _LOCAL_KEY:
+            try:
+                secret = profile.secret()
+                if secret is not None:
+                    known.append(secret.reveal())
+            except (MissingSecretError, DecryptionError):
+                pass  # not held here: nothing of it can be in the error
+        return _describe(error, known)
 
     def _failure_of(
         self,
@@ -515,7 +612,7 @@ class ModelProfileManager(EventSource):
             failed,
             "failure",
             failure,
-            _describe(error),
+            self._message(failed, error),
             retry_after_ms(retry),
             pick_next=True,
             model=preferred_model,
@@ -570,7 +667,7 @@ class ModelProfileManager(EventSource):
         try:
             if secret is not None:
                 secret.reveal()
-        except MissingSecretError as exc:
+        except (MissingSecretError, DecryptionError) as exc:
             raise _Unusable(FailureKind.AUTH, str(exc), "release", None) from exc
         return secret, key.id
 
@@ -583,8 +680,9 @@ class ModelProfileManager(EventSource):
         assert secret is not None
         try:
             secret.reveal()
-        except MissingSecretError as exc:
-            # Unset on this replica only: skip it here, leave it to replicas that have it.
+        except (MissingSecretError, DecryptionError) as exc:
+            # Unset, or not decryptable, on this replica only (no or another secret_key): skip
+            # it here, leave it to replicas that have it.
             raise _Unusable(FailureKind.AUTH, str(exc), "release", None) from exc
         return secret
 
@@ -664,7 +762,7 @@ class ModelProfileManager(EventSource):
                     pick_next=not last, model=model, session_id=session_id, exclude=excluded,
                 )  # fmt: skip
                 if last:
-                    raise AllProfilesUnavailableError(attempts, None) from None
+                    raise AllProfilesUnavailableError(attempts, None, limit_reached=True) from None
                 continue
             except StoreUnavailableError:
                 raise  # an outage is not the profile's fault, nor something to fail over from
@@ -740,7 +838,7 @@ class ModelProfileManager(EventSource):
             else:
                 _r, selection, retry_in = await report
             if last:
-                raise AllProfilesUnavailableError(attempts, None)
+                raise AllProfilesUnavailableError(attempts, None, limit_reached=True)
             if selection is not None:
                 log.info(
                     "failover from %s (%s) to %s", failed_id, verdict.kind.value,

@@ -193,6 +193,30 @@ async def test_a_caller_error_is_raised_at_once_without_harming_the_profile(
     )
 
 
+async def test_a_success_that_says_the_quota_is_spent_cools_the_profile_down(
+    store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
+) -> None:
+    # The answer is good, but its headers say no request is left until the reset: the next
+    # calls go elsewhere before the provider answers 429.
+    manager = await _setup(store, providers)
+    spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s"}
+    providers["grok"].then(Reply(200, spent))
+
+    async def raw(c: ModelCall) -> httpx.Response:
+        return await http.post(f"{c.base_url}/chat/completions", json={})
+
+    first = await manager.execute(raw)
+    assert first.status_code == 200 and str(first.url).startswith(providers["grok"].base_url)
+    status = {s.id: s for s in await manager.get_status()}["grok"]
+    assert status.state == "closed" and status.failures_total == 0
+    assert 6 * MINUTE_MS - 5 * SECOND_MS <= status.cooldown_remaining_ms <= 6 * MINUTE_MS
+    second = await manager.execute(raw)
+    assert str(second.url).startswith(providers["anthropic"].base_url)
+    advance_time(store, 6 * MINUTE_MS + MARGIN)
+    third = await manager.execute(raw)
+    assert str(third.url).startswith(providers["grok"].base_url)
+
+
 async def test_max_attempts_and_an_empty_manager(
     store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
 ) -> None:
@@ -204,6 +228,8 @@ async def test_max_attempts_and_an_empty_manager(
         await manager.execute(_caller(http, served), max_attempts=2)
     assert [a.profile_id for a in info.value.attempts] == ["grok", "anthropic"]
     assert len(providers["openai"].seen) == 0
+    # Stopped by the limit, not by a lack of profiles: the error says so.
+    assert info.value.limit_reached and "max_attempts (2) reached" in str(info.value)
     with pytest.raises(ConfigError):
         await manager.execute(_caller(http, served), max_attempts=0)
     with pytest.raises(ConfigError):
@@ -215,6 +241,7 @@ async def test_max_attempts_and_an_empty_manager(
     with pytest.raises(AllProfilesUnavailableError) as info:
         await empty.execute(_caller(http, served), model="no-such-model-served")
     assert info.value.attempts == [] and info.value.retry_in_ms is None
+    assert not info.value.limit_reached
 
 
 async def test_a_success_costs_two_round_trips_and_a_hop_one_more(

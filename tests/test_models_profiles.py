@@ -402,14 +402,39 @@ def test_defaults_come_from_the_environment_and_a_data_file(tmp_path: Any) -> No
         load_model_table(str(table))
 
 
-async def test_load_defaults_adds_the_enabled_ones_for_selection(store: Store) -> None:
+async def test_load_defaults_adds_the_enabled_ones_for_selection(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("GROK_API_KEY", "ANTHROPIC_API_KEY", "OLLAMA_ENABLED"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-1")
+    monkeypatch.setenv("GOOGLE_API_KEY", "g-1")
     manager = model_manager(store)
-    await manager.load_defaults({"OPENAI_API_KEY": "sk-1", "GOOGLE_API_KEY": "g-1"})
+    await manager.load_defaults()
     sel = await manager.select_profile()
     assert sel is not None and (sel.profile_id, sel.model) == ("openai", "gpt-4o-mini")
     sel = await manager.select_profile("gemini-1.5-pro")
     assert sel is not None and sel.profile_id == "google"
     assert await manager.select_profile("claude-3-opus") is None
+
+
+async def test_load_defaults_keeps_what_is_stored(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-1")
+    first = model_manager(store)
+    added = await first.load_defaults()
+    assert [p.id for p in added] == ["grok", "anthropic", "openai", "google", "ollama"]
+    await first.disable_profile("openai")  # an operator's decision
+    # A restart, and a replica whose environment lacks the key: neither changes what is stored.
+    assert await model_manager(store).load_defaults() == []
+    monkeypatch.delenv("OPENAI_API_KEY")
+    assert await model_manager(store).load_defaults() == []
+    assert (await first.get_profile("openai")).enabled is False
+    # replace=True writes the defaults over it, enabled by this environment.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-1")
+    assert len(await first.load_defaults(replace=True)) == 5
+    assert (await first.get_profile("openai")).enabled is True
 
 
 class FakeTokens:

@@ -4,13 +4,15 @@
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (unused)
 -- ARGV[3] profile id   ARGV[4] definition JSON (validated by the caller)
 -- ARGV[5] priority   ARGV[6] enabled: 1 | 0
--- Returns {'created' | 'updated', breaker state}
+-- ARGV[7] 1: only create (an existing profile is left as it is), else 0 (optional)
+-- Returns {'created' | 'updated' | 'kept', breaker state ('' when kept)}
 --!include _model.lua
 
 local id, body = ARGV[MARG], ARGV[MARG + 1]
 local priority, enabled = tonumber(ARGV[MARG + 2]), ARGV[MARG + 3] == '1'
-local now = now_ms()
 local existed = redis.call('HEXISTS', K_PROFILES, id) == 1
+if existed and ARGV[MARG + 4] == '1' then return {'kept', ''} end
+local now = now_ms()
 redis.call('HSET', K_PROFILES, id, body)
 if enabled then
   redis.call('ZADD', K_RANKED, -priority, id)
