@@ -271,7 +271,7 @@ class ModelProfileManager(EventSource):
 
     def _excluded_here(self) -> list[str]:
         """The profiles this replica skips because it cannot use their key, until their time
-        to look again (see :meth:`_usable_here`)."""
+        to look again (see :meth:`_skip_here`)."""
         if not self._unusable_here:
             return []
         now = self._clock()
@@ -279,27 +279,29 @@ class ModelProfileManager(EventSource):
             del self._unusable_here[profile_id]
         return list(self._unusable_here)
 
-    async def _usable_here(self, selection: ModelSelection) -> bool:
-        """Whether this replica can use the selected profile's key. When it cannot (an ``env``
-        variable unset here, an ``api_key`` it cannot decrypt: no or another ``secret_key``),
-        the profile is skipped by this replica for ``unusable_cooldown_ms`` (then looked at
-        again), its probe permit is given back, and nothing counts against it: replicas that
-        hold the key keep using it. Pool and OAuth keys are obtained by :meth:`execute`."""
-        profile = selection.profile
+    def _usable_here(self, profile: ModelProfile) -> bool:
+        """Whether this replica can use the profile's key, as far as it knows without I/O:
+        an ``env`` variable set here, an ``api_key`` it can decrypt (no or another
+        ``secret_key`` cannot). Pool and OAuth keys are obtained by :meth:`execute`."""
         if profile.auth.kind not in _LOCAL_KEY:
             return True
         try:
             self._direct_secret(profile)
         except _Unusable as problem:
-            recheck_s = self.config.unusable_cooldown_ms / 1000.0
-            self._unusable_here[profile.id] = self._clock() + recheck_s
             if profile.id not in self._warned_unusable:
                 self._warned_unusable.add(profile.id)
                 log.warning("model profile %r skipped on this replica: %s", profile.id, problem)
-            if selection.permit is not None:
-                await self.release(selection)
             return False
         return True
+
+    async def _skip_here(self, selection: ModelSelection) -> None:
+        """This replica cannot use the selected profile's key: skip the profile here for
+        ``unusable_cooldown_ms`` (then look again) and give its probe permit back. Nothing
+        counts against it: replicas that hold the key keep using it."""
+        recheck_s = self.config.unusable_cooldown_ms / 1000.0
+        self._unusable_here[selection.profile_id] = self._clock() + recheck_s
+        if selection.permit is not None:
+            await self.release(selection)
 
     def _decode_selection(
         self, reply: Sequence[Any], at: int = 0
@@ -453,10 +455,11 @@ class ModelProfileManager(EventSource):
             selection, retry_in, unparsable = self._decode_selection(reply)
             if unparsable is not None:
                 excluded.append(unparsable)  # its definition does not parse: skip it, pick again
-            elif selection is None or await self._usable_here(selection):
+            elif selection is None or self._usable_here(selection.profile):
                 return selection, retry_in
             else:
-                excluded.append(selection.profile_id)  # its key is not usable here
+                await self._skip_here(selection)  # its key is not usable here
+                excluded.append(selection.profile_id)
         return None, None
 
     async def select_profile(
@@ -470,9 +473,9 @@ class ModelProfileManager(EventSource):
         Highest priority first among enabled profiles that serve the model, whose breaker
         admits the call (closed, or half-open with a probe permit left), that are not
         cooling down and whose key this replica can use (an ``env`` variable set here, an
-        ``api_key`` it can decrypt; else it picks again without that profile, see
-        :meth:`_usable_here`). A session keeps its profile while that profile's breaker is
-        closed.
+        ``api_key`` it can decrypt; else it picks again without that profile and skips it
+        for ``unusable_cooldown_ms``, see :meth:`_skip_here`). A session keeps its profile
+        while that profile's breaker is closed.
         """
         selection, _retry_in = await self._select(preferred_model, session_id, exclude)
         return selection
@@ -519,7 +522,8 @@ class ModelProfileManager(EventSource):
         if not pick_next:
             return head, None, None
         selection, retry_in, unparsable = self._decode_selection(reply, 1)
-        if selection is not None and not await self._usable_here(selection):
+        if selection is not None and not self._usable_here(selection.profile):
+            await self._skip_here(selection)
             unparsable = selection.profile_id
         if unparsable is not None:
             # The next profile's definition does not parse here, or its key is not usable
