@@ -1,17 +1,128 @@
-"""Shared by the benchmarks: interleaved timing and the bare round trip they compare with."""
+"""Shared by the benchmarks: their command line, interleaved timing and the bare round trip
+they compare with."""
 
 from __future__ import annotations
 
+import argparse
 import gc
 import hashlib
 import random
 import statistics
+import textwrap
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
+from urllib.parse import urlsplit
 
-from coordinator import Store
+from coordinator import ConfigError, Store, StoreUnavailableError
+from coordinator.testing import RedisServer
+
+# The URL schemes of a standalone Redis server, as coordinator.connect reads them. Not
+# memory:// (fakeredis in this process: no round trip to measure), nor redis+sentinel:// and
+# redis+cluster://: their clients are not the standalone one whose round trip the targets are
+# expressed in, and on a cluster the bare round trip's key and each pool's need not share a node.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _iterations(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 2:  # a p90 needs two samples
+        raise argparse.ArgumentTypeError(f"must be at least 2, not {value}")
+    return value
+
+
+def parser(
+    doc: str, *, iterations: int, iterations_help: str, missed: str
+) -> argparse.ArgumentParser:
+    """The command line of both benchmarks: ``--url`` and ``--iterations``, with the exit
+    status in the epilog. ``doc`` is the script's docstring (its first paragraph is the
+    description); ``missed`` says which targets can make it exit with 1."""
+    description = textwrap.fill(" ".join(doc.split("\n\n")[0].split()), width=79)
+    status = [
+        "0  every target printed was met",
+        f"1  a target was missed ({missed})",
+        "2  a bad option or --url, or no server to run on (redis-server missing or not "
+        "starting, --url unreachable)",
+    ]
+    epilog = "exit status:\n" + "\n".join(
+        textwrap.fill(line, width=79, initial_indent="  ", subsequent_indent="     ")
+        for line in status
+    )
+    result = argparse.ArgumentParser(
+        description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    result.add_argument(
+        "--url",
+        metavar="URL",
+        help="the Redis server to run on: a redis://, rediss:// or unix:// URL (keys written "
+        "there are left behind); default: start a throw-away redis-server on a free loopback "
+        "port, and only then also measure Redis's own time per script (column 'Redis µs')",
+    )
+    result.add_argument(
+        "--iterations",
+        metavar="N",
+        type=_iterations,
+        default=iterations,
+        help=f"{iterations_help} (default: %(default)s)",
+    )
+    return result
+
+
+def _check_url(parser: argparse.ArgumentParser, url: str) -> None:
+    """Exit with status 2 and a one-line message unless ``url`` is a standalone Redis server's."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in REDIS_SCHEMES:
+        try:
+            _ = urlsplit(url).port  # raises for a port that is not a number (or out of range)
+        except ValueError as exc:
+            parser.exit(2, f"{parser.prog}: error: --url: {exc}\n")
+        return
+    if scheme == "memory":
+        why = "memory:// is the embedded fakeredis backend, not a Redis server"
+    elif scheme in ("redis+sentinel", "redis+cluster"):
+        why = (
+            f"{scheme}:// is not supported here, the targets are ratios to one server's round trip"
+        )
+    else:
+        why = f"unsupported scheme {scheme + '://' if scheme else '(none)'}"
+    parser.exit(
+        2,
+        f"{parser.prog}: error: --url: {why}; give a redis://, rediss:// or unix:// URL, "
+        "or no --url for a throw-away redis-server\n",
+    )
+
+
+@contextmanager
+def redis_target(parser: argparse.ArgumentParser, url: str | None) -> Iterator[tuple[str, bool]]:
+    """The URL to run on and whether this run started its server: ``url`` once checked, else
+    a throw-away ``redis-server``, stopped on leaving. A server that cannot be started or
+    reached (:class:`StoreUnavailableError`, or :class:`ConfigError` from ``connect``) ends the
+    run with status 2 and a message (one line, but for the log of a server that did not start)."""
+    if url is not None:
+        _check_url(parser, url)
+        try:
+            yield url, False
+        except (StoreUnavailableError, ConfigError) as exc:
+            parser.exit(2, f"{parser.prog}: error: --url: {exc}\n")
+        return
+    server = RedisServer()
+    try:
+        server.start()
+    except RuntimeError as exc:  # no redis-server binary, or it did not start (with its log)
+        server.stop()
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    try:
+        yield server.url, True
+    except (StoreUnavailableError, ConfigError) as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    finally:
+        server.stop()
+
 
 Op = Callable[[], Awaitable[Any]]
 # Run between two iterations, given the iteration's number.

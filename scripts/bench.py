@@ -1,25 +1,31 @@
-"""Benchmark: each pool operation as a ratio to a bare Redis round trip, measured in one run.
+"""Benchmark: each pool operation, then each model-profile operation, as a ratio to a bare
+Redis round trip, measured in one run.
 
 Usage: ``python scripts/bench.py [--url redis://...] [--iterations N]`` (``make bench``).
-It also runs the model-profile benchmark (``scripts/bench_models.py``) in the same run.
-Without ``--url`` (or ``COORDINATOR_REDIS_URL``) it starts a throw-away ``redis-server`` on a
-free loopback port. The bare round trip is an EVALSHA of ``return 1`` (one key) sent with
-``execute_command`` on the same client, the leanest call redis-py makes;
+The pool part is this script; the model part is ``scripts/bench_models.py``'s, run on the same
+server with the same ``--iterations``. Without ``--url`` it starts a throw-away
+``redis-server`` on a free loopback port; ``--url`` must name a Redis server (``redis://``,
+``rediss://`` or ``unix://``): anything else, ``memory://`` (the embedded fakeredis) included,
+exits with status 2 and a one-line message. The bare round trip is an EVALSHA of ``return 1``
+(one key) sent with ``execute_command`` on the same client, the leanest call redis-py makes;
 operations and the bare round trip are interleaved so that machine noise hits both alike, and
 medians are reported. A reference row, a script that only keeps Redis busy for 30 µs, shows
 what that much server time costs a round trip on this machine at the time. Targets: every
 operation <= 1.5x the bare round trip, and the 10,000 profile pool within 1.5x of the 10
-profile pool (a pick must not scan the pool).
+profile pool (a pick must not scan the pool); then the model targets (see
+``scripts/bench_models.py``).
+
+Exit status: 0 when every target is met (pool and model), 1 when any is missed (the pool
+table's verdict says "NOT met", or a model row says MISSED), 2 for a bad option or ``--url``,
+or when there is no server to run on.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
 from collections.abc import Awaitable
-from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,7 +40,6 @@ from coordinator import (
     connect,
     generate_key,
 )
-from coordinator.testing import RedisServer
 from scripts import bench_models
 from scripts._benchlib import (
     BARE_SHA,
@@ -46,6 +51,8 @@ from scripts._benchlib import (
     bare_round_trip,
     busy_round_trip,
     interleaved_medians,
+    parser,
+    redis_target,
 )
 
 SIZES = (10, 1_000, 10_000)
@@ -190,26 +197,25 @@ def report(rows: list[dict[str, Any]]) -> bool:
 
 
 def main() -> int:
-    """Entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default=os.environ.get("COORDINATOR_REDIS_URL"))
-    parser.add_argument("--iterations", type=int, default=3000)
-    args = parser.parse_args()
-    with ExitStack() as stack:
-        url = args.url
-        own_server = not url or url.startswith("memory://")
-        if own_server:
-            url = stack.enter_context(RedisServer()).url
+    """Entry point: 0 when every target (pool and model) is met, 1 when any is missed."""
+    cli = parser(
+        __doc__,
+        iterations=3000,
+        iterations_help="timed iterations per pool size, and for the model benchmark",
+        missed="the pool verdict says 'NOT met', or a model row says MISSED",
+    )
+    args = cli.parse_args()
+    with redis_target(cli, args.url) as (url, own_server):
         print(f"coordinator pool benchmark on {url} ({args.iterations} iterations per size)\n")
         # Redis's own time per script comes from its slowlog, so only on a server we started.
         rows = asyncio.run(measure(url, args.iterations, server_times=own_server))
-        report(rows)
+        pool_ok = report(rows)
         print(f"\nmodel profiles ({args.iterations} iterations)\n")
         results, redis_us = asyncio.run(
             bench_models.run(url, args.iterations, server_times=own_server)
         )
         print(bench_models.report(results, redis_us))
-    return 0
+    return 0 if pool_ok and bench_models.targets_met(results) else 1
 
 
 if __name__ == "__main__":

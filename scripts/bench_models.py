@@ -1,23 +1,29 @@
 """Benchmark of the model profile manager against a bare Redis round trip.
 
-Usage: ``python scripts/bench_models.py [redis://host:port/db] [--iterations N]``
+Usage: ``python scripts/bench_models.py [--url redis://host:port/db] [--iterations N]`` (also
+run by ``scripts/bench.py``, after the pool benchmark).
 
-Without a URL, a throw-away ``redis-server`` is started on a free loopback port. Measures, in
-one run and on one client: a bare round trip (EVALSHA of ``return 1``, see
-``scripts/_benchlib.py``), ``select_profile``,
-``execute`` with a no-op call (target <= 1.3x two bare round trips: it costs select + report;
-its profiles are in their steady state, a breaker whose window holds only successes) and one
-failover hop (``get_next_available_profile``: report and pick in one script, on profiles of
-its own; target <= 1.5x one bare round trip). Each hop is the first failure of a healthy
+Without ``--url``, a throw-away ``redis-server`` is started on a free loopback port; ``--url``
+must name a Redis server (``redis://``, ``rediss://`` or ``unix://``): anything else,
+``memory://`` (the embedded fakeredis) included, exits with status 2 and a one-line message.
+
+Measures, in one run and on one client: a bare round trip (EVALSHA of ``return 1``, see
+``scripts/_benchlib.py``), ``select_profile``, ``execute`` with a no-op call (target <= 1.3x
+two bare round trips: it costs select + report; its profiles are in their steady state, a
+breaker whose window holds only successes) and one failover hop
+(``get_next_available_profile``: report and pick in one script, on profiles of its own;
+target <= 1.5x one bare round trip). Each hop is the first failure of a healthy
 primary, as in production: between two hops (outside the timed region) the primary reports a
 success, which ends its failure streak, so every hop is counted by the breaker, with the
 selection's current epoch. Prints medians in microseconds and the ratios,
 with a reference row: a script that only keeps Redis busy for 30 µs (see ``BUSY_SCRIPT``).
+
+Exit status: 0 when both targets (``execute`` and the failover hop) are met, 1 when either is
+MISSED, 2 for a bad option or ``--url``, or when there is no server to run on.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import uuid
@@ -32,7 +38,6 @@ from coordinator.breaker_config import BreakerConfig, ModelConfig
 from coordinator.model_defaults import default_model_profiles
 from coordinator.model_types import ModelAuth, ModelCall, ModelProfile, ModelSelection
 from coordinator.models import ModelProfileManager
-from coordinator.testing import RedisServer
 from scripts._benchlib import (
     BARE_SHA,
     BUSY_SHA,
@@ -42,6 +47,8 @@ from scripts._benchlib import (
     bare_round_trip,
     busy_round_trip,
     interleaved_medians,
+    parser,
+    redis_target,
 )
 
 BUSY = f"busy {BUSY_US} µs in Redis (reference)"
@@ -51,6 +58,9 @@ BARE = "bare round trip (EVALSHA return 1)"
 SELECT = "select_profile"
 EXECUTE = "execute (no-op call)"
 HOP = "failover hop (report + pick)"
+
+EXECUTE_TARGET = 1.3  # execute <= 1.3x two bare round trips (it costs a select and a report)
+HOP_TARGET = 1.5  # one failover hop <= 1.5x one bare round trip
 
 
 @dataclass
@@ -155,6 +165,20 @@ async def run(
         await store.close()
 
 
+def _met(results: dict[str, float]) -> dict[str, bool]:
+    """Whether each target (``execute``, the hop) is met by these medians."""
+    bare = results[BARE]
+    return {
+        EXECUTE: results[EXECUTE] / (2 * bare) <= EXECUTE_TARGET,
+        HOP: results[HOP] / bare <= HOP_TARGET,
+    }
+
+
+def targets_met(results: dict[str, float]) -> bool:
+    """Whether both targets are met: no row of :func:`report` says MISSED."""
+    return all(_met(results).values())
+
+
 def report(results: dict[str, float], redis_us: dict[str, float] | None = None) -> str:
     """The results table with the ratios to the bare round trip (and Redis's own time per
     operation, when measured)."""
@@ -162,6 +186,7 @@ def report(results: dict[str, float], redis_us: dict[str, float] | None = None) 
     execute = results[EXECUTE]
     hop = results[HOP]
     server = redis_us or {}
+    met = _met(results)
 
     def row(name: str, median: float, ratio: float, note: str = "") -> str:
         redis = f"{server[name]:.0f}" if name in server else ""
@@ -172,26 +197,29 @@ def report(results: dict[str, float], redis_us: dict[str, float] | None = None) 
     lines.append(row(BARE, bare, 1.0))
     lines.append(row(BUSY, results[BUSY], results[BUSY] / bare, "(vs 1 bare)"))
     lines.append(row(SELECT, results[SELECT], results[SELECT] / bare, "(vs 1 bare)"))
-    verdict = "ok" if execute / (2 * bare) <= 1.3 else "MISSED"
-    lines.append(row(EXECUTE, execute, execute / (2 * bare), f"<= 1.30 (vs 2 bare) {verdict}"))
-    verdict = "ok" if hop / bare <= 1.5 else "MISSED"
-    lines.append(row(HOP, hop, hop / bare, f"<= 1.50 (vs 1 bare) {verdict}"))
+    verdict = "ok" if met[EXECUTE] else "MISSED"
+    target = f"<= {EXECUTE_TARGET:.2f} (vs 2 bare) {verdict}"
+    lines.append(row(EXECUTE, execute, execute / (2 * bare), target))
+    verdict = "ok" if met[HOP] else "MISSED"
+    lines.append(row(HOP, hop, hop / bare, f"<= {HOP_TARGET:.2f} (vs 1 bare) {verdict}"))
     return "\n".join(lines)
 
 
-def main() -> None:
-    """Parse arguments, start a throw-away server if needed, run and print."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("url", nargs="?", help="Redis URL (default: a throw-away redis-server)")
-    parser.add_argument("--iterations", type=int, default=5000)
-    args = parser.parse_args()
-    if args.url:
-        results, redis_us = asyncio.run(run(args.url, args.iterations))
-    else:
-        with RedisServer() as server:
-            results, redis_us = asyncio.run(run(server.url, args.iterations, server_times=True))
+def main() -> int:
+    """Parse arguments, start a throw-away server if needed, run and print; 0 when both
+    targets are met, 1 when either is missed."""
+    cli = parser(
+        __doc__,
+        iterations=5000,
+        iterations_help="timed iterations",
+        missed="a row says MISSED",
+    )
+    args = cli.parse_args()
+    with redis_target(cli, args.url) as (url, own_server):
+        results, redis_us = asyncio.run(run(url, args.iterations, server_times=own_server))
     print(report(results, redis_us))
+    return 0 if targets_met(results) else 1
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
