@@ -77,8 +77,10 @@ class ModelConfig:
     * ``breaker``: the circuit breaker (see :class:`BreakerConfig`).
     * ``billing_cooldown_ms``: a billing failure (402, no credit) keeps the profile out this long.
     * ``max_retry_after_ms``: the longest ``Retry-After`` / rate-limit reset honoured.
-    * ``unusable_cooldown_ms``: how long a pool-backed profile whose pool has no usable key (and
-      no known recovery time) is skipped.
+    * ``unusable_cooldown_ms``: how long a profile whose key cannot be used is skipped: by every
+      replica, a pool-backed profile whose pool has no usable key (and no known recovery
+      time); by this replica only, a profile whose ``env`` variable is unset here or whose
+      ``api_key`` it cannot decrypt (then it looks again).
     * ``session_sticky`` / ``session_ttl_s``: a session keeps its profile while that profile's
       breaker is closed (sliding lifetime).
     * ``max_attempts``: default limit of profiles one :meth:`execute` tries.
