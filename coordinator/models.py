@@ -387,8 +387,10 @@ class ModelProfileManager(EventSource):
         return added
 
     async def remove_profile(self, profile_id: str) -> bool:
-        """Delete a profile. Returns whether it existed. An open breaker record is kept, so
-        removing and re-adding the profile does not reset it."""
+        """Delete a profile. Returns whether it existed. Its breaker record is deleted with it
+        only when it holds nothing that matters (closed, no cooldown running, no failure that
+        still counts in the streak or the window); otherwise it is kept, so removing and
+        re-adding the profile never resets its breaker, cooldown or failure counts."""
         validate_id(profile_id, "profile_id")
         return bool(await self._run("model_remove", [profile_id]))
 

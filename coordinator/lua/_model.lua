@@ -264,6 +264,17 @@ local function refresh(id, b, now)
   return dropped
 end
 
+-- The failures of a breaker's streak that still count at now (those within failure_decay_ms),
+-- oldest first, as a new table (the caller may append to it).
+local function counting_streak(b, now)
+  local decay = conf().decay
+  local streak = {}
+  for _, t in ipairs(b.streak) do
+    if now - t <= decay then streak[#streak + 1] = t end
+  end
+  return streak
+end
+
 local function open_breaker(id, b, now, reason, kind)
   local c = conf()
   local reopens = 0

@@ -85,11 +85,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     return 'recorded', changed or cooldown_set
   end
   local c = conf()
-  local decay = c.decay
-  local streak = {}
-  for _, t in ipairs(b.streak) do
-    if now - t <= decay then streak[#streak + 1] = t end
-  end
+  local streak = counting_streak(b, now)
   streak[#streak + 1] = now
   b.streak = streak
   b.window = string.sub(b.window .. '1', -c.window)
