@@ -418,6 +418,19 @@ async def test_load_defaults_adds_the_enabled_ones_for_selection(
     assert await manager.select_profile("claude-3-opus") is None
 
 
+async def test_an_excluded_profile_that_does_not_serve_the_model_leaves_the_choice_primary(
+    store: Store,
+) -> None:
+    manager = model_manager(store)
+    await manager.add_profile(profile("gpt-only", 100, ("gpt-*",)))
+    await manager.add_profile(profile("claude", 90, ("claude-*",)))
+    await manager.add_profile(profile("both", 80, ("gpt-*", "claude-*")))
+    sel = await manager.select_profile("claude-3", exclude=["gpt-only"])
+    assert sel is not None and (sel.profile_id, sel.reason) == ("claude", "primary")
+    sel = await manager.select_profile("claude-3", exclude=["claude"])
+    assert sel is not None and (sel.profile_id, sel.reason) == ("both", "failover")
+
+
 async def test_load_defaults_keeps_what_is_stored(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

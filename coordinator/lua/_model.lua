@@ -424,7 +424,8 @@ end
 --    definition JSON}
 --   {0, "<soonest recovery in ms, -1 if nothing recovers by itself>,<now>[,<broken>...]"}
 -- reason: 'primary' (the highest-priority enabled profile serving the model), 'failover'
--- (a lower one, or one below an excluded profile), 'testing' (a half-open probe; the token is
+-- (a lower one, or one below an excluded profile that serves the model; the failed profile
+-- of a hop is taken to), 'testing' (a half-open probe; the token is
 -- its permit). broken lists 'id:field' of profiles skipped because a stored value is corrupt
 -- (ids and field names hold no comma).
 -- Cost: O(log n) + the profiles ranked above the one chosen (a handful: one per provider).
@@ -481,10 +482,16 @@ local function select_profile(now, spec, session_key, also_excluded)
     if count == 0 then break end
     for i = 1, count do
       local id = page[i]
-      if id == also_excluded or (excluded and excluded[id]) then
-        -- Not even decoded (a failover hop excludes the profile that just failed): an
-        -- excluded profile ranked above the one chosen makes the choice a failover.
+      if id == also_excluded then
+        -- Not even decoded (a failover hop excludes the profile that just failed, which served
+        -- the call): ranked above the one chosen, it makes the choice a failover.
         if top == nil then top = id end
+      elseif excluded and excluded[id] then
+        -- An excluded profile makes the choice a failover only if it would have served it.
+        if top == nil then
+          local def = view_def(id)
+          if def and def.enabled and serves_model(def, model) then top = id end
+        end
       else
         local def, raw, bad = view_def(id)
         if not def then
