@@ -36,6 +36,7 @@ from coordinator import (
     AuthConfig,
     AuthProfile,
     AuthProfileManager,
+    Secret,
     Store,
     connect,
     generate_key,
@@ -64,7 +65,9 @@ async def _fill_pool(manager: AuthProfileManager, provider: str, size: int) -> N
     for i in range(size):
         batch.append(
             manager.add_profile(
-                AuthProfile(id=f"{provider}-{i}", provider=provider, api_key=f"sk-bench-{i:08d}xx")
+                AuthProfile(
+                    id=f"{provider}-{i}", provider=provider, api_key=Secret(f"sk-bench-{i:08d}xx")
+                )
             )
         )
         if len(batch) == 50:

@@ -27,6 +27,7 @@ from coordinator import (
     AuthProfileManager,
     Event,
     NoProfileAvailableError,
+    Secret,
     Store,
     connect,
     generate_key,
@@ -128,7 +129,9 @@ async def main() -> None:
     for pid in SCHEDULE:
         provider = pid.split("-")[0]
         await replicas[0].add_profile(
-            AuthProfile(id=pid, provider=provider, api_key=f"sk-demo-{pid}-0123456789abcdef")
+            AuthProfile(
+                id=pid, provider=provider, api_key=Secret(f"sk-demo-{pid}-0123456789abcdef")
+            )
         )
 
     start_ms = await stores[0].time_ms()
@@ -224,8 +227,8 @@ async def main() -> None:
         print(f"calls refused because every {provider} key was cooling: {count}")
     print("\npicks per replica:")
     for i in range(REPLICAS):
-        picks = ", ".join(f"{k}={v}" for k, v in sorted(tally.by_replica[i].items()))
-        print(f"  replica {i}: {picks}")
+        counts = ", ".join(f"{k}={v}" for k, v in sorted(tally.by_replica[i].items()))
+        print(f"  replica {i}: {counts}")
     for manager in replicas:
         await manager.close()
     for s in set(stores):
