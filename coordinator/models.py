@@ -579,11 +579,11 @@ class ModelProfileManager(EventSource):
         known: list[str] = []
         if profile is not None and profile.auth.kind in _LOCAL_KEY:
             try:
-                secret = profile.secret()
-                if secret is not None:
-                    known.append(secret.reveal())
-            except (MissingSecretError, DecryptionError):
-                pass  # not held here: nothing of it can be in the error
+                secret = self._direct_secret(profile)
+            except _Unusable:
+                secret = None  # not held here: nothing of it can be in the error
+            if secret is not None:
+                known.append(secret.reveal())
         return _describe(error, known)
 
     def _failure_of(
