@@ -96,6 +96,10 @@ class _Target:
 def _parse_url(url: str) -> _Target:
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme in ("redis", "rediss", "unix"):
+        try:
+            _ = urlsplit(url).port  # a port that is no number raises here, not in redis-py
+        except ValueError as exc:
+            raise ConfigError("url", f"invalid port: {exc}") from None
         return _Target("redis", url)
     if scheme == "redis+cluster":
         return _Target("cluster", url)

@@ -14,16 +14,23 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit
 
 from coordinator import ConfigError, Store, StoreUnavailableError
+from coordinator.store import _parse_url  # the one reading of a URL
 from coordinator.testing import RedisServer
 
-# The URL schemes of a standalone Redis server, as coordinator.connect reads them. Not
-# memory:// (fakeredis in this process: no round trip to measure), nor redis+sentinel:// and
-# redis+cluster://: their clients are not the standalone one whose round trip the targets are
-# expressed in, and on a cluster the bare round trip's key and each pool's need not share a node.
-REDIS_SCHEMES = ("redis", "rediss", "unix")
+# Only a standalone server (redis://, rediss://, unix://, as coordinator.connect reads them):
+# not memory:// (fakeredis in this process: no round trip to measure), nor redis+sentinel://
+# and redis+cluster://: their clients are not the standalone one whose round trip the targets
+# are expressed in, and on a cluster the bare round trip's key and each pool's need not share
+# a node.
+WHY_NOT = {
+    "memory": "memory:// is the embedded fakeredis backend, not a Redis server",
+    "sentinel": "redis+sentinel:// is not supported here, the targets are ratios to one "
+    "server's round trip",
+    "cluster": "redis+cluster:// is not supported here, the targets are ratios to one "
+    "server's round trip",
+}
 
 
 def _iterations(text: str) -> int:
@@ -74,27 +81,18 @@ def parser(
 
 
 def _check_url(parser: argparse.ArgumentParser, url: str) -> None:
-    """Exit with status 2 and a one-line message unless ``url`` is a standalone Redis server's."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in REDIS_SCHEMES:
-        try:
-            _ = urlsplit(url).port  # raises for a port that is not a number (or out of range)
-        except ValueError as exc:
-            parser.exit(2, f"{parser.prog}: error: --url: {exc}\n")
-        return
-    if scheme == "memory":
-        why = "memory:// is the embedded fakeredis backend, not a Redis server"
-    elif scheme in ("redis+sentinel", "redis+cluster"):
-        why = (
-            f"{scheme}:// is not supported here, the targets are ratios to one server's round trip"
+    """Exit with status 2 and a one-line message unless ``url`` is a standalone Redis server's
+    (read by the store's own URL parser, so the two never disagree)."""
+    try:
+        backend = _parse_url(url).backend
+    except ConfigError as exc:
+        parser.exit(2, f"{parser.prog}: error: --url: {exc}\n")
+    if backend != "redis":
+        parser.exit(
+            2,
+            f"{parser.prog}: error: --url: {WHY_NOT[backend]}; give a redis://, rediss:// or "
+            "unix:// URL, or no --url for a throw-away redis-server\n",
         )
-    else:
-        why = f"unsupported scheme {scheme + '://' if scheme else '(none)'}"
-    parser.exit(
-        2,
-        f"{parser.prog}: error: --url: {why}; give a redis://, rediss:// or unix:// URL, "
-        "or no --url for a throw-away redis-server\n",
-    )
 
 
 @contextmanager

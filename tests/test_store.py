@@ -30,6 +30,13 @@ async def test_unsupported_url_is_a_config_error() -> None:
     assert info.value.field == "url"
 
 
+@pytest.mark.parametrize("url", ["redis://:hunter2secret@localhost:x/0", "redis://h:99999/0"])
+async def test_a_port_that_is_no_port_is_a_config_error(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        await connect(url)
+    assert info.value.field == "url" and "hunter2secret" not in str(info.value)
+
+
 async def test_unreachable_redis_is_store_unavailable_with_cause() -> None:
     port = free_port()
     with pytest.raises(StoreUnavailableError) as info:
