@@ -116,6 +116,14 @@ async def fail(manager: ModelProfileManager, times: int, pid: str = "primary") -
         await manager.record_failure(sel, "server", error="500 from test")
 
 
+async def succeed(manager: ModelProfileManager, times: int, pid: str = "primary") -> None:
+    """Select ``pid`` (as the top choice) and report a success, ``times`` times."""
+    for _ in range(times):
+        sel = await manager.select_profile()
+        assert sel is not None and sel.profile_id == pid
+        await manager.record_success(sel)
+
+
 async def second_replica(store: Store, backend_url: str, secret_key: str) -> Store:
     """Another store on the same data: its own connection (the embedded backend lives in this
     process, so there it shares the client) and its own clock offset, copied from ``store``."""

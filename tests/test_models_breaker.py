@@ -20,6 +20,7 @@ from .model_helpers import (
     model_manager,
     second_replica,
     server_now_ms,
+    succeed,
 )
 
 MARGIN = 1000  # ms of real time a test may take between two steps
@@ -306,9 +307,7 @@ async def test_reports_on_a_removed_profile_are_missing_with_or_without_a_kept_b
     await add_three(manager)
     # A closed breaker whose record holds nothing that matters (a success): it goes with the
     # profile (one that holds a failure or a cooldown stays: tests/test_models_remove.py).
-    sel = await manager.select_profile()
-    assert sel is not None and sel.profile_id == "primary"
-    await manager.record_success(sel)
+    await succeed(manager, 1)
     late = await manager.select_profile()
     assert late is not None and late.profile_id == "primary"
     assert (await breaker(store, "primary"))["state"] == "closed"

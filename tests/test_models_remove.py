@@ -23,6 +23,7 @@ from .model_helpers import (
     model_manager,
     profile,
     server_now_ms,
+    succeed,
 )
 
 HOUR_MS = 60 * MINUTE_MS
@@ -101,9 +102,7 @@ async def test_a_failure_in_the_window_survives_remove_and_add(store: Store) -> 
     )  # fmt: skip
     await add_three(manager)
     await fail(manager, 1)
-    sel = await manager.select_profile()
-    assert sel is not None and sel.profile_id == "primary"
-    await manager.record_success(sel)  # ends the streak; the failure stays in the window
+    await succeed(manager, 1)  # ends the streak; the failure stays in the window
     await remove_and_add(manager)
     status = {s.id: s for s in await manager.get_status()}["primary"]
     assert (status.consecutive_failures, status.window_calls, status.window_failures) == (0, 2, 1)
@@ -123,16 +122,11 @@ async def test_the_record_is_deleted_once_the_last_failure_has_left_the_window(
     )  # fmt: skip
     await add_three(manager)
     await fail(manager, 1)
-    for _ in range(2):
-        sel = await manager.select_profile()
-        assert sel is not None and sel.profile_id == "primary"
-        await manager.record_success(sel)
+    await succeed(manager, 2)
     assert (await breaker(store, "primary"))["window"] == "100"
     await remove_and_add(manager)
     assert (await breaker(store, "primary"))["window"] == "100"
-    sel = await manager.select_profile()
-    assert sel is not None and sel.profile_id == "primary"
-    await manager.record_success(sel)
+    await succeed(manager, 1)
     assert (await breaker(store, "primary"))["window"] == "000"  # successes only
     assert await manager.remove_profile("primary")
     assert not await kept(manager, "primary")
