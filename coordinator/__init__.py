@@ -2,13 +2,16 @@
 
 All shared state lives in Redis and every decision is one Lua script on the Redis clock.
 Start with :func:`connect` and :class:`AuthProfileManager`.
+
+The package is grouped by domain: ``store/`` (connections, Lua function loading, keys,
+secrets), ``pools/`` (credential pools), ``models/`` (model profiles, circuit breakers,
+failover), ``oauth/`` (sign-in and token refresh) and ``cli/`` (the operators' command line).
+Every public name is importable from here.
 """
 
 from __future__ import annotations
 
-from .breaker_config import BreakerConfig, ModelConfig
-from .classify import Classification, classify, classify_exception, classify_response
-from .config import AuthConfig, CooldownPolicy, Strategy
+from . import _moved
 from .errors import (
     AllProfilesUnavailableError,
     ConfigError,
@@ -32,18 +35,24 @@ from .errors import (
 )
 from .events import Event, EventHub
 from .failures import FailureKind
-from .model_defaults import default_model_profiles
-from .model_types import (
+from .models import (
+    BreakerConfig,
+    Classification,
     ModelAttempt,
     ModelAuth,
     ModelCall,
+    ModelConfig,
     ModelProfile,
+    ModelProfileManager,
     ModelProfileStatus,
     ModelSelection,
     ReportResult,
     TokenSource,
+    classify,
+    classify_exception,
+    classify_response,
+    default_model_profiles,
 )
-from .models import ModelProfileManager
 from .oauth import PRESETS as OAUTH_PRESETS
 from .oauth import (
     AuthorizationRequest,
@@ -55,10 +64,25 @@ from .oauth import (
     OAuthProvider,
 )
 from .oauth import preset as oauth_preset
-from .profile_types import AuthProfile, CooldownResult, ProfileStatus
-from .profiles import AuthProfileManager, get_auth_profile_manager, reset_auth_profile_manager
-from .secrets import Secret, SecretBox, generate_key
+from .pools import (
+    AuthConfig,
+    AuthProfile,
+    AuthProfileManager,
+    CooldownPolicy,
+    CooldownResult,
+    ProfileStatus,
+    Strategy,
+)
+from .singletons import (
+    get_auth_profile_manager,
+    get_model_profile_manager,
+    get_oauth_manager,
+    reset_auth_profile_manager,
+    reset_model_profile_manager,
+    reset_oauth_manager,
+)
 from .store import Store, connect
+from .store.secrets import Secret, SecretBox, generate_key
 
 __version__ = "0.1.0"
 
@@ -124,5 +148,11 @@ __all__ = [
     "connect",
     "generate_key",
     "get_auth_profile_manager",
+    "get_model_profile_manager",
+    "get_oauth_manager",
     "reset_auth_profile_manager",
+    "reset_model_profile_manager",
+    "reset_oauth_manager",
 ]
+
+_moved.install()

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from .errors import CoordinatorError
-from .store import Store
+from .store.connection import Store
 
 __all__ = ["Event", "EventCallback", "EventHub", "EventSource"]
 

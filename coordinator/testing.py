@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Self
 
-from .store import Store
+from .store.connection import Store
 
 __all__ = ["RedisCluster", "RedisSentinel", "RedisServer", "advance_time", "free_port"]
 

@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from coordinator import ConfigError, Store, StoreUnavailableError
-from coordinator.store import _parse_url  # the one reading of a URL
+from coordinator.store.connection import _parse_url  # the one reading of a URL
 from coordinator.testing import RedisServer
 
 # Only a standalone server (redis://, rediss://, unix://, as coordinator.connect reads them):

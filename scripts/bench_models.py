@@ -34,10 +34,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coordinator import Store, connect, generate_key
-from coordinator.breaker_config import BreakerConfig, ModelConfig
-from coordinator.model_defaults import default_model_profiles
-from coordinator.model_types import ModelAuth, ModelCall, ModelProfile, ModelSelection
-from coordinator.models import ModelProfileManager
+from coordinator.models.config import BreakerConfig, ModelConfig
+from coordinator.models.defaults import default_model_profiles
+from coordinator.models.manager import ModelProfileManager
+from coordinator.models.types import ModelAuth, ModelCall, ModelProfile, ModelSelection
 from scripts._benchlib import (
     BARE_SHA,
     BUSY_SHA,

@@ -32,7 +32,7 @@ from coordinator import (
     connect,
     generate_key,
 )
-from coordinator.classify import classify_response
+from coordinator.models.classify import classify_response
 
 TICK_S = 15
 DURATION_S = 15 * 60

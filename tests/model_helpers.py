@@ -8,10 +8,10 @@ from typing import Any
 import orjson
 
 from coordinator import Event, Store, connect
-from coordinator.breaker_config import BreakerConfig, ModelConfig
-from coordinator.keys import ModelKeys
-from coordinator.model_types import ModelAuth, ModelProfile
-from coordinator.models import ModelProfileManager
+from coordinator.models.config import BreakerConfig, ModelConfig
+from coordinator.models.manager import ModelProfileManager
+from coordinator.models.types import ModelAuth, ModelProfile
+from coordinator.store.keys import ModelKeys
 
 SECOND_MS = 1000
 MINUTE_MS = 60 * SECOND_MS

@@ -8,8 +8,8 @@ import time
 from typing import Any
 
 from coordinator import connect
-from coordinator.breaker_config import BreakerConfig, ModelConfig
-from coordinator.models import ModelProfileManager
+from coordinator.models.config import BreakerConfig, ModelConfig
+from coordinator.models.manager import ModelProfileManager
 
 
 def race_select(

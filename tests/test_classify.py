@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from coordinator.classify import (
+from coordinator.failures import FailureKind
+from coordinator.models.classify import (
     Classification,
     classify,
     classify_exception,
@@ -19,7 +20,6 @@ from coordinator.classify import (
     parse_timestamp,
     rate_limit_reset,
 )
-from coordinator.failures import FailureKind
 
 NOW = 1_700_000_000.0
 NOW_DT = datetime.fromtimestamp(NOW, UTC)

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from coordinator import AuthProfileManager, connect, scripts
-from coordinator.cli import main
+from coordinator.cli.main import main
 from coordinator.testing import RedisServer
 
 from .conftest import unique_namespace

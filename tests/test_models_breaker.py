@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from coordinator import Store, StoreUnavailableError
-from coordinator.keys import ModelKeys
+from coordinator.store.keys import ModelKeys
 from coordinator.testing import advance_time
 
 from .model_helpers import (

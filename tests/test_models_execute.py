@@ -10,8 +10,8 @@ import pytest
 
 from coordinator import AllProfilesUnavailableError, ConfigError, Store
 from coordinator.failures import FailureKind
-from coordinator.model_types import ModelAuth, ModelCall, ModelProfile
-from coordinator.models import ModelProfileManager
+from coordinator.models.manager import ModelProfileManager
+from coordinator.models.types import ModelAuth, ModelCall, ModelProfile
 from coordinator.testing import advance_time
 
 from .fake_provider import FakeProvider, Reply

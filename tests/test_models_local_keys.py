@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 
 from coordinator import SecretBox, Store, generate_key
-from coordinator.model_types import ModelAuth, ModelCall
-from coordinator.models import ModelProfileManager
+from coordinator.models.manager import ModelProfileManager
+from coordinator.models.types import ModelAuth, ModelCall
 
 from .model_helpers import (
     MINUTE_MS,

@@ -18,11 +18,11 @@ from coordinator import (
     Store,
     connect,
 )
-from coordinator.breaker_config import BreakerConfig, ModelConfig
-from coordinator.keys import ModelKeys
-from coordinator.model_defaults import default_model_profiles, load_model_table
-from coordinator.model_types import ModelAuth, ModelProfile, TokenSource
-from coordinator.models import ModelProfileManager
+from coordinator.models.config import BreakerConfig, ModelConfig
+from coordinator.models.defaults import default_model_profiles, load_model_table
+from coordinator.models.manager import ModelProfileManager
+from coordinator.models.types import ModelAuth, ModelProfile, TokenSource
+from coordinator.store.keys import ModelKeys
 from coordinator.testing import RedisServer, advance_time
 
 from .conftest import unique_namespace
@@ -642,8 +642,8 @@ def test_hot_path_value_objects_equal_what_their_constructors_build() -> None:
     # generated __init__): the objects must be the very same values, and still frozen.
     import dataclasses
 
-    from coordinator import models
-    from coordinator.model_types import ModelCall, ModelSelection
+    from coordinator.models import manager as models
+    from coordinator.models.types import ModelCall, ModelSelection
 
     profile = ModelProfile(id="p", provider="x", auth=ModelAuth.none(), base_url="http://x")
     fast = models._new_selection(profile, "m", "primary", 3, None, 17, False)

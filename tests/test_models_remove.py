@@ -12,7 +12,7 @@ from __future__ import annotations
 import orjson
 
 from coordinator import Store
-from coordinator.models import ModelProfileManager
+from coordinator.models.manager import ModelProfileManager
 from coordinator.testing import advance_time
 
 from .model_helpers import (

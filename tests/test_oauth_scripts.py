@@ -15,7 +15,7 @@ import pytest
 from redis.crc import key_slot
 
 from coordinator import Store
-from coordinator.keys import OAuthKeys
+from coordinator.store.keys import OAuthKeys
 from coordinator.testing import advance_time
 
 LEAD_MS = 300_000

@@ -30,7 +30,7 @@ from coordinator.oauth import (
     preset,
 )
 from coordinator.oauth.pkce import code_challenge, new_state, new_verifier, state_digest
-from coordinator.store import Store
+from coordinator.store.connection import Store
 
 TOKEN_URL = "https://auth.example.test/token"
 

@@ -11,7 +11,7 @@ import redis.exceptions as rexc
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 
 from coordinator import connect
-from coordinator._packing import with_hiredis_packing
+from coordinator.store._packing import with_hiredis_packing
 from coordinator.testing import RedisServer
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from coordinator import AuthProfile, CorruptStateError, Store
-from coordinator._parse_cache import ParsedDefinitions
+from coordinator.store.parsed import ParsedDefinitions
 
 from .helpers import add_keys, manager_for
 

@@ -175,7 +175,7 @@ async def test_corrupt_snapshot_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_repr_hides_passwords() -> None:
-    from coordinator.store import redact_url
+    from coordinator.store.connection import redact_url
 
     assert redact_url("redis://user:pw123@host:6379/0") == "redis://user:****@host:6379/0"
 
@@ -201,7 +201,7 @@ async def test_sentinel_urls_reach_the_monitored_primary(secret_key: str) -> Non
 async def test_unix_socket_urls_reach_redis(secret_key: str, tmp_path: Path) -> None:
     from redis.asyncio.connection import UnixDomainSocketConnection
 
-    from coordinator._packing import with_hiredis_packing
+    from coordinator.store._packing import with_hiredis_packing
 
     socket_path = tmp_path / "redis.sock"
     with RedisServer("--unixsocket", str(socket_path), "--unixsocketperm", "700"):
@@ -290,7 +290,7 @@ def _self_signed_tls_files(folder: Path) -> tuple[Path, Path]:
 async def test_rediss_urls_reach_redis_over_tls(secret_key: str, tmp_path: Path) -> None:
     from redis.asyncio.connection import SSLConnection
 
-    from coordinator._packing import with_hiredis_packing
+    from coordinator.store._packing import with_hiredis_packing
 
     cert_file, key_file = _self_signed_tls_files(tmp_path)
     tls_port = free_port()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import pytest
 
 import coordinator
@@ -15,7 +17,7 @@ from coordinator import (
     SecretBox,
     generate_key,
 )
-from coordinator.secrets import mask, redact
+from coordinator.store.secrets import mask, redact
 
 
 def test_secret_box_round_trip_and_associated_data() -> None:
@@ -136,10 +138,11 @@ def test_error_tree_has_one_root() -> None:
 
 
 def test_every_lua_script_states_its_contract() -> None:
-    from importlib import resources
+    from coordinator.store.functions import LUA_PACKAGES
 
-    folder = resources.files("coordinator") / "lua"
-    for entry in folder.iterdir():
+    entries = [e for pkg in LUA_PACKAGES for e in resources.files(pkg).iterdir()]
+    assert len([e for e in entries if e.name.endswith(".lua")]) > 30
+    for entry in entries:
         if not entry.name.endswith(".lua") or entry.name.startswith("_"):
             continue
         text = entry.read_text()

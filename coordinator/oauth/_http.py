@@ -19,7 +19,7 @@ import httpx
 import orjson
 
 from ..errors import OAuthProviderError
-from ..secrets import Secret, redact
+from ..store.secrets import Secret, redact
 
 if TYPE_CHECKING:
     from .providers import OAuthProvider

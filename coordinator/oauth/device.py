@@ -19,7 +19,7 @@ from ..errors import (
     OAuthAuthorizationError,
     OAuthProviderError,
 )
-from ..secrets import Secret
+from ..store.secrets import Secret
 from . import _http
 from .providers import OAuthProvider
 from .types import DeviceAuthorization

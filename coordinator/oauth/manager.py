@@ -34,9 +34,9 @@ from ..errors import (
     RefreshInProgressError,
 )
 from ..events import EventHub, EventSource
-from ..keys import OAuthKeys, validate_id, validate_name
-from ..secrets import Secret, SecretBox, redact
-from ..store import Store
+from ..store.connection import Store
+from ..store.keys import OAuthKeys, validate_id, validate_name
+from ..store.secrets import Secret, SecretBox, redact
 from . import _http, pkce
 from .device import poll_for_tokens, request_device_code
 from .providers import OAuthProvider

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import httpx
 
 from ..errors import ConfigError
-from ..keys import validate_name
-from ..secrets import Secret
+from ..store.keys import validate_name
+from ..store.secrets import Secret
 from ._http import get_json
 
 __all__ = ["PRESETS", "ClientAuthMethod", "OAuthProvider", "preset"]

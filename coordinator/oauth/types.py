@@ -12,7 +12,7 @@ from typing import Any, Self
 import orjson
 
 from ..errors import ConfigError, CorruptStateError
-from ..secrets import Secret, mask
+from ..store.secrets import Secret, mask
 
 __all__ = ["AuthorizationRequest", "DeviceAuthorization", "OAuthConfig", "OAuthCredential"]
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["IndexKeys", "ModelKeys", "OAuthKeys", "PoolKeys", "validate_id", "validate_name"]
 

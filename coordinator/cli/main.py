@@ -13,11 +13,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 
-from . import __version__, scripts
-from .errors import CoordinatorError
-from .profiles import AuthProfileManager
-from .secrets import generate_key
-from .store import Store, connect
+from .. import __version__
+from ..errors import CoordinatorError
+from ..pools.manager import AuthProfileManager
+from ..store import functions as scripts
+from ..store.connection import Store, connect
+from ..store.secrets import generate_key
 
 __all__ = ["main"]
 
@@ -119,6 +120,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"coordinator: error: {exc}", file=sys.stderr)
         return 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

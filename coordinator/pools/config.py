@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, cast, get_args
 
-from .errors import ConfigError
-from .keys import validate_name
-from .validation import number, reject_unknown
+from ..errors import ConfigError
+from ..store.keys import validate_name
+from ..validation import number, reject_unknown
 
 __all__ = ["AuthConfig", "CooldownPolicy", "Strategy"]
 

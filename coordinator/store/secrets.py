@@ -22,7 +22,7 @@ from functools import lru_cache
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import ConfigError, DecryptionError, MissingSecretError
+from ..errors import ConfigError, DecryptionError, MissingSecretError
 
 __all__ = ["Secret", "SecretBox", "generate_key", "mask", "redact", "seal"]
 

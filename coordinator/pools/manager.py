@@ -17,22 +17,18 @@ from typing import Any
 
 import orjson
 
-from ._parse_cache import ParsedDefinitions
+from ..errors import ConfigError, CorruptStateError, NoProfileAvailableError, ProfileNotFoundError
+from ..events import Event, EventHub, EventSource
+from ..failures import FailureKind
+from ..store.connection import Store
+from ..store.keys import IndexKeys, PoolKeys, validate_id, validate_name, validate_session_id
+from ..store.parsed import ParsedDefinitions
+from ..store.secrets import redact
+from ..validation import retry_after_ms
 from .config import AuthConfig, CooldownPolicy
-from .errors import ConfigError, CorruptStateError, NoProfileAvailableError, ProfileNotFoundError
-from .events import Event, EventHub, EventSource
-from .failures import FailureKind
-from .keys import IndexKeys, PoolKeys, validate_id, validate_name, validate_session_id
-from .profile_types import AuthProfile, CooldownResult, ProfileStatus
-from .secrets import redact
-from .store import Store
-from .validation import retry_after_ms
+from .types import AuthProfile, CooldownResult, ProfileStatus
 
-__all__ = [
-    "AuthProfileManager",
-    "get_auth_profile_manager",
-    "reset_auth_profile_manager",
-]
+__all__ = ["AuthProfileManager"]
 
 log = logging.getLogger("coordinator.profiles")
 
@@ -577,54 +573,3 @@ def _json_object(raw: str) -> dict[str, Any]:
     except orjson.JSONDecodeError:
         return {}
     return value if isinstance(value, dict) else {}
-
-
-# -- one manager per process ---------------------------------------------------------------
-
-_instance: AuthProfileManager | None = None
-_instance_args: tuple[Any, ...] | None = None
-_instance_lock = asyncio.Lock()
-
-
-async def get_auth_profile_manager(
-    url: str | None = None,
-    *,
-    config: AuthConfig | None = None,
-    namespace: str = "coord",
-    store: Store | None = None,
-) -> AuthProfileManager:
-    """The process-wide manager, created (and connected) on first call.
-
-    A later call asking for a different URL, namespace, store or configuration raises
-    ``ConfigError`` rather than silently returning a manager configured otherwise.
-    """
-    global _instance, _instance_args
-    from .store import connect
-
-    config = config or AuthConfig()
-    args = (url, namespace, id(store) if store else None, config)
-    async with _instance_lock:
-        if _instance is not None:
-            if args != _instance_args:
-                raise ConfigError(
-                    "config",
-                    "get_auth_profile_manager() was already called with another configuration; "
-                    "call reset_auth_profile_manager() first",
-                )
-            return _instance
-        store = store or await connect(url, namespace=namespace)
-        _instance = AuthProfileManager(store, config)
-        _instance_args = args
-        return _instance
-
-
-async def reset_auth_profile_manager() -> None:
-    """Forget the process-wide manager (closing its event reader and the store it opened)."""
-    global _instance, _instance_args
-    async with _instance_lock:
-        if _instance is not None:
-            await _instance.close()
-            if _instance_args is not None and _instance_args[2] is None:
-                await _instance.store.close()
-        _instance = None
-        _instance_args = None

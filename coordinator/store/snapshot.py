@@ -15,7 +15,7 @@ from typing import Any
 import fakeredis
 import orjson
 
-from .errors import ConfigError, CorruptStateError
+from ..errors import ConfigError, CorruptStateError
 
 __all__ = ["dump_to_file", "load_from_file", "new_memory_client"]
 

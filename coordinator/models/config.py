@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import ConfigError
-from .validation import int_at_least, number, reject_unknown
+from ..errors import ConfigError
+from ..validation import int_at_least, number, reject_unknown
 
 __all__ = ["BreakerConfig", "ModelConfig"]
 

@@ -8,10 +8,10 @@ from typing import Any, Literal
 
 import orjson
 
-from .errors import ConfigError, CorruptStateError
-from .keys import validate_id, validate_name
-from .secrets import Secret, SecretBox, seal
-from .validation import json_mapping, reject_unknown
+from ..errors import ConfigError, CorruptStateError
+from ..store.keys import validate_id, validate_name
+from ..store.secrets import Secret, SecretBox, seal
+from ..validation import json_mapping, reject_unknown
 
 __all__ = ["AuthProfile", "CooldownResult", "ProfileStatus", "ProfileType"]
 

@@ -1,6 +1,6 @@
 """Default model profiles, built from the environment and a data file (not code).
 
-The built-in table lives in ``coordinator/model_defaults.json``: grok (priority 100,
+The built-in table lives in ``coordinator/models/defaults.json``: grok (priority 100,
 ``GROK_API_KEY``, https://api.x.ai/v1), anthropic (90, ``ANTHROPIC_API_KEY``), openai (80,
 ``OPENAI_API_KEY``), google (70, ``GOOGLE_API_KEY``) and ollama (50, local, disabled). Set
 ``COORDINATOR_MODEL_DEFAULTS`` to the path of a file of the same shape to use another table.
@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-from .errors import ConfigError
-from .model_types import ModelAuth, ModelProfile
+from ..errors import ConfigError
+from .types import ModelAuth, ModelProfile
 
 __all__ = ["ENV_MODEL_DEFAULTS", "default_model_profiles", "load_model_table"]
 
@@ -52,7 +52,7 @@ def load_model_table(path: str | None = None) -> list[dict[str, Any]]:
             with open(path, "rb") as handle:
                 raw = handle.read()
         else:
-            raw = (resources.files("coordinator") / "model_defaults.json").read_bytes()
+            raw = (resources.files("coordinator.models") / "defaults.json").read_bytes()
         data = orjson.loads(raw)
     except (OSError, orjson.JSONDecodeError) as exc:
         raise ConfigError(

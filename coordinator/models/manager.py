@@ -31,10 +31,7 @@ from typing import Any, Literal, TypeVar, cast
 import httpx
 import orjson
 
-from ._parse_cache import ParsedDefinitions
-from .breaker_config import ModelConfig
-from .classify import Classification, classify, classify_exception
-from .errors import (
+from ..errors import (
     AllProfilesUnavailableError,
     ConfigError,
     CorruptStateError,
@@ -45,11 +42,18 @@ from .errors import (
     ProfileNotFoundError,
     StoreUnavailableError,
 )
-from .events import EventHub, EventSource
-from .failures import FailureKind
-from .keys import ModelKeys, validate_id, validate_session_id
-from .model_defaults import default_model_profiles
-from .model_types import (
+from ..events import EventHub, EventSource
+from ..failures import FailureKind
+from ..pools.manager import AuthProfileManager
+from ..store.connection import Store
+from ..store.keys import ModelKeys, validate_id, validate_session_id
+from ..store.parsed import ParsedDefinitions
+from ..store.secrets import Secret, redact
+from ..validation import retry_after_ms
+from .classify import Classification, classify, classify_exception
+from .config import ModelConfig
+from .defaults import default_model_profiles
+from .types import (
     BreakerState,
     ModelAttempt,
     ModelCall,
@@ -60,10 +64,6 @@ from .model_types import (
     SelectionReason,
     TokenSource,
 )
-from .profiles import AuthProfileManager
-from .secrets import Secret, redact
-from .store import Store
-from .validation import retry_after_ms
 
 __all__ = ["ModelProfileManager"]
 

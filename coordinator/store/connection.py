@@ -28,9 +28,9 @@ import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
-from . import scripts
+from ..errors import ConfigError, StoreUnavailableError
+from . import functions as scripts
 from ._packing import with_hiredis_packing
-from .errors import ConfigError, StoreUnavailableError
 from .keys import validate_name
 from .secrets import SecretBox
 
@@ -337,7 +337,7 @@ class Store:
         """Write the embedded state to its file now (no-op for other backends)."""
         if self._persist_path is None:
             return
-        from ._snapshot import dump_to_file
+        from .snapshot import dump_to_file
 
         await dump_to_file(self._client, self._persist_path)
 
@@ -440,7 +440,7 @@ async def connect(
     key_text = secret_key if secret_key is not None else os.environ.get(ENV_SECRET_KEY)
     box = SecretBox.from_text(key_text) if key_text else None
     if target.backend == "memory":
-        from ._snapshot import load_from_file, new_memory_client
+        from .snapshot import load_from_file, new_memory_client
 
         client = new_memory_client()
         if target.path:

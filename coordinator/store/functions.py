@@ -1,4 +1,8 @@
-"""The Lua operations, built once from ``coordinator/lua`` into Redis function libraries.
+"""The Lua operations, built once from each domain's folder into Redis function libraries.
+
+The ``.lua`` files live beside the Python of their domain: ``store/_lib.lua`` (clock, JSON,
+events, register), ``pools/``, ``models/`` and ``oauth/``. Every file name is unique across
+the folders, so an operation is named by its file name alone.
 
 Each ``<operation>.lua`` file is one atomic operation headed by its KEYS/ARGV/return contract.
 Files whose name starts with ``_`` are libraries: ``_lib.lua`` (clock, JSON, events) comes first
@@ -28,6 +32,7 @@ import hashlib
 import re
 from functools import cache
 from importlib import resources
+from importlib.resources.abc import Traversable
 
 __all__ = ["LIBRARY_PREFIX", "function_name", "library_source", "script_names"]
 
@@ -37,22 +42,33 @@ _INCLUDE = re.compile(r"^--!include (_[a-z0-9_]+\.lua)[ \t]*$", re.MULTILINE)
 LIBRARY_PREFIX = "coordinator_"
 
 
+#: The packages whose folders hold Lua files, lowest layer first.
+LUA_PACKAGES = ("coordinator.store", "coordinator.pools", "coordinator.models", "coordinator.oauth")
+
+
+@cache
+def _lua_files() -> dict[str, Traversable]:
+    """Every ``.lua`` file of the package by its name (names are unique across folders)."""
+    files: dict[str, Traversable] = {}
+    for package in LUA_PACKAGES:
+        for entry in resources.files(package).iterdir():
+            if not entry.name.endswith(".lua"):
+                continue
+            if entry.name in files:
+                raise RuntimeError(f"two Lua files named {entry.name} ({package})")
+            files[entry.name] = entry
+    return files
+
+
 @cache
 def _read(file_name: str) -> str:
-    return (resources.files("coordinator") / "lua" / file_name).read_text()
+    return _lua_files()[file_name].read_text()
 
 
 @cache
 def script_names() -> tuple[str, ...]:
     """Names of all operations (file names without ``.lua``)."""
-    folder = resources.files("coordinator") / "lua"
-    return tuple(
-        sorted(
-            entry.name[:-4]
-            for entry in folder.iterdir()
-            if entry.name.endswith(".lua") and not entry.name.startswith("_")
-        )
-    )
+    return tuple(sorted(name[:-4] for name in _lua_files() if not name.startswith("_")))
 
 
 def _libraries(text: str, seen: set[str]) -> str:

@@ -8,11 +8,11 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import orjson
 
-from .errors import ConfigError, CorruptStateError
-from .failures import FailureKind
-from .keys import validate_id, validate_name
-from .secrets import Secret, SecretBox, seal
-from .validation import json_mapping, reject_unknown
+from ..errors import ConfigError, CorruptStateError
+from ..failures import FailureKind
+from ..store.keys import validate_id, validate_name
+from ..store.secrets import Secret, SecretBox, seal
+from ..validation import json_mapping, reject_unknown
 
 __all__ = [
     "AuthKind",

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import orjson
 
-from .failures import FailureKind
+from ..failures import FailureKind
 
 __all__ = [
     "Classification",
