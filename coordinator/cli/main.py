@@ -119,4 +119,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CoordinatorError as exc:
         print(f"coordinator: error: {exc}", file=sys.stderr)
         return 1
-
