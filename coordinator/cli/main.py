@@ -15,6 +15,7 @@ from dataclasses import asdict
 
 from .. import __version__
 from ..errors import CoordinatorError
+from ..fleet import read_heartbeats
 from ..pools.manager import AuthProfileManager
 from ..store import functions as scripts
 from ..store.connection import Store, connect
@@ -49,7 +50,24 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete other versions' libraries (once no replica runs those versions)",
     )
+    workers = commands.add_parser("workers", help="the refresh workers' heartbeats")
+    workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    worker = commands.add_parser(
+        "worker",
+        help="run a refresh worker (same as python -m workers; --help lists its settings)",
+        add_help=False,
+    )
+    worker.add_argument("worker_args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from workers.cli import main as worker_main
+
+    forwarded = ["--namespace", args.namespace, *args.worker_args]  # (later ones win)
+    if args.url:
+        forwarded = ["--url", args.url, *forwarded]
+    return worker_main(forwarded)
 
 
 async def _run(args: argparse.Namespace) -> int:
@@ -62,6 +80,13 @@ async def _run(args: argparse.Namespace) -> int:
                 print(json.dumps([asdict(r) for r in rows], indent=2, default=str))
             else:
                 _print_status(rows)
+                _print_workers(await read_heartbeats(store))
+        elif args.command == "workers":
+            beats = await read_heartbeats(store)
+            if args.json:
+                print(json.dumps(beats, indent=2))
+            else:
+                _print_workers(beats)
         elif args.command == "clear-cooldown":
             was = await manager.clear_cooldown(args.profile_id)
             print(f"{args.profile_id}: {'cooldown cleared' if was else 'was not cooling down'}")
@@ -108,12 +133,33 @@ def _print_status(rows: Sequence[object]) -> None:
         )
 
 
+def _print_workers(beats: Sequence[dict[str, str]]) -> None:
+    if not beats:
+        print("workers: none running")
+        return
+    print(f"workers: {len(beats)}")
+    for beat in beats:
+        print(
+            f"  {beat.get('id', '?'):<40} {beat.get('state', '?'):<9} "
+            f"version {beat.get('version', '?')}, refresh runs {beat.get('refresh_runs', '0')}, "
+            f"sweep runs {beat.get('sweep_runs', '0')}"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``coordinator`` command."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # The worker's own options go through to it unparsed (``coordinator worker --help`` too).
+    args, unknown = parser.parse_known_args(argv)
+    if args.command == "worker":
+        args.worker_args = [*unknown, *args.worker_args]
+    elif unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command == "keygen":
         print(generate_key())
         return 0
+    if args.command == "worker":
+        return _run_worker(args)
     try:
         return asyncio.run(_run(args))
     except CoordinatorError as exc:

@@ -42,20 +42,21 @@ _INCLUDE = re.compile(r"^--!include (_[a-z0-9_]+\.lua)[ \t]*$", re.MULTILINE)
 LIBRARY_PREFIX = "coordinator_"
 
 
-#: The packages whose folders hold Lua files, lowest layer first.
-LUA_PACKAGES = ("coordinator.store", "coordinator.pools", "coordinator.models", "coordinator.oauth")
+#: The folders of the ``coordinator`` package that hold Lua files, lowest layer first. They
+#: are read as folders, not imported as packages: the store never imports a manager.
+LUA_FOLDERS = ("store", "pools", "models", "oauth", "fleet")
 
 
 @cache
 def _lua_files() -> dict[str, Traversable]:
     """Every ``.lua`` file of the package by its name (names are unique across folders)."""
     files: dict[str, Traversable] = {}
-    for package in LUA_PACKAGES:
-        for entry in resources.files(package).iterdir():
+    for folder in LUA_FOLDERS:
+        for entry in (resources.files("coordinator") / folder).iterdir():
             if not entry.name.endswith(".lua"):
                 continue
             if entry.name in files:
-                raise RuntimeError(f"two Lua files named {entry.name} ({package})")
+                raise RuntimeError(f"two Lua files named {entry.name} ({folder}/)")
             files[entry.name] = entry
     return files
 
