@@ -17,6 +17,7 @@ from coordinator.models.classify import (
     classify_response,
     parse_duration,
     parse_retry_after,
+    parse_retry_after_ms,
     parse_timestamp,
     rate_limit_reset,
 )
@@ -224,9 +225,228 @@ RESPONSES: list[tuple[str, Any, dict[str, str], Any, FailureKind | None, float |
 ]
 
 
+# OpenAI's real 429 for a rate limit: its message links to the billing page.
+OPENAI_RATE_LIMIT = (
+    b'{"error":{"message":"Rate limit reached for gpt-4o in organization org-abc on requests '
+    b"per min (RPM): Limit 500, Used 500, Requested 1. Please try again in 120ms. Visit "
+    b"https://platform.openai.com/account/rate-limits to learn more. You can increase your "
+    b"rate limit by adding a payment method to your account at "
+    b'https://platform.openai.com/account/billing.","type":"requests","param":null,'
+    b'"code":"rate_limit_exceeded"}}'
+)
+# Gemini's free-tier 429: "check your plan and billing details", status RESOURCE_EXHAUSTED.
+GEMINI_QUOTA = (
+    b'{"error":{"code":429,"message":"You exceeded your current quota, please check your plan '
+    b'and billing details.","status":"RESOURCE_EXHAUSTED","details":[{"@type":'
+    b'"type.googleapis.com/google.rpc.QuotaFailure","violations":[{"quotaMetric":'
+    b'"generativelanguage.googleapis.com/generate_content_free_tier_requests"}]},{"@type":'
+    b'"type.googleapis.com/google.rpc.RetryInfo","retryDelay":"13s"}]}}'
+)
+
+# Issue 15 section 8: a structured code or type names the failure and beats the free text
+# around it (every row but the "kept" ones classified otherwise before).
+STRUCTURED: list[tuple[str, Any, dict[str, str], Any, FailureKind | None, float | None]] = [
+    ("429 openai rate_limit_exceeded, message says billing", 429, {}, OPENAI_RATE_LIMIT, RL, None),
+    (
+        "429 openai rate_limit_exceeded with reset headers",
+        429,
+        {"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "7s"},
+        OPENAI_RATE_LIMIT.replace(b'"requests"', b'"tokens"'),
+        RL,
+        7.0,
+    ),
+    ("429 gemini RESOURCE_EXHAUSTED says billing", 429, {}, GEMINI_QUOTA, RL, None),
+    (
+        "429 anthropic rate_limit_error mentions credit",
+        429,
+        {"retry-after": "4"},
+        b'{"type":"error","error":{"type":"rate_limit_error","message":"Rate limit exceeded; '
+        b'purchase credits to raise your tier."}}',
+        RL,
+        4.0,
+    ),
+    (
+        "429 code without error wrapper",
+        429,
+        {},
+        b'{"code":"rate_limit_exceeded","message":"see billing"}',
+        RL,
+        None,
+    ),
+    (
+        "429 upper-case code",
+        429,
+        {},
+        b'{"error":{"code":"RATE_LIMIT_EXCEEDED","message":"billing"}}',
+        RL,
+        None,
+    ),
+    (
+        "429 kept: insufficient_quota code beats rate-limit text",
+        429,
+        {},
+        b'{"error":{"message":"Rate limit reached, try again later.","type":"requests",'
+        b'"code":"insufficient_quota"}}',
+        BILL,
+        None,
+    ),
+    (
+        "429 kept: insufficient_quota type alone",
+        429,
+        {},
+        b'{"error":{"message":"slow down","type":"insufficient_quota","code":null}}',
+        BILL,
+        None,
+    ),
+    (
+        "401 openai invalid_api_key mentions billing",
+        401,
+        {},
+        b'{"error":{"message":"Incorrect API key provided. See your billing and keys page.",'
+        b'"type":"invalid_request_error","param":null,"code":"invalid_api_key"}}',
+        AUTH,
+        None,
+    ),
+    (
+        "401 anthropic authentication_error mentions billing",
+        401,
+        {},
+        b'{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key '
+        b'(billing account suspended?)"}}',
+        AUTH,
+        None,
+    ),
+    (
+        "403 anthropic permission_error mentions billing",
+        403,
+        {},
+        b'{"type":"error","error":{"type":"permission_error","message":"Your API key does not '
+        b'have permission to use the specified resource. Ask your billing admin."}}',
+        AUTH,
+        None,
+    ),
+    (
+        "403 google PERMISSION_DENIED mentions billing",
+        403,
+        {},
+        b'{"error":{"code":403,"message":"Requests from this billing project are blocked.",'
+        b'"status":"PERMISSION_DENIED","details":[{"reason":"API_KEY_SERVICE_BLOCKED"}]}}',
+        AUTH,
+        None,
+    ),
+    (
+        "403 google reason BILLING_DISABLED beats PERMISSION_DENIED",
+        403,
+        {},
+        b'{"error":{"code":403,"message":"Enable the API on project 42.","status":'
+        b'"PERMISSION_DENIED","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo",'
+        b'"reason":"BILLING_DISABLED"}]}}',
+        BILL,
+        None,
+    ),
+    (
+        "400 gemini API_KEY_INVALID is auth",
+        400,
+        {},
+        b'{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.",'
+        b'"status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.'
+        b'ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}',
+        AUTH,
+        None,
+    ),
+    (
+        "400 kept: gemini FAILED_PRECONDITION asking for billing",
+        400,
+        {},
+        b'{"error":{"code":400,"message":"Gemini API free tier is not available in your '
+        b'country. Please enable billing on your project.","status":"FAILED_PRECONDITION"}}',
+        BILL,
+        None,
+    ),
+    (
+        "404 anthropic not_found_error naming billing",
+        404,
+        {"retry-after": "30"},
+        b'{"type":"error","error":{"type":"not_found_error","message":"model: '
+        b'claude-billing-assistant"}}',
+        CALLER,
+        None,
+    ),
+    (
+        "404 openai model_not_found naming billing",
+        404,
+        {},
+        b'{"error":{"message":"The model `billing-bot` does not exist or you do not have access '
+        b'to it.","type":"invalid_request_error","param":null,"code":"model_not_found"}}',
+        CALLER,
+        None,
+    ),
+    (
+        "500 anthropic api_error",
+        500,
+        {},
+        b'{"type":"error","error":{"type":"api_error","message":"Internal server error"}}',
+        SRV,
+        None,
+    ),
+    (
+        "429 codes of the wrong type are ignored",
+        429,
+        {},
+        b'{"error":{"code":["invalid_api_key"],"type":{"a":1},"status":null,"details":42}}',
+        RL,
+        None,
+    ),
+    ("429 details not objects", 429, {}, b'{"error":{"details":["x",1,null]}}', RL, None),
+    ("429 body is a list of errors", 429, {}, b"[" + GEMINI_QUOTA + b"]", RL, None),
+    ("429 body is an empty list", 429, {}, b"[]", RL, None),
+    ("200 codes in a success are ignored", 200, {}, GEMINI_QUOTA, None, None),
+]
+
+# Issue 15 section 8: retry-after-ms (OpenAI; milliseconds, may be fractional) before Retry-After.
+RETRY_AFTER_MS: list[tuple[str, Any, dict[str, str], Any, FailureKind | None, float | None]] = [
+    ("429 retry-after-ms", 429, {"retry-after-ms": "1500"}, b"", RL, 1.5),
+    ("429 retry-after-ms fractional", 429, {"retry-after-ms": "20.5"}, b"", RL, 0.0205),
+    ("429 retry-after-ms mixed case", 429, {"Retry-After-Ms": "250"}, b"", RL, 0.25),
+    (
+        "429 retry-after-ms before Retry-After",
+        429,
+        {"retry-after-ms": "250", "retry-after": "1"},
+        b"",
+        RL,
+        0.25,
+    ),
+    (
+        "429 retry-after-ms before reset headers",
+        429,
+        {
+            "retry-after-ms": "800",
+            "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "6m0s",
+        },
+        OPENAI_RATE_LIMIT,
+        RL,
+        0.8,
+    ),
+    ("429 retry-after-ms zero", 429, {"retry-after-ms": "0"}, b"", RL, 0.0),
+    (
+        "429 retry-after-ms garbage falls back to Retry-After",
+        429,
+        {"retry-after-ms": "soon", "retry-after": "2"},
+        b"",
+        RL,
+        2.0,
+    ),
+    ("429 retry-after-ms negative", 429, {"retry-after-ms": "-5"}, b"", RL, None),
+    ("429 retry-after-ms exponent", 429, {"retry-after-ms": "1e3"}, b"", RL, None),
+    ("503 retry-after-ms", 503, {"retry-after-ms": "750"}, b"", SRV, 0.75),
+    ("400 caller ignores retry-after-ms", 400, {"retry-after-ms": "750"}, b"", CALLER, None),
+]
+
+
 @pytest.mark.parametrize(
     ("status", "headers", "body", "kind", "retry"),
-    [pytest.param(*row[1:], id=row[0]) for row in RESPONSES],
+    [pytest.param(*row[1:], id=row[0]) for row in RESPONSES + STRUCTURED + RETRY_AFTER_MS],
 )
 def test_response_table(
     status: Any, headers: dict[str, str], body: Any, kind: FailureKind | None, retry: float | None
@@ -298,6 +518,32 @@ EXCEPTIONS: list[tuple[str, BaseException, FailureKind, float | None]] = [
         None,
     ),
     ("sdk 401", SdkStatusError(401, None), AUTH, None),
+    (
+        "sdk body is the inner error object",
+        SdkStatusError(
+            429, {"message": "see billing", "type": "tokens", "code": "rate_limit_exceeded"}
+        ),
+        RL,
+        None,
+    ),
+    (
+        "sdk 403 anthropic permission_error mentioning billing",
+        SdkStatusError(
+            403,
+            {
+                "type": "error",
+                "error": {"type": "permission_error", "message": "billing admin only"},
+            },
+        ),
+        AUTH,
+        None,
+    ),
+    (
+        "httpx 429 retry-after-ms before retry-after",
+        _status_error(429, {"retry-after-ms": "900", "retry-after": "1"}),
+        RL,
+        0.9,
+    ),
     ("sdk with httpx response", SdkResponseError(httpx.Response(503)), SRV, None),
     ("declared kind", Declared(), RL, 12.0),
     ("type error is the caller's", TypeError("bad arg"), CALLER, None),
@@ -375,6 +621,36 @@ def test_parse_retry_after(value: Any, expected: float | None) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
+        ("1500", 1.5),
+        ("0", 0.0),
+        ("20.5", 0.0205),
+        ("0.25", 0.00025),
+        (" 100 ", 0.1),
+        ("9" * 64, 10 * 365 * 86400.0),  # cut at ten years, like every other hint
+        ("9" * 65, None),
+        ("", None),
+        ("-1", None),
+        ("+1", None),
+        ("1e3", None),
+        ("nan", None),
+        ("inf", None),
+        ("0x10", None),
+        ("1,000", None),
+        ("1.", None),
+        ("100ms", None),
+        ("\x00", None),
+        (None, None),
+        (1500, None),
+    ],
+)
+def test_parse_retry_after_ms(value: Any, expected: float | None) -> None:
+    result = parse_retry_after_ms(value)
+    assert result == (pytest.approx(expected) if expected is not None else None)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
         ("2023-11-14T22:13:20Z", NOW),
         ("2023-11-14T22:13:20.500Z", NOW + 0.5),
         ("2023-11-15T00:13:20+02:00", NOW),
@@ -423,6 +699,10 @@ def test_time_dependent_parsing_uses_the_given_now() -> None:
     [
         {"retry-after": "\x00\x01"},
         {"retry-after": "9" * 400},
+        {"retry-after-ms": "\x00\x01", "retry-after": "\x00"},
+        {"retry-after-ms": "9" * 400},
+        {"retry-after-ms": "9" * 64},
+        {"retry-after-ms": "1" + "0" * 30 + ".5"},
         {"x-ratelimit-reset-requests": "1" * 80, "x-ratelimit-remaining-requests": "0"},
         {
             "anthropic-ratelimit-tokens-reset": "9999-99-99T99:99:99Z",
@@ -463,3 +743,22 @@ def test_any_body_type_is_accepted(body: Any) -> None:
 def test_headers_given_as_garbage_objects_do_not_raise() -> None:
     assert classify_response(500, 42, None, now=NOW).kind == SRV  # type: ignore[arg-type]
     assert classify_response(500, [("a",)], None, now=NOW).kind == SRV  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"code": None, "type": 5, "status": [], "details": {"reason": "x"}}},
+        {"error": {"details": [{"reason": {"nested": "BILLING_DISABLED"}}]}},
+        {"error": []},
+        {"error": "rate_limit_exceeded"},
+        [[{"error": {"code": "insufficient_quota"}}]],
+        {"code": " Insufficient_Quota "},
+        b'{"error":{"code":"\xff\xfe"}}',
+        '{"error":{"code":"\ud800"}}',
+    ],
+)
+@pytest.mark.parametrize("status", [400, 401, 429, 500, 600])
+def test_garbage_structured_codes_never_raise(body: Any, status: int) -> None:
+    verdict = classify_response(status, {}, body, now=NOW)
+    assert isinstance(verdict.kind, FailureKind)

@@ -7,13 +7,20 @@ are read against ``now`` (Unix seconds), a parameter: nothing here reads a clock
 
 Rules, in order:
 
+* A structured error code or type in the body decides when it is a known one (OpenAI
+  ``error.code``/``error.type`` such as ``rate_limit_exceeded``, ``insufficient_quota``,
+  ``invalid_api_key``; Anthropic ``error.type`` such as ``rate_limit_error``,
+  ``overloaded_error``, ``authentication_error``; Google ``error.details[].reason`` and
+  ``error.status`` such as ``RESOURCE_EXHAUSTED``): it beats the free text around it, as
+  OpenAI's rate-limit message links to its billing page. Otherwise, by status:
 * ``429`` → ``rate_limit`` (``billing`` if the body says the quota or credit is gone, as
   OpenAI's ``insufficient_quota``); ``402`` → ``billing``; ``401``/``403`` → ``auth``;
   ``408`` → ``timeout``; ``5xx`` and Anthropic's ``529`` → ``server``; any other ``4xx`` →
   ``billing`` when the body speaks of credit/billing, else ``caller`` (not the profile's fault).
 * A success (``2xx``/``3xx``) whose headers say a quota is exhausted (``remaining`` 0) carries
   a ``retry_after_s`` until its reset, so the profile cools down before a 429 arrives.
-* ``retry_after_s``: ``Retry-After`` (seconds or HTTP date), else the latest reset of an
+* ``retry_after_s``: ``retry-after-ms`` (OpenAI; milliseconds, may be fractional), else
+  ``Retry-After`` (seconds or HTTP date), else the latest reset of an
   exhausted bucket (OpenAI ``x-ratelimit-reset-*`` durations such as ``1s``, ``6m0s``,
   ``20ms``; Anthropic ``anthropic-ratelimit-*-reset`` timestamps).
 * Exceptions: httpx timeouts and transport errors → ``timeout``; ``HTTPStatusError`` (and any
@@ -47,6 +54,7 @@ __all__ = [
     "classify_response",
     "parse_duration",
     "parse_retry_after",
+    "parse_retry_after_ms",
     "parse_timestamp",
     "rate_limit_reset",
 ]
@@ -72,6 +80,8 @@ class Classification:
 
 # -- header parsing -----------------------------------------------------------------------
 
+# A plain non-negative decimal: no sign, exponent, nan or inf (float() would take those).
+_DECIMAL = re.compile(r"\d+(?:\.\d+)?")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 _UNIT_SECONDS = {
     "ns": 1e-9,
@@ -100,7 +110,7 @@ def parse_duration(value: object) -> float | None:
     text = value.strip().lower()
     if not text or len(text) > 64:
         return None
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+    if _DECIMAL.fullmatch(text):
         return _clamp(float(text))
     pos, total = 0, 0.0
     for match in _DURATION_PART.finditer(text):
@@ -141,7 +151,7 @@ def parse_retry_after(value: object, now: float) -> float | None:
     text = value.strip()
     if not text or len(text) > 64:
         return None
-    if re.fullmatch(r"\d+(?:\.\d+)?", text):
+    if _DECIMAL.fullmatch(text):
         return _clamp(float(text))
     try:
         parsed = email.utils.parsedate_to_datetime(text)
@@ -153,6 +163,26 @@ def parse_retry_after(value: object, now: float) -> float | None:
         return _clamp(max(0.0, parsed.timestamp() - now))
     except (OverflowError, OSError, ValueError):
         return None
+
+
+def parse_retry_after_ms(value: object) -> float | None:
+    """Seconds to wait from a ``retry-after-ms`` value (milliseconds, possibly fractional, as
+    OpenAI sends it); ``None`` for garbage."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if not text or len(text) > 64 or not _DECIMAL.fullmatch(text):
+        return None
+    return _clamp(float(text) / 1000.0)
+
+
+def _provider_retry_after(h: Mapping[str, str], now: float) -> float | None:
+    # retry-after-ms is the finer of the two (OpenAI sends both), so it is read first; a
+    # garbage value falls back to Retry-After rather than hiding it.
+    seconds = parse_retry_after_ms(h.get("retry-after-ms"))
+    if seconds is not None:
+        return seconds
+    return parse_retry_after(h.get("retry-after"), now)
 
 
 def _lower_headers(headers: Mapping[str, str] | Iterable[tuple[str, str]] | None) -> dict[str, str]:
@@ -242,6 +272,39 @@ _BILLING_TEXT = re.compile(
     re.IGNORECASE,
 )
 
+# A provider's structured error code or type names the failure; it beats the free text around
+# it (OpenAI's real rate-limit message links to its billing page). Keys are lower case.
+# Generic families are left out on purpose, so they decide nothing and the status and text
+# do: Anthropic's ``invalid_request_error`` (its "credit balance is too low" refusal is one),
+# OpenAI's type ``invalid_request_error`` (its ``invalid_api_key`` is one), Google's
+# ``INVALID_ARGUMENT`` and ``FAILED_PRECONDITION`` ("please enable billing" is one).
+_CODE_KINDS: dict[str, FailureKind] = {
+    # OpenAI error.code / error.type
+    "rate_limit_exceeded": FailureKind.RATE_LIMIT,
+    "insufficient_quota": FailureKind.BILLING,
+    "billing_hard_limit_reached": FailureKind.BILLING,
+    "billing_not_active": FailureKind.BILLING,
+    "invalid_api_key": FailureKind.AUTH,
+    "server_error": FailureKind.SERVER,
+    "context_length_exceeded": FailureKind.CALLER,
+    "model_not_found": FailureKind.CALLER,
+    # Anthropic error.type
+    "rate_limit_error": FailureKind.RATE_LIMIT,
+    "overloaded_error": FailureKind.SERVER,
+    "api_error": FailureKind.SERVER,
+    "authentication_error": FailureKind.AUTH,
+    "permission_error": FailureKind.AUTH,
+    "not_found_error": FailureKind.CALLER,
+    "request_too_large": FailureKind.CALLER,
+    # Google error.details[].reason, then error.status
+    "api_key_invalid": FailureKind.AUTH,
+    "billing_disabled": FailureKind.BILLING,
+    "resource_exhausted": FailureKind.RATE_LIMIT,
+    "unauthenticated": FailureKind.AUTH,
+    "permission_denied": FailureKind.AUTH,
+    "not_found": FailureKind.CALLER,
+}
+
 
 def _body_text(body: object) -> str:
     if body is None:
@@ -256,12 +319,15 @@ def _body_text(body: object) -> str:
         return str(body)[:_BODY_LIMIT]
 
 
-def _error_fields(text: str) -> list[str]:
-    """Type, code and message strings of a provider error body (empty if not JSON)."""
+def _json(text: str) -> object:
     try:
-        data = orjson.loads(text)
+        return orjson.loads(text)
     except orjson.JSONDecodeError:
-        return []
+        return None
+
+
+def _error_fields(data: object) -> list[str]:
+    """Type, code and message strings of a provider error body (empty if not JSON)."""
     found: list[str] = []
 
     def walk(node: object, depth: int) -> None:
@@ -283,15 +349,68 @@ def _error_fields(text: str) -> list[str]:
     return found
 
 
-def _is_billing(text: str) -> bool:
+def _error_codes(data: object) -> list[str]:
+    """The structured codes of an error body, most specific first: OpenAI ``error.code``,
+    Google ``error.details[].reason``, ``error.type`` (Anthropic, OpenAI), Google
+    ``error.status``. The error object is ``error`` if it is one, else the body itself (an
+    SDK hands over the inner object); a list (Google's streamed answers) gives its first."""
+    if isinstance(data, list) and data:
+        data = data[0]
+    if not isinstance(data, dict):
+        return []
+    inner = data.get("error")
+    error = inner if isinstance(inner, dict) else data
+    details = error.get("details")
+    if not isinstance(details, list):
+        details = []
+    reasons = [d.get("reason") for d in details[:5] if isinstance(d, dict)]
+    candidates = [error.get("code"), *reasons, error.get("type"), error.get("status")]
+    return [c for c in candidates if isinstance(c, str)]
+
+
+def _structured_kind(data: object) -> tuple[FailureKind, str] | None:
+    """The kind named by the body's first known structured code, with that code."""
+    for code in _error_codes(data):
+        kind = _CODE_KINDS.get(code.strip().lower())
+        if kind is not None:
+            return kind, code.strip().lower()
+    return None
+
+
+def _is_billing(text: str, data: object) -> bool:
     if not text:
         return False
-    fields = _error_fields(text)
+    fields = _error_fields(data)
     haystack = " ".join(fields) if fields else text
     return bool(_BILLING_TEXT.search(haystack))
 
 
 # -- responses ------------------------------------------------------------------------------
+
+
+def _kind_from_status(code: int, text: str, data: object) -> tuple[FailureKind, str]:
+    """The kind by status, reading the body's text for billing (no structured code decided)."""
+    if code == 429:
+        if _is_billing(text, data):
+            return FailureKind.BILLING, "quota or credit exhausted (429)"
+        return FailureKind.RATE_LIMIT, "rate limited (429)"
+    if code == 402:
+        return FailureKind.BILLING, "payment required (402)"
+    if code in (401, 403):
+        if _is_billing(text, data):
+            return FailureKind.BILLING, f"billing ({code})"
+        return FailureKind.AUTH, f"credential refused ({code})"
+    if code == 408:
+        return FailureKind.TIMEOUT, "request timeout (408)"
+    if code == 529:
+        return FailureKind.SERVER, "overloaded (529)"
+    if 500 <= code < 600:
+        return FailureKind.SERVER, f"server error ({code})"
+    if 400 <= code < 500:
+        if _is_billing(text, data):
+            return FailureKind.BILLING, f"billing ({code})"
+        return FailureKind.CALLER, f"request rejected ({code})"
+    return FailureKind.UNKNOWN, f"unexpected status {code}"
 
 
 def classify_response(
@@ -303,6 +422,8 @@ def classify_response(
 ) -> Classification:
     """Classify an HTTP answer from its status, headers and body (bytes, text or JSON data).
 
+    A known structured error code or type in the body (see the module notes) decides the kind;
+    without one, the status does, and the body's text is read only to tell billing apart.
     ``now`` is the current Unix time in seconds (for HTTP dates and reset timestamps).
     """
     try:
@@ -310,37 +431,25 @@ def classify_response(
     except (TypeError, ValueError):
         return Classification(FailureKind.UNKNOWN, None, f"status {status!r}")
     h = _lower_headers(headers)
-    retry_after = parse_retry_after(h.get("retry-after"), now)
+    retry_after = _provider_retry_after(h, now)
     exhausted = rate_limit_reset(h, now)
     if 200 <= code < 400:
         if exhausted is not None:
             return Classification(None, exhausted, "quota exhausted until reset")
         return Classification(None, None, f"status {code}")
     text = _body_text(body)
+    data = _json(text) if text else None
+    structured = _structured_kind(data)
+    if structured is not None:
+        kind, reason = structured[0], f"{structured[1]} ({code})"
+    else:
+        kind, reason = _kind_from_status(code, text, data)
+    if kind is FailureKind.CALLER:
+        return Classification(kind, None, reason)  # not the profile's fault: nothing to wait for
     hint = retry_after if retry_after is not None else exhausted
-    if code == 429:
-        if _is_billing(text):
-            return Classification(FailureKind.BILLING, hint, "quota or credit exhausted (429)")
-        if hint is None:
-            hint = rate_limit_reset(h, now, exhausted_only=False)
-        return Classification(FailureKind.RATE_LIMIT, hint, "rate limited (429)")
-    if code == 402:
-        return Classification(FailureKind.BILLING, hint, "payment required (402)")
-    if code in (401, 403):
-        if _is_billing(text):
-            return Classification(FailureKind.BILLING, hint, f"billing ({code})")
-        return Classification(FailureKind.AUTH, hint, f"credential refused ({code})")
-    if code == 408:
-        return Classification(FailureKind.TIMEOUT, hint, "request timeout (408)")
-    if code == 529:
-        return Classification(FailureKind.SERVER, hint, "overloaded (529)")
-    if 500 <= code < 600:
-        return Classification(FailureKind.SERVER, hint, f"server error ({code})")
-    if 400 <= code < 500:
-        if _is_billing(text):
-            return Classification(FailureKind.BILLING, hint, f"billing ({code})")
-        return Classification(FailureKind.CALLER, None, f"request rejected ({code})")
-    return Classification(FailureKind.UNKNOWN, hint, f"unexpected status {code}")
+    if hint is None and kind is FailureKind.RATE_LIMIT:
+        hint = rate_limit_reset(h, now, exhausted_only=False)
+    return Classification(kind, hint, reason)
 
 
 def _response_body(response: httpx.Response) -> object:
