@@ -40,12 +40,21 @@ class OidcServer:
         return dict(httpx.get(f"{self.issuer}/test/stats").json())
 
     def reset(self) -> None:
-        """Zero the counters and the token endpoint delay."""
+        """Zero the counters and the token endpoint delay; access tokens live 3600 s again."""
         httpx.post(f"{self.issuer}/test/reset").raise_for_status()
 
     def set_token_delay(self, ms: int) -> None:
         """Delay every token endpoint response by ``ms``."""
         httpx.post(f"{self.issuer}/test/config", params={"token_delay_ms": ms}).raise_for_status()
+
+    def set_access_token_ttl(self, seconds: int) -> None:
+        """Issue access tokens that live ``seconds`` from now on (until :meth:`reset`)."""
+        params = {"access_token_ttl_s": seconds}
+        httpx.post(f"{self.issuer}/test/config", params=params).raise_for_status()
+
+    def refreshes(self) -> int:
+        """How many refresh_token grants the server has answered since the last reset."""
+        return int(self.stats()["by_grant_type"].get("refresh_token", 0))
 
 
 @pytest.fixture(scope="session")

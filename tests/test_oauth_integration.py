@@ -314,7 +314,73 @@ async def test_mismatched_or_missing_iss_is_refused(
         await manager.handle_callback(with_params(callback, iss=None))
 
 
+async def test_an_error_response_without_iss_is_refused_as_a_mix_up(
+    manager: OAuthManager, oidc_server: OidcServer
+) -> None:
+    # RFC 9207 §2.4: the provider says it sends iss, so an error response without it may come
+    # from another provider (mix-up) and must not be taken for this one's answer.
+    await add_web_client(manager, oidc_server)
+    assert manager.provider("testop").require_iss
+    callback = await web_login(manager, extra_params={"test_deny": "1"})
+    query = parse_qs(urlsplit(callback).query)
+    assert query["error"] == ["access_denied"] and query["iss"] == [oidc_server.issuer]
+    with pytest.raises(OAuthStateError, match="lacks the iss"):
+        await manager.handle_callback(with_params(callback, iss=None))
+    # The same error with its iss is the provider's own answer.
+    callback = await web_login(manager, extra_params={"test_deny": "1"})
+    with pytest.raises(OAuthAuthorizationError) as info:
+        await manager.handle_callback(callback)
+    assert info.value.error == "access_denied"
+    # Without state the login is unknown, but the provider named by the caller still counts.
+    stateless = with_params(callback, state=None, iss=None)
+    with pytest.raises(OAuthStateError, match="lacks the iss"):
+        await manager.handle_callback(stateless, provider="testop")
+    with pytest.raises(OAuthStateError, match="RFC 9207"):
+        await manager.handle_callback(
+            with_params(stateless, iss="https://evil.example"), provider="testop"
+        )
+    with pytest.raises(OAuthAuthorizationError):
+        await manager.handle_callback(with_params(callback, state=None), provider="testop")
+
+
 # -- refresh ----------------------------------------------------------------------------------
+
+
+async def test_short_lived_tokens_are_refreshed_once_per_cycle_across_replicas(
+    oidc_server: OidcServer, replica_stores: list[Store]
+) -> None:
+    # Keycloak's default: access tokens live 300 s, as long as our default refresh lead.
+    # Each cycle: every replica asks, one after the other and 30 at once; the provider must
+    # see exactly one refresh, and everyone gets the token it issued.
+    oidc_server.set_access_token_ttl(300)
+    prov = await web_client(oidc_server)
+    managers = [OAuthManager(s, [prov], config=FAST) for s in replica_stores]
+    stores = list({id(s): s for s in replica_stores}.values())
+    try:
+        cred = await managers[0].handle_callback(await web_login(managers[0]))
+        assert (await managers[0].get_credential(cred.id)).expires_at_ms is not None
+        before = oidc_server.refreshes()
+        seen: set[str] = set()
+        for cycle in range(4):
+            if cycle:
+                for s in stores:
+                    advance_time(s, 160_000)  # past half the lifetime, not yet expired
+            sequential = [(await managers[i % 3].get_access_token(cred.id)) for i in range(6)]
+            concurrent = await asyncio.gather(
+                *(managers[i % 3].get_access_token(cred.id) for i in range(30))
+            )
+            sequential += [(await managers[i % 3].get_access_token(cred.id)) for i in range(6)]
+            tokens = {t.reveal() for t in [*sequential, *concurrent]}
+            assert len(tokens) == 1, f"cycle {cycle}: {len(tokens)} different tokens"
+            assert oidc_server.refreshes() - before == cycle, f"cycle {cycle}"
+            assert not tokens & seen
+            seen |= tokens
+        assert oidc_server.stats()["refresh_tokens_reused"] == 0
+        assert await userinfo_status(oidc_server, tokens.pop()) == 200
+    finally:
+        oidc_server.reset()
+        for m in managers:
+            await m.close()
 
 
 async def test_refresh_rotates_and_the_old_refresh_token_is_dead(
@@ -387,6 +453,44 @@ async def test_concurrent_get_access_token_sends_one_refresh(
         oidc_server.reset()
         for m in managers:
             await m.close()
+
+
+async def test_a_waiter_uses_the_token_another_replica_committed(
+    oidc_server: OidcServer, replica_stores: list[Store]
+) -> None:
+    # Tokens live 100 s (lead: 50 s). The waiter only reads the holder's new token 55 s after
+    # it was committed, inside the lead: it is still the refresh it waited for, so no second
+    # refresh may reach the provider.
+    oidc_server.set_access_token_ttl(100)
+    prov = await web_client(oidc_server)
+    holder = OAuthManager(replica_stores[0], [prov], config=FAST)
+    cred = await holder.handle_callback(await web_login(holder))
+    waiter_store = replica_stores[1]
+    advanced: list[int] = []
+
+    async def sleep_until_committed_then_jump(seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if not advanced and (await holder.get_credential(cred.id)).version > cred.version:
+            advance_time(waiter_store, 55_000)
+            advanced.append(55_000)
+
+    waiter = OAuthManager(waiter_store, [prov], config=FAST, sleep=sleep_until_committed_then_jump)
+    try:
+        for s in {id(s): s for s in replica_stores[:2]}.values():
+            advance_time(s, 60_000)  # 40 s left: stale
+        before = oidc_server.refreshes()
+        oidc_server.set_token_delay(300)
+        first = asyncio.create_task(holder.get_access_token(cred.id))
+        while await holder.store.client.get(holder.keys.lock(cred.id)) is None:
+            await asyncio.sleep(0.005)  # the holder has the lock: the waiter will wait
+        second = await waiter.get_access_token(cred.id)
+        assert advanced, "the waiter never waited"
+        assert second.reveal() == (await first).reveal()
+        assert oidc_server.refreshes() - before == 1
+    finally:
+        oidc_server.reset()
+        await holder.close()
+        await waiter.close()
 
 
 async def test_invalid_grant_marks_the_credential_needs_reauth(

@@ -66,19 +66,28 @@ async def save(
     )
 
 
-async def acquire(store: Store, cid: str, owner: str, mode: str = "get") -> dict[str, Any]:
+async def acquire(
+    store: Store, cid: str, owner: str, mode: str = "get", seen: int | None = None
+) -> dict[str, Any]:
     k = keys(store)
+    args: list[Any] = [cid, owner, LEAD_MS, LOCK_MS, mode]
+    if seen is not None:
+        args.append(seen)
     reply = await store.run(
-        "oauth_acquire",
-        [k.credential(cid), k.lock(cid), k.fences, k.events],
-        [cid, owner, LEAD_MS, LOCK_MS, mode],
+        "oauth_acquire", [k.credential(cid), k.lock(cid), k.fences, k.events], args
     )
     names = ("code", "fence", "version", "access", "refresh", "expires_at", "remaining", "wait")
     return dict(zip(names, reply, strict=False))
 
 
 async def commit(
-    store: Store, cid: str, owner: str, fence: int, base: int, refresh: str | None = None
+    store: Store,
+    cid: str,
+    owner: str,
+    fence: int,
+    base: int,
+    refresh: str | None = None,
+    expires_in_ms: int = 3_600_000,
 ) -> Any:
     k = keys(store)
     fields = {"access_token": f"ct-access-{owner}", "token_type": "Bearer"}
@@ -87,7 +96,7 @@ async def commit(
     return await store.run(
         "oauth_commit",
         [k.credential(cid), k.expiry, k.lock(cid), k.events],
-        [cid, owner, fence, base, orjson.dumps(fields).decode(), 3_600_000],
+        [cid, owner, fence, base, orjson.dumps(fields).decode(), expires_in_ms],
     )
 
 
@@ -297,6 +306,85 @@ async def test_token_expired_is_emitted_once_per_version(store: Store) -> None:
         assert (await acquire(store, "p1:a", "o"))["code"] == "no-refresh"
     expired = [e for e in await events(store) if e["type"] == "token:expired"]
     assert len(expired) == 1
+
+
+async def test_the_lead_is_capped_at_half_the_lifetime_as_issued(store: Store) -> None:
+    # Keycloak's default: tokens live 300 s, exactly the default lead. Fresh from the
+    # provider, such a token must not count as stale (that made every call refresh).
+    await save(store, "p1:a", expires_in_ms=LEAD_MS)
+    assert await store.client.hget(keys(store).credential("p1:a"), "lifetime_ms") == "300000"
+    assert (await acquire(store, "p1:a", "o1"))["code"] == "fresh"
+    # (Redis time moves on between calls: the fresh side keeps a 1 s margin.)
+    advance_time(store, LEAD_MS // 2 - 1000)
+    assert (await acquire(store, "p1:a", "o2"))["code"] == "fresh"
+    advance_time(store, 1000)  # half the lifetime is left: refresh now
+    assert (await acquire(store, "p1:a", "o3"))["code"] == "locked"
+
+
+async def test_the_configured_lead_holds_for_long_lived_tokens(store: Store) -> None:
+    await save(store, "p1:a", expires_in_ms=3_600_000)
+    advance_time(store, 3_600_000 - LEAD_MS - 1000)
+    assert (await acquire(store, "p1:a", "o1"))["code"] == "fresh"
+    advance_time(store, 1000)
+    assert (await acquire(store, "p1:a", "o2"))["code"] == "locked"
+
+
+async def test_a_token_committed_while_the_caller_waited_is_used(store: Store) -> None:
+    await save(store, "p1:a", expires_in_ms=3_600_000)
+    advance_time(store, 3_600_000 - LEAD_MS + 1)
+    holder = await acquire(store, "p1:a", "holder")
+    waiter = await acquire(store, "p1:a", "waiter")
+    assert (holder["code"], waiter["code"]) == ("locked", "busy")
+    seen = int(waiter["version"])
+    # The provider issues a token that lives 100 s; by the time the waiter reads it, it is
+    # inside even the capped lead (50 s), but it is the refresh the waiter waited for.
+    await commit(store, "p1:a", "holder", int(holder["fence"]), seen, expires_in_ms=100_000)
+    advance_time(store, 60_000)
+    again = await acquire(store, "p1:a", "waiter-2", seen=seen)
+    assert again["code"] == "fresh" and again["access"] == "ct-access-holder"
+    # Someone who did not wait for that commit refreshes it as usual ...
+    assert (await acquire(store, "p1:a", "newcomer"))["code"] == "locked"
+    await store.run("oauth_release", [keys(store).lock("p1:a")], ["newcomer"])
+    # ... and once it has expired, even the waiter must not use it.
+    advance_time(store, 40_000)
+    assert (await acquire(store, "p1:a", "waiter-3", seen=seen))["code"] == "locked"
+
+
+async def test_a_wrong_secret_key_fails_get_access_token_itself(store: Store) -> None:
+    from coordinator.errors import DecryptionError
+    from coordinator.oauth import OAuthManager, OAuthProvider
+    from coordinator.store.secrets import SecretBox
+
+    # Tokens stored by a replica whose secret_key is not ours.
+    other = SecretBox.ephemeral()
+    k = keys(store)
+    fields = {
+        name: other.encrypt(f"{name}-value", aad=f"oauth:p1:a:{name}")
+        for name in ("access_token", "refresh_token")
+    }
+    await store.run(
+        "oauth_save",
+        [
+            k.credential("p1:a"),
+            k.provider_credentials("p1"),
+            k.credentials,
+            k.defaults,
+            k.expiry,
+            k.events,
+        ],
+        ["p1:a", "p1", orjson.dumps(fields).decode(), 3_600_000, "{}"],
+    )
+    prov = OAuthProvider(name="p1", client_id="c", token_endpoint="https://auth.example.test/token")
+    m = OAuthManager(store, [prov])
+    try:
+        with pytest.raises(DecryptionError, match="access_token"):
+            await m.get_access_token("p1:a")
+        advance_time(store, 3_600_000 - LEAD_MS + 1)  # stale: the refresh token is read
+        with pytest.raises(DecryptionError, match="refresh_token"):
+            await m.get_access_token("p1:a")
+        assert await store.client.get(k.lock("p1:a")) is None  # the lock was released
+    finally:
+        await m.close()
 
 
 async def test_release_only_frees_the_callers_own_lock(store: Store) -> None:

@@ -254,6 +254,85 @@ async def test_transport_errors_are_translated_with_the_cause_kept() -> None:
     assert isinstance(info.value.__cause__, httpx.ReadTimeout)
 
 
+def device_poller(
+    answer: Callable[[float], httpx.Response],
+) -> tuple[Callable[[], Any], list[float], list[float]]:
+    """Poll a fake device token endpoint on a fake clock: ``answer(now)`` is the provider's
+    reply to a poll at ``now``. Returns the poll coroutine factory, poll times and waits."""
+    from coordinator.oauth.device import poll_for_tokens
+    from coordinator.oauth.types import DeviceAuthorization
+    from coordinator.store.secrets import Secret
+
+    clock = [0.0]
+    polls: list[float] = []
+    waits: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        polls.append(clock[0])
+        return answer(clock[0])
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock[0] += seconds
+
+    device = DeviceAuthorization(
+        provider="example",
+        user_code="ABCD-EFGH",
+        verification_uri="https://auth.example.test/device",
+        verification_uri_complete=None,
+        expires_in_s=600.0,
+        interval_s=5.0,
+        scopes=(),
+        device_code=Secret("device-code-0123456789"),
+    )
+
+    def run() -> Any:
+        return poll_for_tokens(
+            mock_http(handler),
+            example(),
+            device,
+            timeout_s=5,
+            sleep=sleep,
+            clock=lambda: clock[0],
+        )
+
+    return run, polls, waits
+
+
+def pending(error: str = "authorization_pending") -> httpx.Response:
+    return httpx.Response(400, json={"error": error})
+
+
+async def test_device_slow_down_near_the_deadline_polls_until_the_code_expires() -> None:
+    # The user approves 597 s into a 600 s code; the provider asked us to slow down at 595 s.
+    # Waiting the full new interval (10 s) would pass the deadline: we poll at the deadline.
+    def answer(now: float) -> httpx.Response:
+        if now > 600:
+            return pending("expired_token")
+        if now >= 597:
+            return httpx.Response(200, json={"access_token": "at-0123456789abcdef"})
+        return pending("slow_down" if now == 595 else "authorization_pending")
+
+    run, polls, waits = device_poller(answer)
+    tokens = await run()
+    assert tokens.access_token.reveal() == "at-0123456789abcdef"
+    assert polls[-3:] == [590.0, 595.0, 600.0]
+    assert waits[-1] == 5.0  # cut short from 10 s at the deadline
+
+
+async def test_device_polling_gives_up_only_at_the_deadline() -> None:
+    run, polls, waits = device_poller(
+        lambda now: pending("slow_down" if now in (580, 590) else "authorization_pending")
+    )
+    with pytest.raises(LoginTimeoutError, match="expired unapproved"):
+        await run()
+    # 5 s apart, 10 s after the first slow_down; 15 s after the second, cut to the 10 s
+    # left; no poll after the deadline.
+    assert polls[-4:] == [575.0, 580.0, 590.0, 600.0]
+    assert waits[-2:] == [10.0, 10.0]
+    assert all(w > 0 for w in waits)
+
+
 async def test_client_secret_basic_and_post() -> None:
     seen: list[httpx.Request] = []
 

@@ -2,8 +2,9 @@
 
 :func:`request_device_code` asks the provider for a device code and a user code;
 :func:`poll_for_tokens` polls the token endpoint until the user approves, refuses or the code
-expires (``authorization_pending`` waits ``interval``, ``slow_down`` adds 5 s, §3.5). The
-manager stores the resulting tokens like those of any other login.
+expires (``authorization_pending`` waits ``interval``, ``slow_down`` adds 5 s, §3.5; the last
+wait ends at the code's deadline, so the user can approve until the very end). The manager
+stores the resulting tokens like those of any other login.
 """
 
 from __future__ import annotations
@@ -83,10 +84,17 @@ async def poll_for_tokens(
     *,
     timeout_s: float,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] | None = None,
 ) -> _http.TokenSet:
-    """Poll until the user approves; :class:`OAuthAuthorizationError` if refused or expired."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + device.expires_in_s
+    """Poll until the user approves; :class:`OAuthAuthorizationError` if refused or expired.
+
+    Polls every ``interval`` (5 s more after each ``slow_down``) until the code's deadline; the
+    last wait is cut short at the deadline, so a ``slow_down`` near the end never makes us give
+    up while the user can still approve. ``clock`` (seconds; default the event loop's) and
+    ``sleep`` are injectable for tests.
+    """
+    now = clock or asyncio.get_running_loop().time
+    deadline = now() + device.expires_in_s
     interval = device.interval_s
     code = device.device_code.reveal()
     form = {"grant_type": DEVICE_GRANT, "device_code": code}
@@ -101,12 +109,19 @@ async def poll_for_tokens(
                 secrets=[code],
             )
         except OAuthProviderError as exc:
-            if exc.error == "slow_down":
-                interval += _SLOW_DOWN_S
-            elif exc.error in ("access_denied", "expired_token"):
-                raise OAuthAuthorizationError(exc.error, str(exc)) from exc
-            elif exc.error != "authorization_pending":
-                raise
-        if loop.time() + interval > deadline:
+            interval = _next_interval(exc, interval)
+        left = deadline - now()
+        if left <= 0:
             raise LoginTimeoutError(f"the device code for {prov.name} expired unapproved")
-        await sleep(interval)
+        await sleep(min(interval, left))
+
+
+def _next_interval(exc: OAuthProviderError, interval: float) -> float:
+    """The wait before the next poll after the error ``exc`` (RFC 8628 §3.5), or re-raise."""
+    if exc.error == "authorization_pending":
+        return interval
+    if exc.error == "slow_down":
+        return interval + _SLOW_DOWN_S
+    if exc.error in ("access_denied", "expired_token"):
+        raise OAuthAuthorizationError(exc.error, str(exc)) from exc
+    raise exc

@@ -17,7 +17,7 @@ import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import httpx
@@ -81,6 +81,101 @@ def _callback_params(params_or_url: str | Mapping[str, Any]) -> dict[str, str]:
             raise OAuthStateError(f"callback repeats the parameter {str(key)[:40]!r}")
         out[str(key)] = str(values[0])
     return out
+
+
+# The reply of oauth_acquire.lua, in order.
+_ACQUIRE_REPLY = (
+    "code",
+    "fence",
+    "version",
+    "access",
+    "refresh",
+    "expires_at_ms",
+    "remaining_ms",
+    "wait_ms",
+    "token_type",
+    "status",
+    "provider",
+)
+
+
+def _raise_unless_refreshed(cid: str, provider: str, reply: Any, exc: OAuthProviderError) -> None:
+    """Read the reply of ``oauth_reauth``: raise when the credential was marked (or is gone);
+    return when another replica refreshed it meanwhile (the caller reads that token)."""
+    if int(reply[0]) == 1:
+        raise ReauthRequiredError(
+            f"credential {cid!r} was refused by {provider} (invalid_grant); sign in again"
+        ) from exc
+    if reply[1] == "missing":
+        raise CredentialNotFoundError(cid) from exc
+
+
+def _check_iss(prov: OAuthProvider, params: Mapping[str, str]) -> None:
+    """RFC 9207: ``iss`` must be the provider's issuer when sent, and must be sent when the
+    provider says it sends it; error responses included (§2.4), since a forged error from
+    another provider is a mix-up too."""
+    iss = params.get("iss")
+    if iss is None:
+        if prov.require_iss:
+            raise OAuthStateError(
+                f"callback lacks the iss parameter that {prov.name} sends "
+                "(RFC 9207 mix-up protection)"
+            )
+        return
+    if prov.issuer is not None and iss != prov.issuer:
+        raise OAuthStateError(
+            f"callback iss {redact(iss, limit=120)!r} is not {prov.name}'s issuer "
+            "(RFC 9207 mix-up protection)"
+        )
+
+
+def _authorization_error(params: Mapping[str, str]) -> OAuthAuthorizationError:
+    """The provider's ``error=`` redirect as an exception (its text redacted)."""
+    return OAuthAuthorizationError(
+        redact(params.get("error", ""), limit=60),
+        redact(params.get("error_description", "")) or None,
+    )
+
+
+def _authorization_params(
+    prov: OAuthProvider,
+    client_id: str,
+    redirect: str,
+    scopes: tuple[str, ...],
+    state: str,
+    verifier: str | None,
+) -> dict[str, str]:
+    """The query of an authorization request (RFC 6749 §4.1.1, PKCE S256 of RFC 7636)."""
+    params = {
+        "response_type": "code",
+        "client_id": client_id,
+        "redirect_uri": redirect,
+        "state": state,
+    }
+    if scopes:
+        params["scope"] = " ".join(scopes)
+    if verifier is not None:
+        params["code_challenge"] = pkce.code_challenge(verifier)
+        params["code_challenge_method"] = "S256"
+    params.update(prov.extra_authorization_params)
+    return params
+
+
+def _add_extra_params(
+    params: dict[str, str], prov: OAuthProvider, extra: Mapping[str, str]
+) -> None:
+    """Add the caller's parameters; they may override the provider's extras, not ours."""
+    for key, value in extra.items():
+        if key in params and key not in prov.extra_authorization_params:
+            raise ConfigError("extra_params", f"may not override {key!r}")
+        params[key] = value
+
+
+def _with_query(endpoint: str, params: Mapping[str, str]) -> str:
+    """``endpoint`` with ``params`` appended to whatever query it already has."""
+    parts = urlsplit(endpoint)
+    query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
+    return urlunsplit(parts._replace(query=query))
 
 
 class OAuthManager(EventSource):
@@ -166,9 +261,9 @@ class OAuthManager(EventSource):
         return self._box().encrypt(value.reveal(), aad=self._aad(credential_id, name))
 
     def _open(self, credential_id: str, name: str, ciphertext: str) -> Secret:
-        box = self._box()
-        aad = self._aad(credential_id, name)
-        return Secret(loader=lambda: box.decrypt(ciphertext, aad=aad))
+        # Decrypted now, not on reveal(): a wrong secret_key fails the call that reads the
+        # token (DecryptionError), not some later use of it.
+        return Secret(self._box().decrypt(ciphertext, aad=self._aad(credential_id, name)))
 
     async def _emit(self, etype: str, subject: str, data: Mapping[str, Any]) -> None:
         await self.store.run(
@@ -206,14 +301,35 @@ class OAuthManager(EventSource):
         if not redirect:
             raise ConfigError("redirect_uri", f"no redirect URI given for {provider!r}")
         chosen = tuple(scopes) if scopes is not None else prov.scopes
-        box = self._box()
         state = pkce.new_state()
-        digest = pkce.state_digest(state)
         verifier = pkce.new_verifier() if prov.use_pkce else None
+        params = _authorization_params(prov, client_id, redirect, chosen, state, verifier)
+        _add_extra_params(params, prov, extra_params or {})
+        expires_at_ms = await self._record_state(prov, state, verifier, redirect, chosen)
+        return AuthorizationRequest(
+            url=_with_query(prov.authorization_endpoint, params),
+            state=state,
+            expires_at_ms=expires_at_ms,
+            provider=prov.name,
+            redirect_uri=redirect,
+            scopes=chosen,
+        )
+
+    async def _record_state(
+        self,
+        prov: OAuthProvider,
+        state: str,
+        verifier: str | None,
+        redirect: str,
+        scopes: tuple[str, ...],
+    ) -> int:
+        """Store a pending login under its state's digest; returns when it expires (ms)."""
+        box = self._box()
+        digest = pkce.state_digest(state)
         record: dict[str, Any] = {
             "provider": prov.name,
             "redirect_uri": redirect,
-            "scopes": list(chosen),
+            "scopes": list(scopes),
             "verifier": box.encrypt(verifier, aad=f"oauth-state:{digest}") if verifier else None,
         }
         ttl_ms = int(self.config.state_ttl_s * 1000)
@@ -224,33 +340,7 @@ class OAuthManager(EventSource):
         )
         if int(reply[0]) != 1:  # 256 random bits collided: never reuse a state
             raise OAuthStateError("could not record a fresh state; try again")
-        params: dict[str, str] = {
-            "response_type": "code",
-            "client_id": client_id,
-            "redirect_uri": redirect,
-            "state": state,
-        }
-        if chosen:
-            params["scope"] = " ".join(chosen)
-        if verifier is not None:
-            params["code_challenge"] = pkce.code_challenge(verifier)
-            params["code_challenge_method"] = "S256"
-        params.update(prov.extra_authorization_params)
-        for key, value in (extra_params or {}).items():
-            if key in params and key not in prov.extra_authorization_params:
-                raise ConfigError("extra_params", f"may not override {key!r}")
-            params[key] = value
-        parts = urlsplit(prov.authorization_endpoint)
-        query = f"{parts.query}&{urlencode(params)}" if parts.query else urlencode(params)
-        url = urlunsplit(parts._replace(query=query))
-        return AuthorizationRequest(
-            url=url,
-            state=state,
-            expires_at_ms=int(reply[1]),
-            provider=prov.name,
-            redirect_uri=redirect,
-            scopes=chosen,
-        )
+        return int(reply[1])
 
     async def handle_callback(
         self, params_or_url: str | Mapping[str, Any], *, provider: str | None = None
@@ -267,14 +357,7 @@ class OAuthManager(EventSource):
             self.provider(provider)
         state = params.get("state")
         if not state:
-            error = params.get("error")
-            reason = redact(error, limit=60) if error else "no_state"
-            await self._emit("auth:failed", "", {"provider": provider or "", "reason": reason})
-            if error:
-                raise OAuthAuthorizationError(
-                    redact(error, limit=60), redact(params.get("error_description", "")) or None
-                )
-            raise OAuthStateError("callback has no state parameter")
+            await self._refuse_stateless(params, provider)
         digest = pkce.state_digest(state)
         reply = await self.store.run(
             "oauth_consume", [self.keys.state(digest), self.keys.events], [provider or ""]
@@ -294,22 +377,23 @@ class OAuthManager(EventSource):
             )
             raise
 
+    async def _refuse_stateless(self, params: dict[str, str], provider: str | None) -> NoReturn:
+        """A callback without ``state``: an error response we cannot tie to a login, or junk."""
+        error = params.get("error")
+        reason = redact(error, limit=60) if error else "no_state"
+        await self._emit("auth:failed", "", {"provider": provider or "", "reason": reason})
+        if not error:
+            raise OAuthStateError("callback has no state parameter")
+        if provider is not None:
+            _check_iss(self.provider(provider), params)
+        raise _authorization_error(params)
+
     async def _finish_code_login(
         self, prov: OAuthProvider, params: dict[str, str], record: dict[str, Any], digest: str
     ) -> OAuthCredential:
-        iss = params.get("iss")
-        if iss is not None and prov.issuer is not None and iss != prov.issuer:
-            raise OAuthStateError(
-                f"callback iss {redact(iss, limit=120)!r} is not {prov.name}'s issuer "
-                "(RFC 9207 mix-up protection)"
-            )
-        if iss is None and prov.require_iss and "error" not in params:
-            raise OAuthStateError(f"callback lacks the iss parameter that {prov.name} sends")
-        error = params.get("error")
-        if error is not None:
-            raise OAuthAuthorizationError(
-                redact(error, limit=60), redact(params.get("error_description", "")) or None
-            )
+        _check_iss(prov, params)
+        if params.get("error") is not None:
+            raise _authorization_error(params)
         code = params.get("code")
         if not code:
             raise OAuthProviderError("callback has neither code nor error")
@@ -601,7 +685,10 @@ class OAuthManager(EventSource):
         items = list(reply[1:])
         return [(str(i), int(t)) for i, t in zip(items[0::2], items[1::2], strict=True)]
 
-    async def _acquire(self, credential_id: str, owner: str, mode: str) -> dict[str, Any]:
+    async def _acquire(
+        self, credential_id: str, owner: str, mode: str, seen_version: int | None
+    ) -> dict[str, Any]:
+        """Read the token or take the refresh lock (``oauth_acquire``), as a dict by name."""
         k = self.keys
         reply = await self.store.run(
             "oauth_acquire",
@@ -612,22 +699,10 @@ class OAuthManager(EventSource):
                 self.config.refresh_lead_ms,
                 int(self.config.lock_ttl_s * 1000),
                 mode,
+                "" if seen_version is None else seen_version,
             ],
         )
-        names = (
-            "code",
-            "fence",
-            "version",
-            "access",
-            "refresh",
-            "expires_at_ms",
-            "remaining_ms",
-            "wait_ms",
-            "token_type",
-            "status",
-            "provider",
-        )
-        out = dict(zip(names, reply, strict=True))
+        out = dict(zip(_ACQUIRE_REPLY, reply, strict=True))
         for name in ("fence", "version", "expires_at_ms", "remaining_ms", "wait_ms"):
             out[name] = int(out[name])
         return out
@@ -647,8 +722,12 @@ class OAuthManager(EventSource):
     ) -> Secret:
         """An access token valid for at least the refresh lead time, refreshed first if needed.
 
+        The lead is ``refresh_lead_s``, capped at half the token's lifetime as issued (so
+        tokens that live 5 minutes are refreshed once every 2.5 minutes, not on every call).
         Without ``credential_id``, the provider's default credential. Across replicas one
-        caller refreshes (under the Redis lock) and the others wait for its result.
+        caller refreshes (under the Redis lock) and the others wait for its result and use
+        it. The token is decrypted here: a wrong ``secret_key`` raises
+        :class:`~coordinator.errors.DecryptionError` from this call.
         """
         cid = await self._resolve_id(credential_id, provider)
         # Callers of this process share one attempt per credential (the Redis lock does the
@@ -673,77 +752,95 @@ class OAuthManager(EventSource):
         return await self.get_credential(credential_id)
 
     async def _token(self, cid: str, *, force: bool) -> Secret:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.config.wait_timeout_s
+        """Return the token, refreshing it under the lock (``force``: always) or waiting for
+        the replica that holds the lock. A token someone else committed while we waited is
+        used as it is (the script treats it as fresh): refreshing it again would be a storm."""
+        deadline = asyncio.get_running_loop().time() + self.config.wait_timeout_s
         backoff = 0.02
         seen_version: int | None = None
         while True:
             owner = self._owner()
-            mode = "force" if force else "get"
-            got = await self._acquire(cid, owner, mode)
-            code = got["code"]
+            got = await self._acquire(cid, owner, "force" if force else "get", seen_version)
             if seen_version is None:
                 seen_version = got["version"]
-            elif force and got["version"] > seen_version and code != "needs-reauth":
+            elif force and got["version"] > seen_version and got["code"] != "needs-reauth":
                 # Someone else refreshed while we waited: that is the refresh we asked for.
                 force = False
                 continue
-            if code == "missing":
-                raise CredentialNotFoundError(cid)
-            if code == "needs-reauth":
-                raise ReauthRequiredError(f"credential {cid!r} needs a new login")
-            if code == "fresh":
-                return self._open(cid, "access_token", got["access"])
-            if code == "no-refresh":
-                if got["remaining_ms"] > 0 and not force:
-                    return self._open(cid, "access_token", got["access"])
-                why = "cannot be refreshed" if force else "expired"
-                raise ReauthRequiredError(
-                    f"credential {cid!r} has no refresh token (the provider issued none) and "
-                    f"its access token {why}; sign in again"
-                )
-            if code == "locked":
-                started = loop.time()
-                try:
-                    refreshed = await self._refresh_locked(cid, owner, got)
-                except OAuthProviderError as exc:
-                    # A transient failure (timeout, 5xx): the current token may still serve.
-                    left_ms = got["remaining_ms"] - int((loop.time() - started) * 1000)
-                    if force or left_ms < _FALLBACK_MIN_MS:
-                        raise
-                    log.warning(
-                        "refresh of %s failed (%s); the current token stays valid %d s more",
-                        cid,
-                        exc,
-                        left_ms // 1000,
-                    )
-                    return self._open(cid, "access_token", got["access"])
+            if got["code"] == "locked":
+                refreshed = await self._refresh_or_fall_back(cid, owner, got, force=force)
                 if refreshed is not None:
                     return refreshed
                 force = False  # someone else stored a newer token: read it
                 continue
-            # busy: another holder refreshes; wait for its commit (or its lock to lapse).
-            if loop.time() >= deadline:
-                raise RefreshInProgressError(
-                    f"credential {cid!r} is being refreshed elsewhere; gave up after "
-                    f"{self.config.wait_timeout_s:g} s"
-                )
-            await self._sleep(min(backoff, max(0.001, got["wait_ms"] / 1000)))
+            if got["code"] != "busy":
+                return self._settle(cid, got, force=force)
+            await self._wait_for_holder(cid, got, deadline, backoff)
             backoff = min(backoff * 2, 0.1)
 
+    def _settle(self, cid: str, got: dict[str, Any], *, force: bool) -> Secret:
+        """The answer to an acquire that needs no refresh from us, or the error it means."""
+        code = got["code"]
+        if code == "missing":
+            raise CredentialNotFoundError(cid)
+        if code == "needs-reauth":
+            raise ReauthRequiredError(f"credential {cid!r} needs a new login")
+        # no-refresh: the provider issued no refresh token; the token serves until it expires.
+        if code == "fresh" or (code == "no-refresh" and got["remaining_ms"] > 0 and not force):
+            return self._open(cid, "access_token", got["access"])
+        why = "cannot be refreshed" if force else "expired"
+        raise ReauthRequiredError(
+            f"credential {cid!r} has no refresh token (the provider issued none) and "
+            f"its access token {why}; sign in again"
+        )
+
+    async def _wait_for_holder(
+        self, cid: str, got: dict[str, Any], deadline: float, backoff: float
+    ) -> None:
+        """Another replica holds the lock: wait for its commit (or its lock to lapse)."""
+        if asyncio.get_running_loop().time() >= deadline:
+            raise RefreshInProgressError(
+                f"credential {cid!r} is being refreshed elsewhere; gave up after "
+                f"{self.config.wait_timeout_s:g} s"
+            )
+        await self._sleep(min(backoff, max(0.001, got["wait_ms"] / 1000)))
+
+    async def _refresh_or_fall_back(
+        self, cid: str, owner: str, got: dict[str, Any], *, force: bool
+    ) -> Secret | None:
+        """Refresh under the lock we hold; after a transient failure (timeout, 5xx) the current
+        token serves if it has ``_FALLBACK_MIN_MS`` left. ``None``: a newer token is stored."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await self._refresh_locked(cid, owner, got)
+        except OAuthProviderError as exc:
+            left_ms = got["remaining_ms"] - int((loop.time() - started) * 1000)
+            if force or left_ms < _FALLBACK_MIN_MS:
+                raise
+            log.warning(
+                "refresh of %s failed (%s); the current token stays valid %d s more",
+                cid,
+                exc,
+                left_ms // 1000,
+            )
+            return self._open(cid, "access_token", got["access"])
+
     async def _refresh_locked(self, cid: str, owner: str, got: dict[str, Any]) -> Secret | None:
-        """Refresh while holding the lock. ``None`` when a newer token was already stored."""
+        """Refresh while holding the lock. ``None`` when a newer token was already stored.
+
+        Every way out releases the lock: the reauth and commit scripts do it themselves,
+        anything else (an error, a cancellation) runs ``oauth_release``."""
         k = self.keys
         released = False
         try:
             prov = self.provider(str(got["provider"]))
             refresh = self._open(cid, "refresh_token", str(got["refresh"])).reveal()
-            form = {"grant_type": "refresh_token", "refresh_token": refresh}
             try:
                 tokens = await _http.token_request(
                     self._http,
                     prov,
-                    form,
+                    {"grant_type": "refresh_token", "refresh_token": refresh},
                     what=f"token refresh at {prov.name}",
                     timeout_s=self.config.refresh_timeout_s,
                     secrets=[refresh],
@@ -758,36 +855,9 @@ class OAuthManager(EventSource):
                     [cid, owner, got["version"], redact(str(exc), [refresh])],
                 )
                 released = True
-                if int(reply[0]) == 1:
-                    raise ReauthRequiredError(
-                        f"credential {cid!r} was refused by {prov.name} (invalid_grant); "
-                        "sign in again"
-                    ) from exc
-                if reply[1] == "missing":
-                    raise CredentialNotFoundError(cid) from exc
+                _raise_unless_refreshed(cid, prov.name, reply, exc)
                 return None
-            fields: dict[str, str] = {
-                "access_token": self._seal(cid, "access_token", tokens.access_token),
-                "token_type": tokens.token_type,
-            }
-            if tokens.refresh_token is not None:
-                fields["refresh_token"] = self._seal(cid, "refresh_token", tokens.refresh_token)
-            if tokens.id_token is not None:
-                fields["id_token"] = self._seal(cid, "id_token", tokens.id_token)
-            if tokens.scope is not None:
-                fields["scopes"] = " ".join(tokens.scope)
-            reply = await self.store.run(
-                "oauth_commit",
-                [k.credential(cid), k.expiry, k.lock(cid), k.events],
-                [
-                    cid,
-                    owner,
-                    got["fence"],
-                    got["version"],
-                    orjson.dumps(fields).decode(),
-                    tokens.expires_in_ms,
-                ],
-            )
+            reply = await self._commit(cid, owner, got, tokens)
             released = True
             if int(reply[0]) == 1:
                 log.info("refreshed credential %s (version %s)", cid, reply[1])
@@ -798,6 +868,34 @@ class OAuthManager(EventSource):
         finally:
             if not released:
                 await asyncio.shield(self.store.run("oauth_release", [k.lock(cid)], [owner]))
+
+    async def _commit(
+        self, cid: str, owner: str, got: dict[str, Any], tokens: _http.TokenSet
+    ) -> Any:
+        """Store a refresh's tokens (encrypted) by compare-and-set on the version it began from."""
+        fields: dict[str, str] = {
+            "access_token": self._seal(cid, "access_token", tokens.access_token),
+            "token_type": tokens.token_type,
+        }
+        if tokens.refresh_token is not None:
+            fields["refresh_token"] = self._seal(cid, "refresh_token", tokens.refresh_token)
+        if tokens.id_token is not None:
+            fields["id_token"] = self._seal(cid, "id_token", tokens.id_token)
+        if tokens.scope is not None:
+            fields["scopes"] = " ".join(tokens.scope)
+        k = self.keys
+        return await self.store.run(
+            "oauth_commit",
+            [k.credential(cid), k.expiry, k.lock(cid), k.events],
+            [
+                cid,
+                owner,
+                got["fence"],
+                got["version"],
+                orjson.dumps(fields).decode(),
+                tokens.expires_in_ms,
+            ],
+        )
 
     async def close(self) -> None:
         """Stop the event reader and close the HTTP client (if this manager made it)."""

@@ -29,7 +29,9 @@ def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
 class OAuthConfig:
     """Configuration of :class:`~coordinator.oauth.OAuthManager`.
 
-    * ``refresh_lead_s``: :meth:`get_access_token` returns tokens valid at least this long.
+    * ``refresh_lead_s``: :meth:`get_access_token` returns tokens valid at least this long,
+      or half their lifetime as issued when that is shorter (tokens that live 300 s are
+      refreshed 150 s before they expire, not on every call).
     * ``state_ttl_s``: how long a login may take between the URL and the callback.
     * ``lock_ttl_s``: lifetime of a refresh lock; ``refresh_timeout_s`` (the token endpoint
       timeout during a refresh) must be shorter, so a lock never expires while its holder's

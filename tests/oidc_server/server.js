@@ -13,6 +13,8 @@
 //   GET  /test/stats   counts of token requests by grant type, refresh tokens presented twice
 //   POST /test/reset   zero the counters
 //   POST /test/config?token_delay_ms=N   delay every token endpoint response by N ms
+//   POST /test/config?access_token_ttl_s=N   lifetime of the access tokens issued from now on
+//        (default ACCESS_TOKEN_TTL_S from the environment, else 3600; /test/reset restores it)
 import * as crypto from 'node:crypto';
 import * as http from 'node:http';
 
@@ -34,6 +36,8 @@ const stats = {
 };
 let seenRefresh = new Set();
 let tokenDelayMs = 0;
+const DEFAULT_ACCESS_TOKEN_TTL_S = Number(process.env.ACCESS_TOKEN_TTL_S || 3600);
+let accessTokenTtlS = DEFAULT_ACCESS_TOKEN_TTL_S;
 
 function sha(value) {
   return crypto.createHash('sha256').update(String(value)).digest('hex');
@@ -119,7 +123,7 @@ const provider = new Provider(issuer, {
   issueRefreshToken: async (_ctx, client, code) =>
     client.grantTypeAllowed('refresh_token') && code.scopes.has('offline_access'),
   ttl: {
-    AccessToken: 3600,
+    AccessToken: () => accessTokenTtlS,
     AuthorizationCode: 60,
     DeviceCode: 600,
     Grant: 86400,
@@ -196,12 +200,16 @@ provider.use(async (ctx, next) => {
     stats.errors = {};
     seenRefresh = new Set();
     tokenDelayMs = 0;
+    accessTokenTtlS = DEFAULT_ACCESS_TOKEN_TTL_S;
     ctx.body = stats;
     return;
   }
   if (ctx.path === '/test/config' && ctx.method === 'POST') {
-    tokenDelayMs = Number(ctx.query.token_delay_ms || 0);
-    ctx.body = { token_delay_ms: tokenDelayMs };
+    if (ctx.query.token_delay_ms !== undefined) tokenDelayMs = Number(ctx.query.token_delay_ms);
+    if (ctx.query.access_token_ttl_s !== undefined) {
+      accessTokenTtlS = Number(ctx.query.access_token_ttl_s);
+    }
+    ctx.body = { token_delay_ms: tokenDelayMs, access_token_ttl_s: accessTokenTtlS };
     return;
   }
   if (ctx.path === '/token' && ctx.method === 'POST' && tokenDelayMs > 0) {
