@@ -41,12 +41,12 @@ class Event:
     stream_id: str | None = None
 
     def expand(self) -> list[Event]:
-        """The events one stream entry stands for (one XADD on a hot path, not two).
+        """The events one stream entry stands for.
 
         A pool failure that starts or extends a cooldown is delivered as ``profile:failed``
-        followed by ``profile:cooldown``; a model profile's failure reported with a failover
-        (its data carries ``failover``) as ``profile:failure`` followed by
-        ``profile:failover``.
+        followed by ``profile:cooldown``. Model profiles write every event as its own entry;
+        an entry of an earlier version whose failure carries its failover (data ``failover``)
+        is delivered as ``profile:failure`` followed by ``profile:failover``.
         """
         if self.type == "profile:failed" and "until_ms" in self.data:
             keep = ("kind", "model", "scope", "until_ms", "duration_ms")

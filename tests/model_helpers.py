@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
 from coordinator import Event, Store, connect
 from coordinator.models.config import BreakerConfig, ModelConfig
 from coordinator.models.manager import ModelProfileManager
@@ -88,8 +86,7 @@ async def stream_entries(store: Store) -> list[tuple[str, dict[str, str]]]:
 
 
 async def events(store: Store) -> list[tuple[str, str, dict[str, Any]]]:
-    """Every event of the {models} stream as subscribers get them: (type, profile, data).
-    (One entry may stand for two events, see Event.expand.)"""
+    """Every event of the {models} stream as subscribers get them: (type, profile, data)."""
     out = []
     for entry_id, fields in await stream_entries(store):
         for event in Event.from_stream("models", entry_id, fields).expand():
@@ -102,10 +99,53 @@ async def event_types(store: Store, profile_id: str | None = None) -> list[str]:
     return [t for t, p, _ in await events(store) if profile_id is None or p == profile_id]
 
 
+_TEXT_FIELDS = ("state", "window", "last_error", "last_error_kind")
+
+
+async def breaker_fields(store: Store, profile_id: str) -> dict[str, str]:
+    """The stored fields of a profile's breaker, as an operator reads them with HGETALL:
+    ``<id>:<name>`` -> text, returned as name -> text."""
+    raw = await store.command("HGETALL", ModelKeys(store.namespace).breakers)
+    pairs = zip(raw[0::2], raw[1::2], strict=True) if isinstance(raw, list) else raw.items()
+    out: dict[str, str] = {}
+    for name, value in pairs:
+        owner, _, field_name = str(name).rpartition(":")
+        if owner == profile_id:
+            out[field_name] = str(value)
+    return out
+
+
 async def breaker(store: Store, profile_id: str) -> dict[str, Any]:
-    """The raw breaker record."""
-    raw = await store.command("HGET", ModelKeys(store.namespace).breakers, profile_id)
-    return dict(orjson.loads(raw)) if raw else {}
+    """The breaker's stored fields, typed: numbers as int, ``streak`` a list of ms, ``permits``
+    a dict token -> expiry ms ({} when the profile has no breaker fields)."""
+    out: dict[str, Any] = {}
+    for name, text in (await breaker_fields(store, profile_id)).items():
+        if name in _TEXT_FIELDS:
+            out[name] = text
+        elif name == "streak":
+            out[name] = [int(t) for t in text.split()]
+        elif name == "permits":
+            out[name] = {t: int(ms) for t, _, ms in (w.partition("=") for w in text.split())}
+        else:
+            out[name] = int(text)
+    if out:  # absent fields have their defaults (see _model.lua)
+        defaults = {"state": "closed", "epoch": 0, "window": "", "streak": [], "permits": {}}
+        out = defaults | out
+    return out
+
+
+async def set_breaker(store: Store, profile_id: str, **fields: Any) -> None:
+    """Write a breaker by hand: replace every field of the profile's breaker with ``fields``
+    (texts as given; lists joined with spaces, dicts as ``token=ms`` words)."""
+    key = ModelKeys(store.namespace).breakers
+    for name in await breaker_fields(store, profile_id):
+        await store.command("HDEL", key, f"{profile_id}:{name}")
+    for name, value in fields.items():
+        if isinstance(value, list):
+            value = " ".join(str(v) for v in value)
+        elif isinstance(value, dict):
+            value = " ".join(f"{t}={ms}" for t, ms in value.items())
+        await store.command("HSET", key, f"{profile_id}:{name}", str(value))
 
 
 async def fail(manager: ModelProfileManager, times: int, pid: str = "primary") -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import orjson
-import pytest
+from typing import Any
 
-from coordinator import Store, StoreUnavailableError
-from coordinator.store.keys import ModelKeys
+from coordinator import Store
 from coordinator.testing import advance_time
 
 from .model_helpers import (
@@ -14,12 +12,15 @@ from .model_helpers import (
     SECOND_MS,
     add_three,
     breaker,
+    breaker_fields,
     event_types,
     events,
     fail,
     model_manager,
+    profile,
     second_replica,
     server_now_ms,
+    set_breaker,
     succeed,
 )
 
@@ -295,9 +296,10 @@ async def test_add_profile_does_not_reset_an_open_breaker_nor_does_remove_and_ad
     assert (await breaker(store, "primary"))["state"] == "open"
     sel = await manager.select_profile()
     assert sel is not None and sel.profile_id == "secondary"
-    # A closed breaker is deleted with its profile.
+    # A closed breaker is deleted with its profile, but for its epoch (one higher, see
+    # test_epochs_never_repeat_after_remove_and_add).
     assert await manager.remove_profile("tertiary")
-    assert await breaker(store, "tertiary") == {}
+    assert await breaker_fields(store, "tertiary") == {"epoch": "1"}
 
 
 async def test_reports_on_a_removed_profile_are_missing_with_or_without_a_kept_breaker(
@@ -314,12 +316,14 @@ async def test_reports_on_a_removed_profile_are_missing_with_or_without_a_kept_b
     assert await manager.remove_profile("primary")
     assert (await manager.record_success(late)).status == "missing"
     assert (await manager.record_failure(late, "server")).status == "missing"
-    assert await breaker(store, "primary") == {}
+    assert await breaker_fields(store, "primary") == {"epoch": "1"}  # (epochs never repeat)
     # An open breaker outlives its profile; a report on the removed profile changes nothing.
     await fail(manager, 3, "secondary")
     kept = await breaker(store, "secondary")
     assert kept["state"] == "open"
     assert await manager.remove_profile("secondary")
+    kept["epoch"] += 1  # (removal ends the epoch)
+    assert await breaker(store, "secondary") == kept
     assert (await manager.record_success("secondary")).status == "missing"
     assert (await manager.record_failure("secondary", "server")).status == "missing"
     assert await breaker(store, "secondary") == kept
@@ -396,72 +400,65 @@ async def test_reset_breaker_closes_it_at_once(store: Store) -> None:
     assert (await event_types(store, "primary"))[-1] == "profile:circuit-closed"
 
 
-async def test_selection_reads_a_closed_breaker_without_decoding_it_and_trusts_only_that(
-    store: Store,
-) -> None:
-    # A closed breaker is admitted from three values read in place (state, epoch, cooldown);
-    # any other shape takes the full path. Both must decide alike.
+async def test_selection_reads_hand_written_breaker_fields_at_once(store: Store) -> None:
+    # The breaker is flat fields of the breakers hash: what an operator writes with HSET is
+    # what the next selection decides on.
     manager = model_manager(store, breaker={"window_size": 4, "min_calls": 4})
     await add_three(manager)
-    keys = ModelKeys(store.namespace)
 
-    async def chosen_after(record: str) -> tuple[str, int] | None:
-        await store.command("HSET", keys.breakers, "primary", record)
+    async def chosen_after(**fields: Any) -> tuple[str, int] | None:
+        await set_breaker(store, "primary", **fields)
         sel = await manager.select_profile()
         return None if sel is None else (sel.profile_id, sel.epoch)
 
     now = await server_now_ms(store)
-    # Keys in any order, a cooldown over or running, digits read as they are.
-    assert await chosen_after('{"window":"","epoch":7,"state":"closed"}') == ("primary", 7)
+    assert await chosen_after(epoch=7) == ("primary", 7)
+    assert await chosen_after(state="closed", window="", epoch=7) == ("primary", 7)
     past, future = now - MINUTE_MS, now + MINUTE_MS
-    ended = f'{{"state":"closed","cooldown_until_ms":{past},"epoch":3}}'
-    assert await chosen_after(ended) == ("primary", 3)
-    running = f'{{"state":"closed","epoch":3,"cooldown_until_ms":{future}}}'
-    assert await chosen_after(running) == ("secondary", 0)
-    # Not read in place (a key twice, a nested "state", an epoch in quotes): decoded in full.
-    twice = ended[:-1] + f',"cooldown_until_ms":{future}}}'
-    assert await chosen_after(twice) == ("secondary", 0)
-    nested = '{"state":"closed","epoch":2,"note":{"state":"open"}}'
-    assert await chosen_after(nested) == ("primary", 2)
-    assert await chosen_after('{"state":"closed","epoch":"2"}') == ("secondary", 0)
-    # Trusted for what a selection needs only: a field broken elsewhere is reported by the
-    # next report (and the status), not by the selection.
-    assert await chosen_after('{"state":"closed","epoch":1,"window":"1x"}') == ("primary", 1)
+    assert await chosen_after(state="closed", cooldown_until_ms=past, epoch=3) == ("primary", 3)
+    assert await chosen_after(state="closed", cooldown_until_ms=future, epoch=3) == (
+        "secondary",
+        0,
+    )
+    assert await chosen_after(state="open", open_until_ms=future, epoch=4) == ("secondary", 0)
+    # A broken value anywhere in the breaker skips the profile, and a report says which.
+    assert await chosen_after(state="closed", epoch="2x") == ("secondary", 0)
+    assert await chosen_after(state="closed", epoch=1, window="1x") == ("secondary", 0)
     result = await manager.record_success("primary")
     assert (result.status, result.broken_field) == ("corrupt", "breaker.window")
 
 
-async def test_a_success_on_a_steady_breaker_leaves_its_record_as_it_is(store: Store) -> None:
+async def test_a_success_on_a_steady_breaker_leaves_its_fields_as_they_are(store: Store) -> None:
     manager = model_manager(store, breaker={"window_size": 4, "min_calls": 4})
     await add_three(manager)
-    keys = ModelKeys(store.namespace)
-    steady = '{"streak":[],"window":"0000","epoch":5,"state":"closed","failures_total":9}'
-    await store.command("HSET", keys.breakers, "primary", steady)
+    await set_breaker(store, "primary", window="0000", epoch=5, state="closed", failures_total=9)
+    steady = await breaker_fields(store, "primary")
     sel = await manager.select_profile()
     assert sel is not None and sel.epoch == 5
     result = await manager.record_success(sel)
     assert (result.status, result.state, result.epoch) == ("recorded", "closed", 5)
-    assert await store.command("HGET", keys.breakers, "primary") == steady
+    assert await breaker_fields(store, "primary") == steady
     # Not steady: a streak to end, a window of another size, a late report (older epoch).
-    for record, window in (
-        ('{"streak":[1],"window":"0001","epoch":5,"state":"closed"}', "0010"),
-        ('{"streak":{},"window":"00000","epoch":5,"state":"closed"}', "0000"),
-        ('{"streak":{},"window":"000","epoch":5,"state":"closed"}', "0000"),
-        ('{"streak":{},"window":"0000","epoch":6,"state":"closed"}', None),
+    for fields, window in (
+        ({"streak": [1], "window": "0001", "epoch": 5, "state": "closed"}, "0010"),
+        ({"window": "00000", "epoch": 5, "state": "closed"}, "0000"),
+        ({"window": "000", "epoch": 5, "state": "closed"}, "0000"),
+        ({"window": "0000", "epoch": 6, "state": "closed"}, None),
     ):
-        await store.command("HSET", keys.breakers, "primary", record)
+        await set_breaker(store, "primary", **fields)
+        before = await breaker(store, "primary")
         result = await manager.record_success(sel)
-        assert result.status == ("recorded" if window else "stale"), record
+        assert result.status == ("recorded" if window else "stale"), fields
         after = await breaker(store, "primary")
         if window:
-            assert after["window"] == window and not after["streak"], record
+            assert after["window"] == window and not after["streak"], fields
         else:
-            assert after == orjson.loads(record)
+            assert after == before
 
 
 async def test_each_call_reads_its_own_keys_and_configuration(store: Store) -> None:
-    """The functions keep helpers and a parsed configuration between calls: a call must still
-    act on its own namespace's keys and its own breaker settings."""
+    """The functions keep their helpers between calls: a call must still act on its own
+    namespace's keys and its own breaker settings."""
     other = Store(
         store.client, backend=store.backend, url=store.url, namespace=f"{store.namespace}b",
         box=store.box,
@@ -479,28 +476,9 @@ async def test_each_call_reads_its_own_keys_and_configuration(store: Store) -> N
     assert held["state"] == "closed" and held["failures_total"] == 2 and len(held["streak"]) == 2
 
 
-async def test_a_call_that_fails_halfway_leaves_nothing_to_the_next(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A failover report holds its failure event back for the failover; when the pick then
-    fails (here: a malformed selection spec), the next call must not write that event."""
-    manager = model_manager(store)
-    await add_three(manager)
-    sel = await manager.select_profile()
-    assert sel is not None and sel.profile_id == "primary"
-    monkeypatch.setattr(manager, "_selection_spec", lambda *args: ("not a spec", []))
-    with pytest.raises(StoreUnavailableError, match="malformed selection spec"):
-        await manager.get_next_available_profile(sel, kind="server")
-    monkeypatch.undo()
-    await manager.record_failure("secondary", "server", error="500")
-    assert "profile:failure" not in await event_types(store, "primary")
-    assert (await event_types(store, "secondary")).count("profile:failure") == 1
-
-
 async def test_a_record_that_changes_on_every_call_is_read_anew_each_time(store: Store) -> None:
-    """The functions keep what they read and wrote of each profile's records between calls,
-    for the very text read or written: a breaker whose record changes on every call (and is
-    changed by another function, reset) must be read anew each time."""
+    """A breaker that changes on every call (and is changed by another function, reset) is
+    read as it is now, each time."""
     manager = model_manager(
         store, breaker={"failure_threshold": 10**6, "min_calls": 10**6, "window_size": 10**6}
     )
@@ -514,3 +492,26 @@ async def test_a_record_that_changes_on_every_call_is_read_anew_each_time(store:
     record = await breaker(store, "primary")
     assert record["state"] == "closed" and record["epoch"] == 3 and record["failures_total"] == 60
     assert len(record["streak"]) == 0 and record["last_error"] == "500 #59"
+
+
+async def test_epochs_never_repeat_after_remove_and_add(store: Store) -> None:
+    # Selections made before a removal carry an epoch the re-added profile never uses again:
+    # their late reports are stale, not counted into the new breaker.
+    manager = model_manager(store, breaker={"failure_threshold": 2})
+    await add_three(manager)
+    before = [await manager.select_profile() for _ in range(2)]
+    assert all(s is not None and (s.profile_id, s.epoch) == ("primary", 0) for s in before)
+    for _ in range(2):  # remove + add twice: a breaker with nothing to keep is deleted each time
+        assert await manager.remove_profile("primary")
+        await manager.add_profile(profile("primary", 100))
+    fresh = await manager.select_profile()
+    assert fresh is not None and fresh.profile_id == "primary" and fresh.epoch == 2
+    for sel in before:
+        assert sel is not None
+        result = await manager.record_failure(sel, "server", error="late")
+        assert (result.status, result.state) == ("stale", "closed")
+    assert (await breaker(store, "primary"))["streak"] == []
+    # The epoch also survives a repair of a breaker whose other fields are corrupt.
+    await store.command("HSET", manager.keys.breakers, "primary:window", "xx")
+    assert await manager.reset_breaker("primary") == "corrupt"
+    assert (await breaker(store, "primary"))["epoch"] == 3

@@ -35,6 +35,7 @@ from .model_helpers import (
     fail,
     model_manager,
     profile,
+    set_breaker,
     spy_on_scripts,
 )
 
@@ -246,32 +247,36 @@ async def test_corrupt_values_skip_only_the_broken_profile(
     manager = model_manager(store)
     await add_three(manager)
     keys = ModelKeys(store.namespace)
-    await store.command("HSET", keys.breakers, "primary", "{not json")
+    # One field of primary's breaker edited into garbage by hand, as the docs show it.
+    await store.command("HSET", keys.breakers, "primary:epoch", "abc")
     await store.command("HSET", keys.profiles, "secondary", '{"priority":"high"}')
     sel = await manager.select_profile()
     assert sel is not None and sel.profile_id == "tertiary"
-    assert "primary" in caplog.text and "breaker" in caplog.text
+    assert "primary" in caplog.text and "breaker.epoch" in caplog.text
     status = {s.id: s for s in await manager.get_status()}
-    assert status["primary"].broken_field == "breaker"
+    assert status["primary"].broken_field == "breaker.epoch"
     assert status["secondary"].broken_field == "priority"
     assert status["tertiary"].broken_field is None and status["tertiary"].available
     # Reports against a corrupt breaker do not raise, and say so.
     result = await manager.record_failure("primary", "server")
-    assert (result.status, result.broken_field) == ("corrupt", "breaker")
+    assert (result.status, result.broken_field) == ("corrupt", "breaker.epoch")
     # More shapes of garbage, one field at a time.
-    for garbage in (
-        '{"state":"melted"}',
-        '{"state":"open"}',
-        '{"state":"closed","epoch":-1}',
-        '{"state":"closed","window":"10x"}',
-        '{"state":"closed","streak":"many"}',
-        '{"state":"half_open","permits":{"p1":"soon"}}',
-        "[]",
-        "42",
+    for garbage, field_name in (
+        ({"state": "melted"}, "state"),
+        ({"state": "open"}, "open_until_ms"),
+        ({"state": "closed", "epoch": -1}, "epoch"),
+        ({"state": "closed", "epoch": 1.5}, "epoch"),
+        ({"state": "closed", "window": "10x"}, "window"),
+        ({"state": "closed", "streak": "many"}, "streak"),
+        ({"state": "half_open", "permits": "p1=soon"}, "permits"),
+        ({"state": "half_open", "permits": "p1"}, "permits"),
+        ({"cooldown_until_ms": "1e999"}, "cooldown_until_ms"),
     ):
-        await store.command("HSET", keys.breakers, "primary", garbage)
+        await set_breaker(store, "primary", **garbage)
         sel = await manager.select_profile()
         assert sel is not None and sel.profile_id == "tertiary", garbage
+        status = {s.id: s for s in await manager.get_status()}
+        assert status["primary"].broken_field == f"breaker.{field_name}", garbage
     # The operator's repair.
     assert await manager.reset_breaker("primary") == "corrupt"
     sel = await manager.select_profile()
@@ -637,30 +642,11 @@ async def test_a_secret_in_an_error_message_never_reaches_errors_or_events(store
     assert status["k"].last_error is not None and odd_key not in status["k"].last_error
 
 
-def test_hot_path_value_objects_equal_what_their_constructors_build() -> None:
-    # models.py fills ModelSelection and ModelCall through their slots (cheaper than the
-    # generated __init__): the objects must be the very same values, and still frozen.
-    import dataclasses
-
-    from coordinator.models import manager as models
-    from coordinator.models.types import ModelCall, ModelSelection
-
-    profile = ModelProfile(id="p", provider="x", auth=ModelAuth.none(), base_url="http://x")
-    fast = models._new_selection(profile, "m", "primary", 3, None, 17, False)
-    slow = ModelSelection(profile, "m", "primary", 3, None, 17, False)
-    assert fast == slow and repr(fast) == repr(slow) and hash(fast) == hash(slow)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        fast.epoch = 4  # type: ignore[misc]
-    call = models._new_call(fast, "m", "http://x", None, 1, None)
-    assert call == ModelCall(slow, "m", "http://x", None, 1, None)
-    assert [f.name for f in dataclasses.fields(ModelSelection)] == list(ModelSelection.__slots__)
-
-
-async def test_selection_reads_the_definition_head_and_any_other_shape_alike(
+async def test_selection_is_the_same_whatever_the_shape_of_the_definition_json(
     store: Store,
 ) -> None:
-    # Selection reads enabled/default_model/models from the head that to_record writes first
-    # (one anchored match); any other shape is decoded in full. Both must choose alike.
+    # Selection decodes each definition: model names with quotes, backslashes, brackets and
+    # commas are matched as they are, and the key order of the JSON changes nothing.
     manager = model_manager(store)
     keys = ModelKeys(store.namespace)
     odd = ('a"quote*', "back\\slash", 'br]ack,"et', "plain-é")
@@ -668,10 +654,6 @@ async def test_selection_reads_the_definition_head_and_any_other_shape_alike(
     await manager.add_profile(profile("claude", 90, ("claude-3-opus", "claude-3-5-*")))
     await manager.add_profile(profile("odd", 80, odd))
     await manager.add_profile(profile("local", 10, ("*",)))
-    raw = await store.command("HGET", keys.profiles, "grok")
-    assert raw.startswith('{"enabled":true,"default_model":"grok-2-latest","models":["grok-*"],')
-    raw = await store.command("HGET", keys.profiles, "claude")
-    assert raw.startswith('{"enabled":true,"models":["claude-3-opus","claude-3-5-*"],')
     wanted_models = [
         None, "grok-beta", "claude-3-opus", "claude-3-5-sonnet", "claude-2", 'a"quote-1',
         "back\\slash", "br]ack,\"et", "plain-é", "plain",
@@ -691,7 +673,7 @@ async def test_selection_reads_the_definition_head_and_any_other_shape_alike(
     assert as_written[7] == ("odd", 'br]ack,"et', "primary")
     assert as_written[len(wanted_models)] == ("claude", "claude-3-opus", "failover")
     assert as_written[2 * len(wanted_models)] == ("odd", "back\\slash", "failover")
-    # The same definitions with their keys sorted: no head, every one decoded in full.
+    # The same definitions with their keys sorted.
     for pid in ("grok", "claude", "odd", "local"):
         record = orjson.loads(await store.command("HGET", keys.profiles, pid))
         sorted_raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
@@ -700,16 +682,14 @@ async def test_selection_reads_the_definition_head_and_any_other_shape_alike(
     assert await choices() == as_written
 
 
-async def test_a_head_that_says_disabled_or_is_contradicted_is_not_chosen(
-    store: Store, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_a_definition_edited_to_disabled_is_not_chosen(store: Store) -> None:
     manager = model_manager(store)
     await add_three(manager)
     keys = ModelKeys(store.namespace)
     raw = await store.command("HGET", keys.profiles, "primary")
-    # Hand edits that leave the profile in the ranked index: a head saying disabled is
-    # skipped (and the index repaired); a second "enabled" key, which JSON readers take as
-    # the value, is caught by Python and the next profile chosen.
+    # Hand edits that leave the profile in the ranked index: a definition saying disabled is
+    # skipped (and the index repaired); so is one with a second "enabled" key, which JSON
+    # readers take as the value.
     await store.command("HSET", keys.profiles, "primary", raw.replace("true", "false", 1))
     sel = await manager.select_profile()
     assert sel is not None and (sel.profile_id, sel.reason) == ("secondary", "primary")
@@ -719,4 +699,56 @@ async def test_a_head_that_says_disabled_or_is_contradicted_is_not_chosen(
     await store.command("HSET", keys.profiles, "secondary", raw[:-1] + ',"enabled":false}')
     sel = await manager.select_profile()
     assert sel is not None and sel.profile_id == "tertiary"
-    assert "secondary" in caplog.text and "enabled" in caplog.text
+    assert await store.command("ZSCORE", keys.ranked, "secondary") is None
+
+
+async def test_a_definition_only_python_rejects_is_broken_in_the_status(store: Store) -> None:
+    # The script accepts these definitions (every field it reads is sound); this package cannot
+    # use them, so selection skips them and the status must not call them healthy.
+    manager = model_manager(store)
+    await add_three(manager)
+    await manager.add_profile(profile("keyed", 70, auth=ModelAuth.api_key("sk-test-abcdef123456")))
+    keys = ModelKeys(store.namespace)
+    record = orjson.loads(await store.command("HGET", keys.profiles, "keyed"))
+    record["auth"] = {"kind": "api_key", "cipher_text": record["auth"]["ciphertext"]}  # misspelt
+    await store.command("HSET", keys.profiles, "keyed", orjson.dumps(record).decode())
+    record = orjson.loads(await store.command("HGET", keys.profiles, "tertiary"))
+    del record["id"]
+    await store.command("HSET", keys.profiles, "tertiary", orjson.dumps(record).decode())
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["keyed"].broken_field == "auth.ciphertext" and not status["keyed"].available
+    assert status["tertiary"].broken_field == "definition" and not status["tertiary"].available
+    assert status["primary"].broken_field is None and status["primary"].available
+
+
+@pytest.mark.parametrize("which", ["profiles", "breakers", "ranked"])
+async def test_a_models_key_of_the_wrong_type_is_named(store: Store, which: str) -> None:
+    manager = model_manager(store)
+    await add_three(manager)
+    key = getattr(ModelKeys(store.namespace), which)
+    await store.command("DEL", key)
+    await store.command("SET", key, "garbage")
+    with pytest.raises(CorruptStateError) as info:
+        await manager.select_profile()
+    assert info.value.subject == key and "string" in str(info.value)
+    if which == "profiles":
+        with pytest.raises(CorruptStateError):
+            await manager.list_profiles()
+    await store.command("DEL", key)  # the repair: delete it (and add the profiles again)
+    await add_three(manager)
+    sel = await manager.select_profile()
+    assert sel is not None and sel.profile_id == "primary"
+
+
+async def test_record_failure_by_id_redacts_the_key_on_a_replica_that_never_parsed_it(
+    store: Store,
+) -> None:
+    odd_key = "plainword1234"  # not shaped like a token: only knowing it can mask it
+    await model_manager(store).add_profile(profile("k", 100, auth=ModelAuth.api_key(odd_key)))
+    fresh = model_manager(store)  # another replica: it never selected nor parsed "k"
+    await fresh.record_failure("k", "auth", error=f"Incorrect API key provided: {odd_key}.")
+    await fresh.get_next_available_profile("k", error=f"again {odd_key}", kind="auth")
+    status = {s.id: s for s in await fresh.get_status()}
+    assert status["k"].last_error is not None and odd_key not in status["k"].last_error
+    for _t, _p, data in await events(store):
+        assert odd_key not in str(data)

@@ -1,6 +1,6 @@
-"""Contract tests of remove_profile and the breaker record (model_remove.lua), on each backend.
+"""Contract tests of remove_profile and the breaker fields (model_remove.lua), on each backend.
 
-Removing and re-adding a profile is no way around its breaker: the record is deleted with the
+Removing and re-adding a profile is no way around its breaker: its fields are deleted with the
 profile only when it holds nothing that matters (closed, no cooldown running, no failure in the
 streak that still counts, none in the window). An open breaker outliving remove + add is tested
 in tests/test_models_breaker.py (test_add_profile_does_not_reset_an_open_breaker_nor_does_remove_
@@ -8,8 +8,6 @@ and_add, test_reports_on_a_removed_profile_are_missing_with_or_without_a_kept_br
 """
 
 from __future__ import annotations
-
-import orjson
 
 from coordinator import Store
 from coordinator.models.manager import ModelProfileManager
@@ -19,10 +17,12 @@ from .model_helpers import (
     MINUTE_MS,
     add_three,
     breaker,
+    breaker_fields,
     fail,
     model_manager,
     profile,
     server_now_ms,
+    set_breaker,
     succeed,
 )
 
@@ -37,8 +37,9 @@ async def remove_and_add(manager: ModelProfileManager, pid: str = "primary") -> 
 
 
 async def kept(manager: ModelProfileManager, pid: str) -> bool:
-    """Whether the breakers hash holds a record for ``pid``."""
-    return bool(await manager.store.command("HEXISTS", manager.keys.breakers, pid))
+    """Whether the breakers hash holds any field of ``pid``'s breaker but its epoch (which
+    outlives removal, so that epochs never repeat)."""
+    return bool(set(await breaker_fields(manager.store, pid)) - {"epoch"})
 
 
 async def test_a_billing_cooldown_survives_remove_and_add(store: Store) -> None:
@@ -71,7 +72,7 @@ async def test_a_cooldown_without_failures_is_kept_while_it_runs_and_deleted_onc
     assert record["state"] == "closed" and "1" not in record["window"]
     assert not record.get("streak")
     await remove_and_add(manager)
-    assert await breaker(store, "primary") == record
+    assert await breaker(store, "primary") == {**record, "epoch": record["epoch"] + 1}
     sel = await manager.select_profile()
     assert sel is not None and sel.profile_id == "secondary"
     status = {s.id: s for s in await manager.get_status()}["primary"]
@@ -139,28 +140,25 @@ async def test_a_streak_is_kept_until_it_decays(store: Store) -> None:
     manager = model_manager(store, breaker={"failure_decay_ms": 5 * MINUTE_MS})
     await add_three(manager)
     now = await server_now_ms(store)
-    counting = orjson.dumps(
-        {"state": "closed", "epoch": 2, "window": "000", "streak": [now - MINUTE_MS]}
-    ).decode()
-    decayed = orjson.dumps(
-        {"state": "closed", "epoch": 2, "window": "000", "streak": [now - 5 * MINUTE_MS - MARGIN]}
-    ).decode()
-    await store.command("HSET", manager.keys.breakers, "primary", counting)
-    await store.command("HSET", manager.keys.breakers, "secondary", decayed)
+    counting = {"state": "closed", "epoch": 2, "window": "000", "streak": [now - MINUTE_MS]}
+    decayed = {**counting, "streak": [now - 5 * MINUTE_MS - MARGIN]}
+    await set_breaker(store, "primary", **counting)
+    await set_breaker(store, "secondary", **decayed)
+    written = await breaker_fields(store, "primary")
     assert await manager.remove_profile("primary")
     assert await manager.remove_profile("secondary")
-    assert await store.command("HGET", manager.keys.breakers, "primary") == counting
+    assert await breaker_fields(store, "primary") == {**written, "epoch": "3"}
     assert not await kept(manager, "secondary")
 
 
-async def test_a_corrupt_breaker_record_is_kept_for_the_operator(store: Store) -> None:
+async def test_a_corrupt_breaker_is_kept_for_the_operator(store: Store) -> None:
     # (The script kept corrupt records before this change too: a guard, not a fix.)
     manager = model_manager(store)
     await add_three(manager)
-    garbage = '{"state":"closed","epoch":1,"cooldown_until_ms":"later"}'
-    await store.command("HSET", manager.keys.breakers, "primary", garbage)
+    await set_breaker(store, "primary", state="closed", epoch=1, cooldown_until_ms="later")
+    garbage = await breaker_fields(store, "primary")
     await remove_and_add(manager)
-    assert await store.command("HGET", manager.keys.breakers, "primary") == garbage
+    assert await breaker_fields(store, "primary") == garbage
     status = {s.id: s for s in await manager.get_status()}["primary"]
     assert status.broken_field == "breaker.cooldown_until_ms"
     assert await manager.reset_breaker("primary") == "corrupt"

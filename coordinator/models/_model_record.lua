@@ -3,13 +3,13 @@
 
 -- Record the outcome of one call. outcome: 'success' | 'failure' | 'release' (the call did not
 -- test the provider: free its probe permit, change nothing else) | 'unusable' (the credential
--- could not be obtained: free the permit, cool down for the given time, no breaker count). epoch '' means "current"
+-- could not be obtained: free the permit, cool down for the given time, no breaker count).
+-- epoch '' means "current"
 -- (a report without a selection); token is the probe permit ('' for none).
 -- Returns (status, changed): status 'recorded' (counted by the breaker) | 'stale' (selected in
 -- another epoch, or an expired/unknown permit: only the statistics and cooldowns are updated) |
--- 'ignored' (a caller error) | 'released'; changed tells whether the record must be saved (a
--- success in a steady closed state changes nothing). now may be nil for a success or release
--- in a closed state without a cooldown (nothing on that path reads the clock).
+-- 'ignored' (a caller error) | 'released'; changed tells whether the breaker must be saved (a
+-- success in a steady closed state changes nothing).
 local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms)
   local changed = b.state ~= 'closed' and refresh(id, b, now)
   local caller = outcome == 'failure' and kind == 'caller'
@@ -24,8 +24,10 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
   -- Cooldown: a Retry-After or an exhausted quota (also on a success), a billing failure, a
   -- credential that is not usable now.
   local cooldown = 0
-  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, conf().max_retry) end
-  if outcome == 'failure' and kind == 'billing' then cooldown = math.max(cooldown, conf().billing) end
+  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, C.max_retry_after_ms) end
+  if outcome == 'failure' and kind == 'billing' then
+    cooldown = math.max(cooldown, C.billing_cooldown_ms)
+  end
   local cooldown_set = false
   if outcome ~= 'release' and cooldown > 0 and now + cooldown > (b.cooldown_until_ms or 0) then
     b.cooldown_until_ms = math.floor(now + cooldown)
@@ -67,7 +69,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     b.permits[token] = nil
     if outcome == 'success' then
       b.probe_successes = (b.probe_successes or 0) + 1
-      if b.probe_successes >= conf().success then close_breaker(id, b, now) end
+      if b.probe_successes >= C.success_threshold then close_breaker(id, b, now) end
     else
       open_breaker(id, b, now, 'probe-failed', kind)
     end
@@ -76,7 +78,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
 
   -- closed
   if outcome == 'success' then
-    local window = string.sub(b.window .. '0', -conf().window)
+    local window = string.sub(b.window .. '0', -C.window_size)
     if window ~= b.window or next(b.streak) ~= nil then
       b.streak = {}
       b.window = window
@@ -84,16 +86,17 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     end
     return 'recorded', changed or cooldown_set
   end
-  local c = conf()
   local streak = counting_streak(b, now)
   streak[#streak + 1] = now
   b.streak = streak
-  b.window = string.sub(b.window .. '1', -c.window)
-  if #streak >= c.threshold then
+  b.window = string.sub(b.window .. '1', -C.window_size)
+  if #streak >= C.failure_threshold then
     open_breaker(id, b, now, 'consecutive-failures', kind)
-  elseif #b.window >= c.min_calls then
+  elseif #b.window >= C.min_calls then
     local _, fails = string.gsub(b.window, '1', '')
-    if fails / #b.window >= c.rate then open_breaker(id, b, now, 'failure-rate', kind) end
+    if fails / #b.window >= C.failure_rate_threshold then
+      open_breaker(id, b, now, 'failure-rate', kind)
+    end
   end
   return 'recorded', true
 end

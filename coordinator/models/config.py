@@ -8,6 +8,7 @@ rejects unknown keys instead of silently ignoring a misspelt one.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -112,24 +113,24 @@ class ModelConfig:
             raise ConfigError("event_poll_interval_s", "must be > 0")
 
     def script_args(self) -> list[str]:
-        """ARGV[2] of every model script: the breaker settings as one comma-separated text
-        (see ``coordinator/lua/_model.lua``; one argument is cheaper to send than twelve)."""
+        """ARGV[2] of every model script: the breaker settings as one JSON object (see
+        ``coordinator/models/_model.lua``)."""
         b = self.breaker
-        values = [
-            b.failure_threshold,
-            b.window_size,
-            b.min_calls,
-            repr(float(b.failure_rate_threshold)),
-            b.failure_decay_ms,
-            b.reset_timeout_ms,
-            b.max_open_ms,
-            b.half_open_max_probes,
-            b.probe_timeout_ms,
-            b.success_threshold,
-            self.billing_cooldown_ms,
-            self.max_retry_after_ms,
-        ]
-        return [",".join(str(v) for v in values)]
+        settings = {
+            "failure_threshold": b.failure_threshold,
+            "window_size": b.window_size,
+            "min_calls": b.min_calls,
+            "failure_rate_threshold": float(b.failure_rate_threshold),
+            "failure_decay_ms": b.failure_decay_ms,
+            "reset_timeout_ms": b.reset_timeout_ms,
+            "max_open_ms": b.max_open_ms,
+            "half_open_max_probes": b.half_open_max_probes,
+            "probe_timeout_ms": b.probe_timeout_ms,
+            "success_threshold": b.success_threshold,
+            "billing_cooldown_ms": self.billing_cooldown_ms,
+            "max_retry_after_ms": self.max_retry_after_ms,
+        }
+        return [json.dumps(settings)]
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> ModelConfig:

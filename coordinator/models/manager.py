@@ -2,7 +2,7 @@
 
 A model profile is one way to serve a model (a provider, its endpoint, its credential, the
 models it serves, a priority). Its circuit breaker lives in Redis under ``<ns>:{models}:*`` and
-every decision is one Lua script on Redis time (``coordinator/lua/model_*.lua``):
+every decision is one Lua script on Redis time (``coordinator/models/model_*.lua``):
 
 * :meth:`ModelProfileManager.select_profile`: one round trip (``model_select``);
 * :meth:`ModelProfileManager.get_next_available_profile`: records the failure and picks the
@@ -25,6 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Literal, TypeVar, cast
 
@@ -34,6 +35,7 @@ import orjson
 from ..errors import (
     AllProfilesUnavailableError,
     ConfigError,
+    CoordinatorError,
     CorruptStateError,
     DecryptionError,
     MissingSecretError,
@@ -53,8 +55,8 @@ from ..validation import retry_after_ms
 from .classify import Classification, classify, classify_exception
 from .config import ModelConfig
 from .defaults import default_model_profiles
+from .replies import report_result, status_row
 from .types import (
-    BreakerState,
     ModelAttempt,
     ModelCall,
     ModelProfile,
@@ -81,73 +83,13 @@ _RESELECTS = 32
 # Failure kinds that concern one key of a pool, not the provider: for a pool-backed profile
 # they cool the key down in its pool and do not count against the model profile's breaker.
 _KEY_LEVEL = frozenset({FailureKind.AUTH, FailureKind.BILLING, FailureKind.RATE_LIMIT})
-# The hot path's shortcuts: the verdict on a call that returned, and the auth kinds whose
-# secret needs no I/O.
+# A call that returned (not an httpx.Response) succeeded.
 _SUCCESS = Classification(None)
+# The auth kinds whose secret needs no I/O.
 _DIRECT_AUTH = frozenset({"api_key", "env", "none"})
 # The auth kinds whose key this replica itself holds (a value it decrypts, or a variable of
 # its environment): whether it can use it is known without I/O, before the call.
 _LOCAL_KEY = frozenset({"api_key", "env"})
-
-
-def _slot_setters(cls: type, names: Sequence[str]) -> list[Callable[[Any, Any], None]]:
-    """The slot descriptors' setters of a frozen slots dataclass, in ``names`` order."""
-    assert tuple(names) == tuple(cls.__slots__)  # type: ignore[attr-defined]
-    return [cls.__dict__[name].__set__ for name in names]
-
-
-# ModelSelection and ModelCall are frozen slots dataclasses without __post_init__: on the hot
-# path they are filled through their slot descriptors, which costs half of the generated
-# __init__ (one object.__setattr__ lookup per field). Same objects, same values.
-_SEL_PROFILE, _SEL_MODEL, _SEL_REASON, _SEL_EPOCH, _SEL_PERMIT, _SEL_AT, _SEL_STICKY = (
-    _slot_setters(
-        ModelSelection,
-        ("profile", "model", "reason", "epoch", "permit", "selected_at_ms", "sticky"),
-    )
-)
-_CALL_SELECTION, _CALL_MODEL, _CALL_URL, _CALL_SECRET, _CALL_ATTEMPT, _CALL_CREDENTIAL = (
-    _slot_setters(
-        ModelCall, ("selection", "model", "base_url", "secret", "attempt", "credential_id")
-    )
-)
-
-
-def _new_selection(
-    profile: ModelProfile,
-    model: str | None,
-    reason: SelectionReason,
-    epoch: int,
-    permit: str | None,
-    selected_at_ms: int,
-    sticky: bool,
-) -> ModelSelection:
-    selection = object.__new__(ModelSelection)
-    _SEL_PROFILE(selection, profile)
-    _SEL_MODEL(selection, model)
-    _SEL_REASON(selection, reason)
-    _SEL_EPOCH(selection, epoch)
-    _SEL_PERMIT(selection, permit)
-    _SEL_AT(selection, selected_at_ms)
-    _SEL_STICKY(selection, sticky)
-    return selection
-
-
-def _new_call(
-    selection: ModelSelection,
-    model: str | None,
-    base_url: str,
-    secret: Secret | None,
-    attempt: int,
-    credential_id: str | None,
-) -> ModelCall:
-    call = object.__new__(ModelCall)
-    _CALL_SELECTION(call, selection)
-    _CALL_MODEL(call, model)
-    _CALL_URL(call, base_url)
-    _CALL_SECRET(call, secret)
-    _CALL_ATTEMPT(call, attempt)
-    _CALL_CREDENTIAL(call, credential_id)
-    return call
 
 
 class _Unusable(Exception):
@@ -159,6 +101,44 @@ class _Unusable(Exception):
         self.message = message
         self.outcome = outcome
         self.cooldown_ms = cooldown_ms
+
+
+@dataclass
+class _Execution:
+    """What one :meth:`ModelProfileManager.execute` carries from attempt to attempt."""
+
+    model: str | None
+    session_id: str | None
+    limit: int
+    budget_ms: float
+    attempts: list[ModelAttempt] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """What one call came to: its result or error, and the verdict on it."""
+
+    result: Any
+    error: BaseException | None
+    verdict: Classification
+
+
+@dataclass(frozen=True)
+class _Step:
+    """After one attempt: done (with the call's result), or the next selection."""
+
+    done: bool
+    result: Any = None
+    selection: ModelSelection | None = None
+    retry_in: int | None = None
+
+
+def _budget_ms(wait_s: float) -> float:
+    """How long :meth:`ModelProfileManager.execute` may wait for a recovery, in ms."""
+    if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not wait_s >= 0:
+        raise ConfigError("wait_s", "must be a number >= 0")
+    return float(wait_s) * 1000.0
 
 
 def _describe(error: BaseException | str | None, known: Sequence[str] = ()) -> str:
@@ -201,12 +181,8 @@ class ModelProfileManager(EventSource):
         self.auth_manager = auth_manager
         self.token_source = token_source
         self.keys = ModelKeys(store.namespace)
-        # Encoded once: keys and configuration are sent with every call (the hot path).
-        # A report without a pick is given only the first three (see ModelKeys.all_static).
-        self._static = [k.encode() for k in self.keys.all_static()]
-        self._report_keys = self._static[:3]
-        self._cfg_args = [a.encode() for a in self.config.script_args()]
-        self._cfg_only = tuple(self._cfg_args)  # the arguments of a selection with defaults
+        self._keys = self.keys.all_static()
+        self._config_args = self.config.script_args()
         self._session_ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
         self._sleep = sleep
         self._clock = clock
@@ -229,33 +205,60 @@ class ModelProfileManager(EventSource):
     async def _event_streams(self) -> dict[str, str]:
         return {self.keys.events: "models"}
 
-    async def _run(self, script: str, args: Sequence[Any], keys: Sequence[bytes] = ()) -> Any:
-        return await self.store.run(
-            script, [*self._static, *keys] if keys else self._static, [*self._cfg_args, *args]
-        )
+    async def _run(self, script: str, args: Sequence[Any], session_key: str | None = None) -> Any:
+        """Call a model script with the {models} keys (and a session key) and the breaker
+        configuration, then ``args`` (ARGV[3]...)."""
+        keys = self._keys if session_key is None else [*self._keys, session_key]
+        try:
+            return await self.store.run(script, keys, [*self._config_args, *args])
+        except StoreUnavailableError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise await self._wrong_type(keys) from exc
 
-    def _selection_spec(
-        self, model: str | None, session_id: str | None, exclude: Iterable[str]
-    ) -> tuple[str | None, list[bytes]]:
-        """The scripts' selection spec (one argument, see ``select_profile`` in
-        ``coordinator/lua/_model.lua``; ``None`` when everything is the default) and the
-        session key, if any."""
-        if model is None and session_id is None and not exclude:
-            return None, []  # the common call: nothing to check or build
+    async def _command(self, *args: Any) -> Any:
+        """A plain command on a {models} key (a read), with a key of the wrong type named."""
+        try:
+            return await self.store.command(*args)
+        except StoreUnavailableError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            raise await self._wrong_type(self._keys) from exc
+
+    async def _wrong_type(self, keys: Sequence[str]) -> CoordinatorError:
+        """A script met a key of another type than the one it keeps there (a hand edit): the
+        error names the key (an operator deletes it, or restores it from a backup)."""
+        expected = dict(
+            zip(keys, ("hash", "hash", "stream", "zset", "hash", "string"), strict=False)
+        )
+        for key, wanted in expected.items():
+            found = str(await self.store.command("TYPE", key))
+            if found not in ("none", wanted):
+                return CorruptStateError(key, "type", f"holds a {found}, expected a {wanted}")
+        return StoreUnavailableError("a {models} key changed type during the call; try again")
+
+    def _selection_args(
+        self,
+        model: str | None,
+        session_id: str | None,
+        exclude: Iterable[str],
+        tried: Sequence[str] = (),
+    ) -> tuple[list[Any], str | None]:
+        """The selection arguments of ``model_select`` / ``model_report`` (preferred model,
+        session TTL, the excluded ids: first those ``tried`` by this request, whose recovery
+        time the reply reports, then the others) and the session key, if any."""
         if model is not None and (not isinstance(model, str) or not model):
             raise ConfigError("model", "must be a non-empty string or None")
-        excluded = [validate_id(e, "exclude") for e in exclude]
-        keys: list[bytes] = []
+        tried = [validate_id(e, "exclude") for e in tried]
+        excluded = [validate_id(e, "exclude") for e in exclude if e not in tried]
+        session_key = None
         ttl = 0
         if session_id is not None:
             validate_session_id(session_id)
             if self.config.session_sticky:
-                keys.append(self.keys.session(session_id).encode())
+                session_key = self.keys.session(session_id)
                 ttl = self._session_ttl_ms
-        if not ttl and not excluded and model is None:
-            return None, keys
-        ids = "".join(f"{e}," for e in excluded)
-        return f"{ttl},{len(excluded)},{ids}{model or ''}", keys
+        return [model or "", ttl, len(tried), *tried, *excluded], session_key
 
     def _note_broken(self, broken: Any) -> None:
         for item in broken or []:
@@ -304,39 +307,36 @@ class ModelProfileManager(EventSource):
             await self.release(selection)
 
     def _decode_selection(
-        self, reply: Sequence[Any], at: int = 0
+        self, reply: Sequence[Any]
     ) -> tuple[ModelSelection | None, int | None, str | None]:
-        """Decode a selection reply (packed, see ``select_profile`` in ``_model.lua``) that
-        starts at ``reply[at]``: (selection, None, None), (None, ms until the soonest recovery
-        or None if none, None), or (None, None, id) when the chosen profile's definition does
-        not parse here."""
-        head = str(reply[at + 1]).split(",")
-        if int(reply[at]) == 0:
-            if len(head) > 2:
-                self._note_broken(head[2:])
-            retry_in = int(head[0])
-            return None, (retry_in if retry_in >= 0 else None), None
-        if len(head) > 6:
-            self._note_broken(head[6:])
+        """Decode a selection reply (see ``select_profile`` in ``_model_select.lua``):
+        (selection, None, None), (None, ms until the soonest recovery (of a profile not
+        excluded, or of one this request tried) or None if none, None), or (None, None, id)
+        when the chosen profile's definition does not parse here."""
+        if int(reply[0]) == 0:
+            _found, wait, _now, broken, wait_tried = reply
+            self._note_broken(broken)
+            # (the soonest of either: -1 means none)
+            waits = [int(w) for w in (wait, wait_tried) if int(w) >= 0]
+            return None, (min(waits) if waits else None), None
+        _found, profile_id, reason, epoch, token, now, sticky, model, raw, broken = reply
+        self._note_broken(broken)
+        profile_id = str(profile_id)
         try:
-            profile = self._parsed.get(head[0], reply[at + 3])
+            profile = self._parsed.get(profile_id, raw)
         except CorruptStateError:
             # The script checked the fields it needs; Python found another one broken. Report
             # it; the caller sees no selection rather than an exception about one profile.
-            self._note_broken([f"{head[0]}:definition"])
-            return None, None, head[0]
-        if not profile.enabled:
-            # The script read the first "enabled" of a hand-edited JSON that has two.
-            self._note_broken([f"{head[0]}:enabled"])
-            return None, None, head[0]
-        selection = _new_selection(
-            profile,
-            str(reply[at + 2]) or None,
-            cast(SelectionReason, head[1]),
-            int(head[2]),
-            head[3] or None,
-            int(head[4]),
-            head[5] == "1",
+            self._note_broken([f"{profile_id}:definition"])
+            return None, None, profile_id
+        selection = ModelSelection(
+            profile=profile,
+            model=str(model) or None,
+            reason=cast(SelectionReason, str(reason)),
+            epoch=int(epoch),
+            permit=str(token) or None,
+            selected_at_ms=int(now),
+            sticky=int(sticky) == 1,
         )
         return selection, None, None
 
@@ -414,7 +414,7 @@ class ModelProfileManager(EventSource):
     async def get_profile(self, profile_id: str) -> ModelProfile:
         """The profile with this id; ``ProfileNotFoundError`` if there is none."""
         validate_id(profile_id, "profile_id")
-        raw = await self.store.command("HGET", self.keys.profiles, profile_id)
+        raw = await self._command("HGET", self.keys.profiles, profile_id)
         if raw is None:
             raise ProfileNotFoundError(profile_id)
         return self._parsed.get(profile_id, raw)
@@ -422,7 +422,7 @@ class ModelProfileManager(EventSource):
     async def list_profiles(self) -> list[ModelProfile]:
         """All profiles, highest priority first (then by id). Corrupt ones are skipped;
         :meth:`get_status` names them."""
-        raw_map = await self.store.command("HGETALL", self.keys.profiles)
+        raw_map = await self._command("HGETALL", self.keys.profiles)
         items = (
             list(zip(raw_map[0::2], raw_map[1::2], strict=True))
             if isinstance(raw_map, list)
@@ -440,20 +440,21 @@ class ModelProfileManager(EventSource):
     # -- selection and reports -----------------------------------------------------------
 
     async def _select(
-        self, model: str | None, session_id: str | None, exclude: Iterable[str]
+        self,
+        model: str | None,
+        session_id: str | None,
+        exclude: Iterable[str],
+        tried: Sequence[str] = (),
     ) -> tuple[ModelSelection | None, int | None]:
+        """Select (see :meth:`select_profile`); also returns the ms until the soonest recovery
+        when nothing is selectable (of the profiles ``tried`` by this request too)."""
         excluded = list(exclude)
         for skip in self._excluded_here():
             if skip not in excluded:
                 excluded.append(skip)
         for _ in range(_RESELECTS):
-            spec, keys = self._selection_spec(model, session_id, excluded)
-            # store.run directly (not _run): this is the hot path, one coroutine fewer.
-            reply = await self.store.run(
-                "model_select",
-                [*self._static, *keys] if keys else self._static,
-                self._cfg_only if spec is None else [*self._cfg_args, spec],
-            )
+            args, session_key = self._selection_args(model, session_id, excluded, tried)
+            reply = await self._run("model_select", args, session_key)
             selection, retry_in, unparsable = self._decode_selection(reply)
             if unparsable is not None:
                 excluded.append(unparsable)  # its definition does not parse: skip it, pick again
@@ -494,36 +495,33 @@ class ModelProfileManager(EventSource):
         model: str | None = None,
         session_id: str | None = None,
         exclude: Iterable[str] = (),
-    ) -> tuple[str, ModelSelection | None, int | None]:
-        """Report one outcome (and for a failover pick the next profile). Returns the packed
-        report head (see :func:`_report_result`; a failover's callers never need it decoded),
-        the next selection and the ms until the soonest recovery."""
+        tried: Sequence[str] = (),
+    ) -> tuple[ReportResult, ModelSelection | None, int | None]:
+        """Report one outcome (and for a failover pick the next profile, excluding ``exclude``
+        and ``tried``, the profiles this request tried). Returns what the report did, the next
+        selection and the ms until the soonest recovery (of a tried profile too)."""
         epoch: int | str
         if isinstance(target, ModelSelection):
             profile_id, epoch, token = target.profile.id, target.epoch, target.permit or ""
         else:
             profile_id, epoch, token = validate_id(target, "profile_id"), "", ""
-        # (a FailureKind is a StrEnum: it formats as its value)
-        header = (
-            f"{outcome},{kind or ''},{retry_ms},{epoch},{token},{1 if pick_next else 0},"
-            f"{profile_id}"
-        )
-        script_keys = self._report_keys
-        args = [*self._cfg_args, header, message] if message else [*self._cfg_args, header]
+        args: list[Any] = [profile_id, outcome, kind or "", retry_ms, epoch, token, message]
+        session_key = None
         if pick_next:
             # (the script skips the reported profile itself: no need to send it)
             exclude = [e for e in [*exclude, *self._excluded_here()] if e != profile_id]
-            spec, keys = self._selection_spec(model, session_id, exclude)
-            script_keys = [*self._static, *keys] if keys else self._static
-            if spec is not None:
-                args = [*self._cfg_args, header, message, spec]
-        reply = await self.store.run("model_report", script_keys, args)
-        head = str(reply[0])
-        if head.startswith("corrupt,"):
-            self._note_broken([f"{profile_id}:{head.split(',', 3)[3]}"])
+            tried = [e for e in tried if e != profile_id]
+            pick_args, session_key = self._selection_args(model, session_id, exclude, tried)
+            args += [1, *pick_args]
+        else:
+            args.append(0)
+        reply = await self._run("model_report", args, session_key)
+        result = report_result(reply)
+        if result.status == "corrupt":
+            self._note_broken([f"{profile_id}:{result.broken_field}"])
         if not pick_next:
-            return head, None, None
-        selection, retry_in, unparsable = self._decode_selection(reply, 1)
+            return result, None, None
+        selection, retry_in, unparsable = self._decode_selection(reply[4])
         if selection is not None and not self._usable_here(selection.profile):
             await self._skip_here(selection)
             unparsable = selection.profile_id
@@ -531,19 +529,19 @@ class ModelProfileManager(EventSource):
             # The next profile's definition does not parse here, or its key is not usable
             # here: pick again without it (one more round trip, only then).
             selection, retry_in = await self._select(
-                model, session_id, [*exclude, profile_id, unparsable]
+                model, session_id, [*exclude, unparsable], [*tried, profile_id]
             )
-        return head, selection, retry_in
+        return result, selection, retry_in
 
     async def record_success(
         self, selection: ModelSelection | str, *, retry_after_s: float | None = None
     ) -> ReportResult:
         """Record a successful call (one round trip). ``retry_after_s``: the response said a
         quota is exhausted; the profile cools down that long even though the call worked."""
-        head, _sel, _retry = await self._report(
+        result, _sel, _retry = await self._report(
             selection, "success", None, "", retry_after_ms(retry_after_s)
         )
-        return _report_result(head)
+        return result
 
     async def record_failure(
         self,
@@ -557,24 +555,31 @@ class ModelProfileManager(EventSource):
         classified (else ``unknown``). Pass the selection, not just the id, so that a report
         for a call selected before the breaker changed state is recognised as late."""
         failure, retry = self._failure_of(kind, error, retry_after_s)
-        head, _sel, _retry = await self._report(
-            selection, "failure", failure, self._message(selection, error), retry_after_ms(retry)
+        result, _sel, _retry = await self._report(
+            selection,
+            "failure",
+            failure,
+            await self._message(selection, error),
+            retry_after_ms(retry),
         )
-        return _report_result(head)
+        return result
 
     async def release(self, selection: ModelSelection) -> ReportResult:
         """Give back a selection that was not used (frees a half-open probe permit at once)."""
-        head, _sel, _retry = await self._report(selection, "release", None, "", "")
-        return _report_result(head)
+        result, _sel, _retry = await self._report(selection, "release", None, "", "")
+        return result
 
-    def _message(self, target: ModelSelection | str, error: BaseException | str | None) -> str:
+    async def _message(
+        self, target: ModelSelection | str, error: BaseException | str | None
+    ) -> str:
         """The stored and emitted text of a reported error: token-shaped text redacted, and the
         profile's own key too (an ``api_key`` or ``env`` key this replica holds: of the
-        selection's profile, or for an id the last definition this replica parsed)."""
+        selection's profile; for an id, of the definition this replica last parsed, else of
+        the stored one, read for this)."""
         if error is None:
             return ""
         profile = (
-            target.profile if isinstance(target, ModelSelection) else self._parsed.latest(target)
+            target.profile if isinstance(target, ModelSelection) else await self._known(target)
         )
         known: list[str] = []
         if profile is not None and profile.auth.kind in _LOCAL_KEY:
@@ -585,6 +590,18 @@ class ModelProfileManager(EventSource):
             if secret is not None:
                 known.append(secret.reveal())
         return _describe(error, known)
+
+    async def _known(self, profile_id: str) -> ModelProfile | None:
+        """The definition of ``profile_id`` this replica last parsed, else the stored one
+        (``None`` when there is none it can parse)."""
+        profile = self._parsed.latest(validate_id(profile_id, "profile_id"))
+        if profile is not None:
+            return profile
+        raw = await self._command("HGET", self.keys.profiles, profile_id)
+        try:
+            return None if raw is None else self._parsed.get(profile_id, raw)
+        except CorruptStateError:
+            return None
 
     def _failure_of(
         self,
@@ -618,7 +635,7 @@ class ModelProfileManager(EventSource):
             failed,
             "failure",
             failure,
-            self._message(failed, error),
+            await self._message(failed, error),
             retry_after_ms(retry),
             pick_next=True,
             model=preferred_model,
@@ -732,124 +749,196 @@ class ModelProfileManager(EventSource):
         attempt and the time until the soonest recovery, or first waits up to ``wait_s`` for
         that recovery. A success costs two round trips; each failover hop one more.
         """
+        run = _Execution(model, session_id, self._attempt_limit(max_attempts), _budget_ms(wait_s))
+        selection, retry_in = await self._select(model, session_id, ())
+        while True:
+            if selection is None:
+                if not await self._wait_for_recovery(run, retry_in):
+                    raise AllProfilesUnavailableError(run.attempts, retry_in)
+                run.excluded = []
+                selection, retry_in = await self._select(model, session_id, ())
+                continue
+            step = await self._attempt(call, run, selection)
+            if step.done:
+                return cast(T, step.result)
+            selection, retry_in = step.selection, step.retry_in
+
+    def _attempt_limit(self, max_attempts: int | None) -> int:
         limit = self.config.max_attempts if max_attempts is None else max_attempts
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError("max_attempts", "must be an integer >= 1")
-        if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not wait_s >= 0:
-            raise ConfigError("wait_s", "must be a number >= 0")
-        budget_ms = float(wait_s) * 1000.0
-        attempts: list[ModelAttempt] = []
-        excluded: list[str] = []
-        selection, retry_in = await self._select(model, session_id, excluded)
-        while True:
-            if selection is None:
-                if len(attempts) < limit and retry_in is not None and retry_in <= budget_ms:
-                    pause_ms = max(retry_in, 1)
-                    budget_ms -= pause_ms
-                    await self._sleep(pause_ms / 1000.0)
-                    excluded = []
-                    selection, retry_in = await self._select(model, session_id, excluded)
-                    continue
-                raise AllProfilesUnavailableError(attempts, retry_in)
-            excluded.append(selection.profile_id)
-            last = len(attempts) + 1 >= limit
-            try:
-                if selection.profile.auth.kind in _DIRECT_AUTH:
-                    secret, key_id = self._direct_secret(selection.profile), None
-                else:
-                    secret, key_id = await self._credential(selection, session_id)
-            except _Unusable as skip:
-                attempts.append(
-                    ModelAttempt(selection.profile_id, skip.kind, skip.message, selection.model)
-                )
-                retry_ms: int | str = skip.cooldown_ms if skip.cooldown_ms else ""
-                _r, selection, retry_in = await self._report(
-                    selection, skip.outcome, skip.kind, redact(skip.message), retry_ms,
-                    pick_next=not last, model=model, session_id=session_id, exclude=excluded,
-                )  # fmt: skip
-                if last:
-                    raise AllProfilesUnavailableError(attempts, None, limit_reached=True) from None
-                continue
-            except StoreUnavailableError:
-                raise  # an outage is not the profile's fault, nor something to fail over from
-            except ConfigError:
-                if selection.probe:
-                    await self.release(selection)
-                raise
-            except Exception as exc:
-                # The token source failed (e.g. the OAuth credential needs a new login).
-                kind = FailureKind.AUTH if isinstance(exc, OAuthError) else None
-                verdict = classify_exception(exc, now=self._clock())
-                if kind is not None or verdict.kind in (None, FailureKind.CALLER):
-                    verdict = Classification(kind or FailureKind.AUTH, None, "credential")
-                error: BaseException | None = exc
-                secret, key_id = None, None
-                result: Any = None
-            else:
-                context = _new_call(
-                    selection,
-                    selection.model,
-                    selection.profile.base_url,
-                    secret,
-                    len(attempts) + 1,
-                    key_id,
-                )
-                error = None
-                try:
-                    result = await call(context)
-                except Exception as exc:
-                    error = exc
-                    verdict = classify_exception(exc, now=self._clock())
-                else:
-                    if isinstance(result, httpx.Response):
-                        verdict = classify(result, now=self._clock())
-                    else:
-                        verdict = _SUCCESS
-            if verdict.kind is None:
-                success = self._report(
-                    selection, "success", None, "", retry_after_ms(verdict.retry_after_s)
-                )
-                if key_id is not None:
-                    await asyncio.gather(
-                        success, self._pool_report(key_id, verdict, "", selection.model)
-                    )
-                else:
-                    await success
-                return cast(T, result)
-            if verdict.kind is FailureKind.CALLER:
-                if selection.probe:
-                    await self.release(selection)
-                if error is not None:
-                    raise error
-                return cast(T, result)
-            known = [secret.reveal()] if error is not None and secret is not None else []
-            message = _describe(error, known) if error is not None else verdict.reason
-            attempts.append(
-                ModelAttempt(selection.profile_id, verdict.kind, message, selection.model)
+        return limit
+
+    async def _wait_for_recovery(self, run: _Execution, retry_in: int | None) -> bool:
+        """Nothing is selectable now: wait for the soonest recovery if attempts and the wait
+        budget allow it (then returns True), else return False."""
+        if len(run.attempts) >= run.limit or retry_in is None:
+            return False
+        pause_ms = max(retry_in, 1)
+        if pause_ms > run.budget_ms:
+            return False
+        run.budget_ms -= pause_ms
+        await self._sleep(pause_ms / 1000.0)
+        return True
+
+    async def _attempt(
+        self,
+        call: Callable[[ModelCall], Awaitable[Any]],
+        run: _Execution,
+        selection: ModelSelection,
+    ) -> _Step:
+        """One try of one selected profile: its credential, the call, the report (and for a
+        failure the next selection, in the same round trip)."""
+        run.excluded.append(selection.profile_id)
+        secret: Secret | None = None
+        key_id: str | None = None
+        try:
+            secret, key_id = await self._credential_for(selection, run.session_id)
+        except _Unusable as skip:
+            return await self._report_unusable(run, selection, skip)
+        except (StoreUnavailableError, ConfigError):
+            # An outage is not the profile's fault, nor something to fail over from; a
+            # configuration error is this process's to fix.
+            raise
+        except Exception as exc:
+            outcome = self._credential_failure(exc)
+        else:
+            outcome = await self._run_call(call, run, selection, secret, key_id)
+        return await self._report_outcome(run, selection, outcome, secret, key_id)
+
+    async def _credential_for(
+        self, selection: ModelSelection, session_id: str | None
+    ) -> tuple[Secret | None, str | None]:
+        """The secret to call the selected profile with, and the pool key id if any. A
+        configuration error gives the probe permit back before it propagates."""
+        try:
+            if selection.profile.auth.kind in _DIRECT_AUTH:
+                return self._direct_secret(selection.profile), None
+            return await self._credential(selection, session_id)
+        except ConfigError:
+            if selection.probe:
+                await self.release(selection)
+            raise
+
+    def _credential_failure(self, exc: Exception) -> _Outcome:
+        """The token source failed (e.g. the OAuth credential needs a new login): an auth
+        failure of the profile."""
+        kind = FailureKind.AUTH if isinstance(exc, OAuthError) else None
+        verdict = classify_exception(exc, now=self._clock())
+        if kind is not None or verdict.kind in (None, FailureKind.CALLER):
+            verdict = Classification(kind or FailureKind.AUTH, None, "credential")
+        return _Outcome(None, exc, verdict)
+
+    async def _run_call(
+        self,
+        call: Callable[[ModelCall], Awaitable[Any]],
+        run: _Execution,
+        selection: ModelSelection,
+        secret: Secret | None,
+        key_id: str | None,
+    ) -> _Outcome:
+        """Call the provider and classify what came back."""
+        context = ModelCall(
+            selection=selection,
+            model=selection.model,
+            base_url=selection.profile.base_url,
+            secret=secret,
+            attempt=len(run.attempts) + 1,
+            credential_id=key_id,
+        )
+        try:
+            result = await call(context)
+        except Exception as exc:
+            return _Outcome(None, exc, classify_exception(exc, now=self._clock()))
+        if isinstance(result, httpx.Response):
+            return _Outcome(result, None, classify(result, now=self._clock()))
+        return _Outcome(result, None, _SUCCESS)
+
+    async def _report_outcome(
+        self,
+        run: _Execution,
+        selection: ModelSelection,
+        outcome: _Outcome,
+        secret: Secret | None,
+        key_id: str | None,
+    ) -> _Step:
+        """Report a success (done), give back a caller error (done: raised or returned), or
+        report a failure and fail over."""
+        verdict = outcome.verdict
+        if verdict.kind is None:
+            success = self._report(
+                selection, "success", None, "", retry_after_ms(verdict.retry_after_s)
             )
-            outcome: Outcome = "failure"
-            retry: int | str = retry_after_ms(verdict.retry_after_s)
-            if key_id is not None and verdict.kind in _KEY_LEVEL:
-                # The key is at fault, not the provider: the pool cools the key down.
-                outcome, retry = "release", ""
-            failed_id, failed_model = selection.profile_id, selection.model
-            report = self._report(
-                selection, outcome, verdict.kind, message, retry,
-                pick_next=not last, model=model, session_id=session_id, exclude=excluded,
-            )  # fmt: skip
             if key_id is not None:
-                (_r, selection, retry_in), _ = await asyncio.gather(
-                    report, self._pool_report(key_id, verdict, message, failed_model)
+                await asyncio.gather(
+                    success, self._pool_report(key_id, verdict, "", selection.model)
                 )
             else:
-                _r, selection, retry_in = await report
-            if last:
-                raise AllProfilesUnavailableError(attempts, None, limit_reached=True)
-            if selection is not None:
-                log.info(
-                    "failover from %s (%s) to %s", failed_id, verdict.kind.value,
-                    selection.profile_id,
-                )  # fmt: skip
+                await success
+            return _Step(done=True, result=outcome.result)
+        if verdict.kind is FailureKind.CALLER:
+            if selection.probe:
+                await self.release(selection)
+            if outcome.error is not None:
+                raise outcome.error
+            return _Step(done=True, result=outcome.result)
+        return await self._fail_over(run, selection, outcome, secret, key_id)
+
+    async def _fail_over(
+        self,
+        run: _Execution,
+        selection: ModelSelection,
+        outcome: _Outcome,
+        secret: Secret | None,
+        key_id: str | None,
+    ) -> _Step:
+        """Record a failed attempt and pick the next profile in the same round trip."""
+        kind = outcome.verdict.kind
+        assert kind is not None
+        error = outcome.error
+        known = [secret.reveal()] if error is not None and secret is not None else []
+        message = _describe(error, known) if error is not None else outcome.verdict.reason
+        run.attempts.append(ModelAttempt(selection.profile_id, kind, message, selection.model))
+        last = len(run.attempts) >= run.limit
+        report_as: Outcome = "failure"
+        retry: int | str = retry_after_ms(outcome.verdict.retry_after_s)
+        if key_id is not None and kind in _KEY_LEVEL:
+            # The key is at fault, not the provider: the pool cools the key down.
+            report_as, retry = "release", ""
+        report = self._report(
+            selection, report_as, kind, message, retry,
+            pick_next=not last, model=run.model, session_id=run.session_id, tried=run.excluded,
+        )  # fmt: skip
+        if key_id is not None:
+            (_r, nxt, retry_in), _ = await asyncio.gather(
+                report, self._pool_report(key_id, outcome.verdict, message, selection.model)
+            )
+        else:
+            _r, nxt, retry_in = await report
+        if last:
+            raise AllProfilesUnavailableError(run.attempts, None, limit_reached=True)
+        if nxt is not None:
+            log.info(
+                "failover from %s (%s) to %s", selection.profile_id, kind.value, nxt.profile_id
+            )
+        return _Step(done=False, selection=nxt, retry_in=retry_in)
+
+    async def _report_unusable(
+        self, run: _Execution, selection: ModelSelection, skip: _Unusable
+    ) -> _Step:
+        """The selected profile's credential cannot be obtained now: report it (no breaker
+        count) and pick the next profile in the same round trip."""
+        run.attempts.append(
+            ModelAttempt(selection.profile_id, skip.kind, skip.message, selection.model)
+        )
+        last = len(run.attempts) >= run.limit
+        _r, nxt, retry_in = await self._report(
+            selection, skip.outcome, skip.kind, redact(skip.message), skip.cooldown_ms or "",
+            pick_next=not last, model=run.model, session_id=run.session_id, tried=run.excluded,
+        )  # fmt: skip
+        if last:
+            raise AllProfilesUnavailableError(run.attempts, None, limit_reached=True) from None
+        return _Step(done=False, selection=nxt, retry_in=retry_in)
 
     # -- status --------------------------------------------------------------------------
 
@@ -860,85 +949,23 @@ class ModelProfileManager(EventSource):
         reply = await self._run("model_status", [])
         now = int(reply[0])
         decay = self.config.breaker.failure_decay_ms
-        out = [_status_row(now, decay, row) for row in reply[1]]
+        out = [self._checked(status_row(now, decay, row), row[1]) for row in reply[1]]
         out.sort(key=lambda s: (-(s.priority or 0), s.id))
         return out
+
+    def _checked(self, status: ModelProfileStatus, raw: str) -> ModelProfileStatus:
+        """The status row, with ``broken_field`` set when the definition is one the script
+        accepts but this package cannot use (selection skips it too)."""
+        if status.broken_field is not None or not raw:
+            return status
+        try:
+            self._parsed.get(status.id, raw)
+        except CorruptStateError as exc:
+            return replace(status, broken_field=exc.field)
+        return status
 
     # -- lifecycle ----------------------------------------------------------------------
 
     async def close(self) -> None:
         """Stop the event reader (the store stays open; it may be shared)."""
         await self.events.close()
-
-
-def _report_result(head: str) -> ReportResult:
-    """Decode a report head: "<status>,<breaker state>,<epoch, -1 if unknown>,<broken field>"."""
-    status, state, epoch_text, broken = head.split(",", 3)
-    epoch = int(epoch_text)
-    return ReportResult(  # (status, state, epoch, broken_field)
-        cast(Any, status),
-        cast("BreakerState | None", state or None),
-        epoch if epoch >= 0 else None,
-        broken or None,
-    )
-
-
-def _as_dict(raw: str) -> dict[str, Any] | None:
-    if not raw:
-        return None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _num(value: Any) -> int:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-        return int(value)
-    return 0
-
-
-def _status_row(now: int, decay_ms: int, row: Sequence[Any]) -> ModelProfileStatus:
-    pid, raw_def, raw_breaker, broken = (str(x) for x in row)
-    definition = _as_dict(raw_def) or {}
-    breaker = _as_dict(raw_breaker) or {}
-    state = breaker.get("state", "closed") if not broken.startswith("breaker") else None
-    if state not in ("closed", "open", "half_open"):
-        state = None
-    streak = breaker.get("streak")
-    streak_items = list(streak.values()) if isinstance(streak, dict) else streak or []
-    consecutive = sum(1 for t in streak_items if isinstance(t, int | float) and now - t <= decay_ms)
-    window = breaker.get("window") if isinstance(breaker.get("window"), str) else ""
-    permits = breaker.get("permits")
-    in_flight = (
-        sum(1 for t in permits.values() if isinstance(t, int | float) and t > now)
-        if isinstance(permits, dict)
-        else 0
-    )
-    open_until = _num(breaker.get("open_until_ms")) if state == "open" else 0
-    priority = definition.get("priority")
-    enabled = definition.get("enabled")
-    last_error = breaker.get("last_error")
-    last_kind = breaker.get("last_error_kind")
-    return ModelProfileStatus(
-        id=pid,
-        provider=definition.get("provider")
-        if isinstance(definition.get("provider"), str)
-        else None,
-        priority=priority if isinstance(priority, int) and not isinstance(priority, bool) else None,
-        enabled=enabled if isinstance(enabled, bool) else None,
-        state=cast("BreakerState | None", state),
-        epoch=_num(breaker.get("epoch")),
-        open_remaining_ms=max(0, open_until - now),
-        cooldown_remaining_ms=max(0, _num(breaker.get("cooldown_until_ms")) - now),
-        consecutive_failures=consecutive,
-        window_calls=len(window or ""),
-        window_failures=(window or "").count("1"),
-        probes_in_flight=in_flight,
-        reopens=_num(breaker.get("reopens")),
-        failures_total=_num(breaker.get("failures_total")),
-        last_error=last_error if isinstance(last_error, str) else None,
-        last_error_kind=last_kind if isinstance(last_kind, str) else None,
-        broken_field=broken or None,
-    )

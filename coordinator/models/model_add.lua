@@ -1,6 +1,6 @@
 -- model_add.lua: create or update a model profile. Its circuit breaker is left as it is, so
 -- re-adding a profile never closes an open breaker.
--- KEYS[1..5]  the static {models} keys (see _model.lua)
+-- KEYS[1..5]  the {models} keys (see _model.lua)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (unused)
 -- ARGV[3] profile id   ARGV[4] definition JSON (validated by the caller)
 -- ARGV[5] priority   ARGV[6] enabled: 1 | 0
@@ -19,7 +19,7 @@ if enabled then
 else
   redis.call('ZREM', K_RANKED, id)
 end
-local b = parse_breaker(redis.call('HGET', K_BREAKERS, id), id)
+local b = load_breaker(id)
 local state = 'corrupt'
 if b then
   if b.state ~= 'closed' and refresh(id, b, now) then

@@ -1,76 +1,56 @@
 -- model_report.lua: record the outcome of a call and, for a failover, pick the next profile in
 -- the same round trip.
--- KEYS[1..5]  the static {models} keys (see _model.lua); KEYS[6] the session key (optional)
---   without a pick, only KEYS[1..3] (profiles, breakers, events: all that recording touches)
+-- KEYS[1..5]  the {models} keys (see _model.lua); KEYS[6] the session key (optional)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (see _model.lua)
--- ARGV[3] "<outcome>,<kind>,<cooldown ms>,<epoch>,<probe token>,<pick>,<profile id>" (one
---   argument: each argument costs the client time to encode), where outcome is success |
---   failure | release | unusable; kind is rate_limit | billing | auth | server | timeout |
---   unknown | caller ('' for a success); cooldown ms is '' for none (a Retry-After or a
---   rate-limit reset, honoured up to max_retry_after_ms); epoch is the selection's ('' for the
---   current one); the probe token is '' for none; pick is 1 to pick the next profile (a
---   failover), else 0
--- ARGV[4] error text (already redacted; optional, '' when absent)
--- ARGV[5] selection spec for the pick (optional; see select_profile in _model.lua)
--- Returns {"<status>,<breaker state>,<epoch>,<broken field>"} followed, for a pick, by the
---   selection reply's elements (as model_select; the reported profile is excluded)
---   status: recorded | stale | ignored | released | missing | corrupt (epoch -1 when unknown)
---   a pick emits profile:failover {from, to} once.
--- Redis TIME is only read when needed: a success or release in a closed state without a
--- cooldown does not need the clock (the hot path).
+-- ARGV[3] profile id
+-- ARGV[4] outcome: success | failure | release | unusable
+-- ARGV[5] failure kind: rate_limit | billing | auth | server | timeout | unknown | caller
+--   ('' for none)
+-- ARGV[6] cooldown ms ('' for none: a Retry-After or a rate-limit reset, honoured up to
+--   max_retry_after_ms)
+-- ARGV[7] the selection's epoch ('' for the current one)
+-- ARGV[8] probe permit token ('' for none)
+-- ARGV[9] error text (already redacted; '' for none)
+-- ARGV[10] 1 to pick the next profile (a failover), else 0
+-- ARGV[11..] for a pick: the selection arguments, as ARGV[3..] of model_select (the reported
+--   profile is excluded by itself)
+-- Returns {status, breaker state ('' if unknown), epoch (-1 if unknown), broken field ('' if
+--   none), selection}: status recorded | stale | ignored | released | missing | corrupt;
+--   selection is the model_select reply for a pick, else an empty array.
+--   A pick that finds a profile emits profile:failover {from, to, model, kind, reason}.
 --!include _model.lua
 --!include _model_record.lua
+--!include _model_select.lua
 
-local outcome, kind, cooldown_text, epoch, token, pick, id = string.match(ARGV[MARG],
-  '^([^,]*),([^,]*),([^,]*),([^,]*),([^,]*),([01]),(.+)$')
-if not outcome then return redis.error_reply('model_report: malformed ARGV[3]') end
-local pick_next = pick == '1'
-local cooldown = tonumber(cooldown_text)
-local exists = redis.call('HEXISTS', K_PROFILES, id) == 1
-local raw = exists and redis.call('HGET', K_BREAKERS, id)
--- The hot path: a success on a breaker in its steady state changes nothing (read in place, see
--- steady_success in _model.lua), and returns here.
-if raw and outcome == 'success' and token == '' and not cooldown and not pick_next then
-  local steady = steady_success(id, raw, epoch)
-  if steady then return {'recorded,closed,' .. steady .. ','} end
-end
-
-local message = ARGV[MARG + 1] or ''
-local now = nil
-if pick_next or cooldown or (outcome ~= 'success' and outcome ~= 'release') then now = now_ms() end
-
-HOLD = pick_next  -- see emit in _model.lua
+local id, outcome, kind = ARGV[MARG], ARGV[MARG + 1], ARGV[MARG + 2]
+local cooldown = tonumber(ARGV[MARG + 3])
+local epoch, token, message = ARGV[MARG + 4], ARGV[MARG + 5], ARGV[MARG + 6]
+local pick_next = ARGV[MARG + 7] == '1'
+local now = now_ms()
 
 local head
-if not exists then
-  head = 'missing,,-1,'
+if redis.call('HEXISTS', K_PROFILES, id) == 0 then
+  head = {'missing', '', -1, ''}
 else
-  local b, bad = parse_breaker(raw, id)
+  local b, bad = load_breaker(id)
   if not b then
-    head = 'corrupt,,-1,' .. bad
+    head = {'corrupt', '', -1, bad}
   else
-    if now == nil and b.state ~= 'closed' then now = now_ms() end
     local status, changed = record(id, b, now, outcome, kind, message, epoch, token, cooldown)
     if changed then save_breaker(id, b) end
-    head = status .. ',' .. b.state .. ',' .. int(b.epoch) .. ','
+    head = {status, b.state, b.epoch, ''}
   end
 end
 
-if not pick_next then return {head} end
--- The report's last event (if any) is still held for the failover; an event of the pick itself
--- (a breaker turning half-open) writes it first, so the order stays as it happened.
-HOLD = false
-local reply, to, resolved, reason = select_profile(now, ARGV[MARG + 2], KEYS[6], id)
-local failover = nil
-if to then failover = {from = id, to = to, model = resolved, kind = kind, reason = reason} end
-if held and failover and held[1] == 'profile:failure' and held[2] == id then
-  -- One entry for both: the failure, carrying the failover (delivered as two events).
-  held[3].failover = failover
-  failover = nil
+local selection = {}
+if pick_next then
+  local model, session_ttl, excluded, tried = selection_args(MARG + 8)
+  local reply, to, resolved, reason = select_profile(now, model, session_ttl, excluded, tried,
+    KEYS[6], id)
+  if to then
+    emit('profile:failover', id,
+      {from = id, to = to, model = resolved, kind = kind, reason = reason}, now)
+  end
+  selection = reply
 end
-if held then
-  xadd(held)
-  held = nil
-end
-if failover then emit('profile:failover', id, failover, now) end
-return {head, reply[1], reply[2], reply[3], reply[4]}
+return {head[1], head[2], head[3], head[4], selection}

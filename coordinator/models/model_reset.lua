@@ -1,16 +1,17 @@
 -- model_reset.lua: an operator closes a profile's breaker and ends its cooldown now.
--- KEYS[1..5]  the static {models} keys (see _model.lua)
+-- KEYS[1..5]  the {models} keys (see _model.lua)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration   ARGV[3] profile id
 -- Returns {'missing'} | {previous state ('corrupt' if the record was broken)}
--- A corrupt breaker record is replaced by a fresh closed one (the repair for a hand edit).
+-- A corrupt breaker is replaced by a fresh closed one (the repair for a hand edit).
 --!include _model.lua
 
 local id = ARGV[MARG]
 local now = now_ms()
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
-local b = parse_breaker(redis.call('HGET', K_BREAKERS, id), id)
+local b = load_breaker(id)
 local previous = 'corrupt'
-local epoch = 0
+-- (an epoch must never repeat: of a corrupt breaker, its epoch field if that one is sound)
+local epoch = count(redis.call('HGET', K_BREAKERS, id .. ':epoch')) or 0
 if b then
   previous = b.state
   epoch = b.epoch
@@ -21,6 +22,7 @@ if b then
   fresh.last_error = b.last_error
   fresh.last_error_kind = b.last_error_kind
 end
+delete_breaker(id)  -- (every field, a broken one too)
 save_breaker(id, fresh)
 if previous ~= 'closed' then
   emit('profile:circuit-closed', id, {epoch = fresh.epoch, reason = 'reset'}, now)

@@ -1,5 +1,5 @@
 -- model_set_enabled.lua: enable or disable a model profile (its breaker is left as it is).
--- KEYS[1..5]  the static {models} keys (see _model.lua)
+-- KEYS[1..5]  the {models} keys (see _model.lua)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration   ARGV[3] profile id
 -- ARGV[4] 1 to enable, 0 to disable
 -- Returns {'missing'} | {'corrupt', field} | {'changed' | 'unchanged'}
@@ -11,7 +11,8 @@ local def, raw, bad = load_def(id)
 if bad == 'missing' then return {'missing'} end
 if not def then return {'corrupt', bad} end
 if def.enabled == enable then return {'unchanged'} end
--- Rewrite only the flag, so the rest of the stored definition is kept byte for byte.
+-- Rewrite only the flag, so the rest of the stored definition is kept byte for byte (cjson
+-- would rewrite numbers of the metadata with 14 digits).
 local old = enable and '"enabled":false' or '"enabled":true'
 local new = enable and '"enabled":true' or '"enabled":false'
 local start, stop = string.find(raw, old, 1, true)

@@ -1,8 +1,10 @@
 -- model_status.lua: every model profile with its breaker, on Redis time. Due open -> half-open
 -- transitions are applied (and announced once) first.
--- KEYS[1..5]  the static {models} keys (see _model.lua)
+-- KEYS[1..5]  the {models} keys (see _model.lua)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration
--- Returns {now, {id, definition JSON, breaker JSON ('' if none), broken field ('' if sound)}...}
+-- Returns {now, {{id, definition JSON ('' if unreadable), breaker JSON ('' if corrupt),
+--   broken field ('' if sound)}...}}; the breaker JSON holds the fields of _model.lua, with
+--   streak a list of ms and permits an object token -> expiry ms.
 --!include _model.lua
 
 local now = now_ms()
@@ -11,11 +13,12 @@ local ids = redis.call('HKEYS', K_PROFILES)
 table.sort(ids)
 for _, id in ipairs(ids) do
   local _, raw_def, bad = load_def(id)
-  local raw_b = redis.call('HGET', K_BREAKERS, id)
-  local b, bbad = parse_breaker(raw_b, id)
-  if b and b.state ~= 'closed' and refresh(id, b, now) then
-    raw_b = save_breaker(id, b)
+  local b, bbad = load_breaker(id)
+  local breaker = ''
+  if b then
+    if b.state ~= 'closed' and refresh(id, b, now) then save_breaker(id, b) end
+    breaker = cjson.encode(b)
   end
-  rows[#rows + 1] = {id, raw_def or '', raw_b or '', bad or bbad or ''}
+  rows[#rows + 1] = {id, raw_def or '', breaker, bad or bbad or ''}
 end
 return {now, rows}

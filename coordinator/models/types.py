@@ -261,8 +261,6 @@ class ModelProfile:
             auth = {"kind": "none"}
         else:
             auth = {"kind": self.auth.kind, "value": self.auth.value}
-        # enabled, default_model and models come first: selection reads them with one
-        # anchored pattern instead of decoding the JSON (view_def in lua/_model.lua).
         record: dict[str, Any] = {"enabled": self.enabled}
         if self.default_model is not None:
             record["default_model"] = self.default_model
