@@ -201,8 +201,6 @@ async def test_sentinel_urls_reach_the_monitored_primary(secret_key: str) -> Non
 async def test_unix_socket_urls_reach_redis(secret_key: str, tmp_path: Path) -> None:
     from redis.asyncio.connection import UnixDomainSocketConnection
 
-    from coordinator.store._packing import with_hiredis_packing
-
     socket_path = tmp_path / "redis.sock"
     with RedisServer("--unixsocket", str(socket_path), "--unixsocketperm", "700"):
         store = await connect(
@@ -211,7 +209,7 @@ async def test_unix_socket_urls_reach_redis(secret_key: str, tmp_path: Path) -> 
         try:
             assert store.backend == "redis"
             pool = store.client.connection_pool
-            assert pool.connection_class is with_hiredis_packing(UnixDomainSocketConnection)
+            assert pool.connection_class is UnixDomainSocketConnection
             manager = manager_for(store)
             await add_keys(manager, 2)
             picks = {(await manager.get_next_profile("openai")).id for _ in range(2)}  # type: ignore[union-attr]
@@ -290,8 +288,6 @@ def _self_signed_tls_files(folder: Path) -> tuple[Path, Path]:
 async def test_rediss_urls_reach_redis_over_tls(secret_key: str, tmp_path: Path) -> None:
     from redis.asyncio.connection import SSLConnection
 
-    from coordinator.store._packing import with_hiredis_packing
-
     cert_file, key_file = _self_signed_tls_files(tmp_path)
     tls_port = free_port()
     tls = (
@@ -304,7 +300,7 @@ async def test_rediss_urls_reach_redis_over_tls(secret_key: str, tmp_path: Path)
         store = await connect(url, namespace=unique_namespace(), secret_key=secret_key)
         try:
             pool = store.client.connection_pool
-            assert pool.connection_class is with_hiredis_packing(SSLConnection)
+            assert pool.connection_class is SSLConnection
             manager = manager_for(store)
             await add_keys(manager, 2)
             assert (await manager.mark_failed("key-0", "x", kind="server")).status == "cooling"

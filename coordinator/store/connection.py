@@ -9,32 +9,50 @@
     memory://                                 embedded: fakeredis running the same Lua scripts
     memory:///path/state.json                 embedded, kept across restarts (file mode 0600)
 
+Any of them but ``memory://`` takes ``?socket_timeout=``, ``?socket_connect_timeout=`` and
+``?pool_timeout=`` (seconds, see :class:`Timeouts`): together they bound how long a call may
+wait on an unhealthy Redis.
+
+Connections heal without ever running an operation twice: a pooled connection that the server
+closed while it was idle (a restart, an idle ``timeout``, ``CLIENT KILL``) is found at EOF when
+it is taken from the pool, before anything is written, and replaced. Nothing is retried once
+written: a call that fails after sending raises :class:`StoreUnavailableError`, since the
+server may have run it.
+
 Every redis exception is translated here into :class:`StoreUnavailableError` with the cause
-kept; nothing above this module sees a raw redis error.
+kept; nothing above this module sees a raw redis error. No password or token of the URL
+appears in an error, :attr:`Store.url` or ``repr``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import os
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
+from redis.maint_notifications import MaintNotificationsConfig
 
 from ..errors import ConfigError, StoreUnavailableError
 from . import functions as scripts
-from ._packing import with_hiredis_packing
 from .keys import validate_name
 from .secrets import SecretBox
+from .snapshot import SnapshotFile, dump_to_file, load_from_file, new_memory_client
 
-__all__ = ["Backend", "Store", "connect"]
+__all__ = ["Backend", "Store", "Timeouts", "connect", "redact_url"]
+
+log = logging.getLogger(__name__)
 
 Backend = Literal["redis", "sentinel", "cluster", "memory"]
 ENV_URL = "COORDINATOR_REDIS_URL"
@@ -43,112 +61,209 @@ ENV_SECRET_KEY = "COORDINATOR_SECRET_KEY"
 # The start of Redis's answer to an FCALL of a function it does not have (redis-py drops "ERR").
 _NO_FUNCTION = "Function not found"
 
-_UNAVAILABLE = (
-    rexc.ConnectionError,
-    rexc.TimeoutError,
-    rexc.BusyLoadingError,
-    rexc.ClusterError,
-    rexc.ResponseError,
-    rexc.DataError,
-    rexc.RedisError,
-    OSError,
-)
+# redis-py's cluster errors (RedisClusterException) are no RedisError: list them apart.
+_UNAVAILABLE = (rexc.RedisError, rexc.RedisClusterException, OSError)
+
+# Query parameters whose value is a credential: masked wherever a URL is shown.
+_SECRET_PARAMETERS = ("password", "passwd", "token", "secret")
 
 
-def _old_server(exc: rexc.ResponseError, url: str, command: str) -> StoreUnavailableError | None:
-    """For an error answered to a FUNCTION command by a server that does not know the command
-    (Redis before 7.0), an error that says what is needed; else None."""
-    if "unknown command" not in str(exc).lower():
-        return None
-    return StoreUnavailableError(
-        f"{url} does not know {command}: coordinator runs its operations as Redis functions, "
-        "which need Redis 7.0 or newer"
-    )
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long a call may wait on an unhealthy Redis, in seconds (``?name=`` in the URL).
 
+    On a server that stops answering, a call fails with :class:`StoreUnavailableError` after
+    at most :attr:`bound_s`: the wait for a free pooled connection, then opening a connection
+    if one is needed, then one wait for an answer. A server that is down (connection refused)
+    fails a call at once. Nothing is retried, so nothing adds to the bound.
+    """
 
-def _library_names(listing: Any) -> set[str]:
-    """Library names in a FUNCTION LIST answer: a list of libraries (each a flat list of
-    fields and values, or a dict), or a cluster client's dict of such lists per node."""
-    if isinstance(listing, dict):
-        nodes: list[Any] = list(listing.values())
-    else:
-        nodes = [listing]
-    names: set[str] = set()
-    for libraries in nodes:
-        for library in libraries or []:
-            if isinstance(library, dict):
-                fields = library
-            else:
-                fields = dict(zip(library[::2], library[1::2], strict=False))
-            name = fields.get(b"library_name", fields.get("library_name"))
-            if name is not None:
-                names.add(name.decode() if isinstance(name, bytes) else str(name))
-    return names
+    #: Waiting for an answer (or for a write to go out) on an open connection. Above the
+    #: event reader's blocking read of 1 s.
+    socket_timeout: float = 2.0
+    #: Opening a connection (TCP and TLS handshake).
+    socket_connect_timeout: float = 2.0
+    #: Waiting for a free connection when all ``max_connections`` of the pool are busy
+    #: (standalone and unix:// only: the Sentinel and Cluster clients fail at once instead).
+    pool_timeout: float = 1.0
+
+    @property
+    def bound_s(self) -> float:
+        """The longest a call waits before it fails: the sum of the three."""
+        return self.pool_timeout + self.socket_connect_timeout + self.socket_timeout
 
 
 @dataclass(frozen=True, slots=True)
 class _Target:
     backend: Backend
-    url: str
+    url: str  # as given: passed to redis-py, never shown
     path: str | None = None
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    params: tuple[tuple[str, str], ...] = ()  # the query without our timeouts
+
+
+def _is_secret_parameter(name: str) -> bool:
+    lowered = name.lower()
+    return any(marker in lowered for marker in _SECRET_PARAMETERS)
+
+
+def redact_url(url: str) -> str:
+    """The URL with every credential replaced by ``****``: the password of the userinfo (or
+    the whole userinfo when it has no ``:``, which cluster and Sentinel URLs read as a
+    password) and the value of any query parameter named like a password or token."""
+    parts = urlsplit(url)
+    netloc, query = parts.netloc, parts.query
+    if "@" in netloc:
+        userinfo, _, hosts = netloc.rpartition("@")
+        user, sep, _ = userinfo.partition(":")
+        netloc = f"{user}:****@{hosts}" if sep else f"****@{hosts}"
+    if query:
+        masked = []
+        for item in query.split("&"):
+            name, sep, _ = item.partition("=")
+            masked.append(f"{name}=****" if sep and _is_secret_parameter(unquote(name)) else item)
+        query = "&".join(masked)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+def _url_secrets(url: str) -> list[str]:
+    """The credentials written in ``url`` (decoded), to scrub from any text shown."""
+    parts = urlsplit(url)
+    found: list[str] = []
+    if "@" in parts.netloc:
+        userinfo = parts.netloc.rpartition("@")[0]
+        user, sep, password = userinfo.partition(":")
+        found.append(unquote(password if sep else user))
+    found += [v for k, v in parse_qsl(parts.query) if _is_secret_parameter(k)]
+    # Texts are scrubbed of these by replacement: a value of a letter or two would garble them.
+    return [secret for secret in found if len(secret) >= 4]
+
+
+def _seconds(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError("url", f"{name} must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _split_query(query: str) -> tuple[Timeouts, tuple[tuple[str, str], ...]]:
+    """The timeouts named in a URL query and the other parameters, in order."""
+    names = {f.name for f in fields(Timeouts)}
+    given: dict[str, float] = {}
+    rest: list[tuple[str, str]] = []
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name in names:
+            given[name] = _seconds(name, value)
+        elif name == "timeout":  # redis-py's name for the pool wait: ambiguous here
+            raise ConfigError(
+                "url", "?timeout= is ambiguous: use pool_timeout, socket_timeout or "
+                "socket_connect_timeout"
+            )  # fmt: skip
+        else:
+            rest.append((name, value))
+    return Timeouts(**given), tuple(rest)
 
 
 def _parse_url(url: str) -> _Target:
+    """The backend a URL names and its options; :class:`ConfigError` for anything that
+    cannot be meant (checked before any connection is tried)."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("redis", "rediss", "unix"):
-        try:
-            _ = urlsplit(url).port  # a port that is no number raises here, not in redis-py
-        except ValueError as exc:
-            raise ConfigError("url", f"invalid port: {exc}") from None
-        return _Target("redis", url)
-    if scheme == "redis+cluster":
-        return _Target("cluster", url)
-    if scheme == "redis+sentinel":
-        return _Target("sentinel", url)
+    parts = urlsplit(url)
     if scheme == "memory":
-        path = unquote(urlsplit(url).path) or None
-        return _Target("memory", url, path)
-    raise ConfigError(
-        "url",
-        f"unsupported scheme {scheme or '(none)'!r}; use redis://, rediss://, unix://, "
-        "redis+sentinel://, redis+cluster:// or memory://",
-    )
+        return _memory_target(url)
+    if scheme not in ("redis", "rediss", "unix", "redis+cluster", "redis+sentinel"):
+        raise ConfigError(
+            "url",
+            f"unsupported scheme {scheme or '(none)'!r}; use redis://, rediss://, unix://, "
+            "redis+sentinel://, redis+cluster:// or memory://",
+        )
+    timeouts, params = _split_query(parts.query)
+    if scheme in ("redis", "rediss", "unix"):
+        _check_standalone(scheme, parts)
+        return _Target("redis", url, timeouts=timeouts, params=params)
+    backend: Backend = "cluster" if scheme == "redis+cluster" else "sentinel"
+    allowed = {"password", "username", "max_connections"}
+    if backend == "sentinel":
+        allowed.add("sentinel_password")
+    unknown = sorted({name for name, _ in params} - allowed)
+    if unknown:
+        raise ConfigError("url", f"unknown parameter(s) for {scheme}://: {', '.join(unknown)}")
+    limit = dict(params).get("max_connections", "100")
+    if not (limit.isdigit() and int(limit) > 0):
+        raise ConfigError("url", f"max_connections must be a positive whole number: {limit!r}")
+    return _Target(backend, url, timeouts=timeouts, params=params)
+
+
+def _check_standalone(scheme: str, parts: SplitResult) -> None:
+    """What redis-py would accept silently or fail on late: no host, a port or db that is no
+    number."""
+    if scheme == "unix":
+        if not parts.path:
+            raise ConfigError("url", "unix:// needs the socket's path: unix:///path/redis.sock")
+        return
+    try:
+        _ = parts.port  # a port that is no number raises here, not in redis-py
+    except ValueError as exc:
+        raise ConfigError("url", f"invalid port: {exc}") from None
+    if not parts.hostname:
+        raise ConfigError("url", f"{scheme}:// needs a host: {scheme}://host:port/db")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ConfigError("url", f"the database must be a number: /{db}")
+
+
+def _memory_target(url: str) -> _Target:
+    parts = urlsplit(url)
+    if parts.netloc:
+        # memory://relative/x.json reads as host "relative" and path /x.json: refuse it
+        # rather than write somewhere the user did not mean.
+        raise ConfigError(
+            "url",
+            f"memory:// takes no host ({parts.netloc!r}); for a state file give an absolute "
+            "path after three slashes: memory:///var/lib/app/state.json",
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError("url", "memory:// takes no parameters")
+    path = unquote(parts.path) or None
+    return _Target("memory", url, path=path)
 
 
 def _hosts(netloc: str) -> list[tuple[str, int]]:
-    auth, _, hosts = netloc.rpartition("@")
-    del auth
+    hosts = netloc.rpartition("@")[2]
     out: list[tuple[str, int]] = []
     for part in hosts.split(","):
         host, _, port = part.strip().rpartition(":")
         if not host:
             host, port = port, "6379"
+        host = host.strip("[]")
+        if not host:
+            raise ConfigError("url", "no host given: host:port[,host:port]")
         try:
-            out.append((host.strip("[]"), int(port)))
+            out.append((host, int(port)))
         except ValueError:
             raise ConfigError("url", f"invalid host:port {part!r}") from None
-    if not out:
-        raise ConfigError("url", "no host given")
     return out
 
 
-def _credentials(netloc: str) -> tuple[str | None, str | None]:
-    if "@" not in netloc:
-        return None, None
-    auth = netloc.rpartition("@")[0]
-    user, sep, password = auth.partition(":")
-    if not sep:
-        return None, unquote(user) or None
-    return unquote(user) or None, unquote(password) or None
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ``****`` (for logs and errors)."""
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
-        return parts._replace(netloc=netloc).geturl()
-    return url
+def _credentials(target: _Target) -> tuple[str | None, str | None]:
+    """User and password from the userinfo (``user:password@`` or ``password@``), else from
+    ``?username=`` / ``?password=``."""
+    netloc = urlsplit(target.url).netloc
+    params = dict(target.params)
+    user, password = params.get("username"), params.get("password")
+    if "@" in netloc:
+        auth = netloc.rpartition("@")[0]
+        name, sep, secret = auth.partition(":")
+        if sep:
+            user, password = unquote(name) or user, unquote(secret) or password
+        else:
+            password = unquote(name) or password
+    return user or None, password or None
 
 
 class Store:
@@ -156,6 +271,7 @@ class Store:
 
     Use :func:`connect` to make one. ``time_offset_ms`` is added to Redis ``TIME`` inside
     every script: it is zero in production and lets tests move time forward without sleeping.
+    ``timeouts`` bound how long a call may wait on an unhealthy Redis.
     """
 
     def __init__(
@@ -166,22 +282,23 @@ class Store:
         url: str,
         namespace: str,
         box: SecretBox | None,
-        persist_path: str | None = None,
+        timeouts: Timeouts | None = None,
+        snapshot: SnapshotFile | None = None,
     ) -> None:
         self._client = client
         self.backend: Backend = backend
         self.url = redact_url(url)
+        self._secrets = _url_secrets(url)
         self.namespace = namespace
         self.box = box
+        self.timeouts = timeouts or Timeouts()
         self.time_offset_ms = 0
         # name -> (function name, library source; a function's library has the same name).
-        # The runner is ours rather than redis-py's: it is the hot path of every operation,
-        # and calling FCALL directly saves ~10 µs.
         self._functions: dict[str, tuple[str, str]] = {
             name: (scripts.function_name(name), scripts.library_source(name))
             for name in scripts.script_names()
         }
-        self._persist_path = persist_path
+        self._snapshot = snapshot
         self._persist_task: asyncio.Task[None] | None = None
         self._persist_interval_s = 0.2
         self._closed = False
@@ -200,7 +317,13 @@ class Store:
     @property
     def persistent(self) -> bool:
         """Whether values written here outlive this process (any backend but plain memory://)."""
-        return self.backend != "memory" or self._persist_path is not None
+        return self.backend != "memory" or self._snapshot is not None
+
+    def _unavailable(self, what: str, exc: BaseException) -> StoreUnavailableError:
+        text = f"{what} failed on {self.url}: {type(exc).__name__}: {str(exc)[:200]}"
+        for secret in self._secrets:  # redis-py's texts carry none; make sure of it
+            text = text.replace(secret, "****")
+        return StoreUnavailableError(text)
 
     @contextlib.asynccontextmanager
     async def guard(self, what: str) -> AsyncIterator[None]:
@@ -208,9 +331,7 @@ class Store:
         try:
             yield
         except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(
-                f"{what} failed on {self.url}: {type(exc).__name__}: {str(exc)[:200]}"
-            ) from exc
+            raise self._unavailable(what, exc) from exc
 
     def function_name(self, name: str) -> str:
         """The name under which operation ``name`` is loaded on the server (its library's and
@@ -220,29 +341,33 @@ class Store:
     async def run(self, name: str, keys: Sequence[str | bytes], args: Sequence[Any]) -> Any:
         """Run one Lua operation in one round trip: FCALL, and when the server does not have
         the function (a flushed or restarted server, a new cluster node) FUNCTION LOAD and
-        FCALL again. Keys may be pre-encoded bytes."""
+        FCALL again (the first FCALL ran nothing). Keys may be pre-encoded bytes."""
         function, source = self._functions[name]
-        client = self._client
-        # Inline rather than `guard()`: this is the hot path of every operation.
+        command = ("FCALL", function, len(keys), *keys, self.time_offset_ms, *args)
         try:
             try:
-                result = await client.execute_command(
-                    "FCALL", function, len(keys), *keys, self.time_offset_ms, *args
-                )
+                result = await self._fcall(command, keys)
             except rexc.ResponseError as exc:
                 if not str(exc).startswith(_NO_FUNCTION):
                     raise
-                await client.function_load(source, replace=True)
-                result = await client.execute_command(
-                    "FCALL", function, len(keys), *keys, self.time_offset_ms, *args
-                )
+                await self._client.function_load(source, replace=True)
+                result = await self._fcall(command, keys)
         except _UNAVAILABLE as exc:
-            raise StoreUnavailableError(
-                f"script {name} failed on {self.url}: {type(exc).__name__}: {str(exc)[:200]}"
-            ) from exc
-        if self._persist_path is not None:
-            self._schedule_persist()
+            raise self._unavailable(f"script {name}", exc) from exc
+        self._schedule_persist()
         return result
+
+    async def _fcall(self, command: tuple[Any, ...], keys: Sequence[str | bytes]) -> Any:
+        if self.backend != "cluster" or not keys:
+            return await self._client.execute_command(*command)
+        # Every key of an operation shares one hash tag, so the first key names the node. Left
+        # to itself, the cluster client would ask a server for FCALL's keys (COMMAND GETKEYS,
+        # twice) before each call. initialize() refreshes the slot map once redis-py marked it
+        # stale (a node that could not be reached: a failover), and does nothing otherwise;
+        # MOVED and ASK are followed inside execute_command.
+        await self._client.initialize()
+        node = self._client.get_node_from_key(keys[0])
+        return await self._client.execute_command(*command, target_nodes=node)
 
     async def command(self, *args: Any) -> Any:
         """Run one plain Redis command, with errors translated."""
@@ -267,10 +392,9 @@ class Store:
         a cluster), so that a Lua error shows at connect time and the first call of each
         operation is one round trip (a function missing later is still loaded then). One
         ``FUNCTION LIST`` tells which are there: a replica that connects to a server where
-        this version runs already loads nothing, and leaves what the libraries keep between
-        calls as it is. ``REPLACE``: a library's name holds the digest of its code, so
-        replacing one can only put the same code back, and two replicas starting together
-        do not fail on each other's load."""
+        this version runs already loads nothing. ``REPLACE``: a library's name holds the
+        digest of its code, so replacing one can only put the same code back, and two
+        replicas starting together do not fail on each other's load."""
         loaded, _ = await self.function_libraries()
         present = set(loaded)
         async with self.guard("FUNCTION LOAD"):
@@ -324,39 +448,51 @@ class Store:
                         raise
 
     def _schedule_persist(self) -> None:
-        if self._persist_path is None or self._closed:
+        if self._snapshot is None or self._closed:
             return
         if self._persist_task is None or self._persist_task.done():
             self._persist_task = asyncio.get_running_loop().create_task(self._persist_later())
 
     async def _persist_later(self) -> None:
         await asyncio.sleep(self._persist_interval_s)
-        await self.persist()
+        try:
+            await self.persist()
+        except StoreUnavailableError as exc:
+            # No caller to raise to: say it now; the next write tries again, close() raises.
+            log.warning("%s", exc)
 
     async def persist(self) -> None:
-        """Write the embedded state to its file now (no-op for other backends)."""
-        if self._persist_path is None:
+        """Write the embedded state to its file now (no-op for other backends); raises
+        :class:`StoreUnavailableError` when the file cannot be written."""
+        if self._snapshot is None:
             return
-        from .snapshot import dump_to_file
-
-        await dump_to_file(self._client, self._persist_path)
+        try:
+            await dump_to_file(self._client, self._snapshot.path)
+        except OSError as exc:
+            raise StoreUnavailableError(
+                f"cannot write the embedded state to {self._snapshot.path}: {exc.strerror}"
+            ) from exc
 
     async def close(self) -> None:
-        """Flush embedded state (if persisted) and close the connection."""
+        """Flush embedded state (if persisted) and close the connection. Raises
+        :class:`StoreUnavailableError` (after closing) if the state could not be written."""
         if self._closed:
             return
         self._closed = True
-        if self._persist_task is not None and not self._persist_task.done():
-            self._persist_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._persist_task
-        if self._persist_path is not None:
+        try:
+            if self._persist_task is not None and not self._persist_task.done():
+                self._persist_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._persist_task
             await self.persist()
-        with contextlib.suppress(Exception):
-            await self._client.aclose()
-        for sentinel in getattr(self._client, "_coordinator_sentinels", ()):
+        finally:
             with contextlib.suppress(Exception):
-                await sentinel.aclose()
+                await self._client.aclose()
+            for sentinel in getattr(self._client, "_coordinator_sentinels", ()):
+                with contextlib.suppress(Exception):
+                    await sentinel.aclose()
+            if self._snapshot is not None:
+                self._snapshot.close()
 
     async def __aenter__(self) -> Store:
         return self
@@ -365,59 +501,123 @@ class Store:
         await self.close()
 
 
-def _make_client(target: _Target) -> Any:
-    options: dict[str, Any] = {
+def _old_server(exc: rexc.ResponseError, url: str, command: str) -> StoreUnavailableError | None:
+    """For an error answered to a FUNCTION command by a server that does not know the command
+    (Redis before 7.0), an error that says what is needed; else None."""
+    if "unknown command" not in str(exc).lower():
+        return None
+    return StoreUnavailableError(
+        f"{url} does not know {command}: coordinator runs its operations as Redis functions, "
+        "which need Redis 7.0 or newer"
+    )
+
+
+def _library_names(listing: Any) -> set[str]:
+    """Library names in a FUNCTION LIST answer: a list of libraries (each a flat list of
+    fields and values, or a dict), or a cluster client's dict of such lists per node."""
+    if isinstance(listing, dict):
+        nodes: list[Any] = list(listing.values())
+    else:
+        nodes = [listing]
+    names: set[str] = set()
+    for libraries in nodes:
+        for library in libraries or []:
+            if isinstance(library, dict):
+                fields = library
+            else:
+                fields = dict(zip(library[::2], library[1::2], strict=False))
+            name = fields.get(b"library_name", fields.get("library_name"))
+            if name is not None:
+                names.add(name.decode() if isinstance(name, bytes) else str(name))
+    return names
+
+
+def _client_options(timeouts: Timeouts) -> dict[str, Any]:
+    return {
         "decode_responses": True,
-        "socket_timeout": 5.0,
-        "socket_connect_timeout": 5.0,
-        "health_check_interval": 30,
+        "socket_timeout": timeouts.socket_timeout,
+        "socket_connect_timeout": timeouts.socket_connect_timeout,
+        # Never send a command again once it was written: the server may have run it. (A
+        # connection found dead before writing is replaced by the pool; see the module doc.)
+        "retry": Retry(NoBackoff(), 0),
     }
-    if target.backend == "redis":
-        # A blocking pool: under a burst, callers wait (up to 10 s) for a free connection
-        # instead of failing with "too many connections". ?max_connections=N in the URL.
-        pool = aioredis.BlockingConnectionPool.from_url(target.url, timeout=10, **options)
-        return _packing_with_hiredis(aioredis.Redis.from_pool(pool))  # owns (closes) the pool
+
+
+def _no_maintenance_notifications() -> MaintNotificationsConfig:
+    # redis-py skips its check for a connection closed while idle, when the pool hands one
+    # out, if maintenance notifications are on (they arrive on idle connections as RESP3
+    # pushes). They are a Redis Enterprise feature we do not use; that check is what
+    # replaces a dead connection before anything is written on it.
+    return MaintNotificationsConfig(enabled=False)
+
+
+def _standalone_client(target: _Target) -> Any:
+    # A blocking pool: under a burst, callers wait (up to pool_timeout) for a free
+    # connection instead of failing with "too many connections". ?max_connections=N.
+    url = urlsplit(target.url)._replace(query=urlencode(target.params)).geturl()
+    try:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            timeout=target.timeouts.pool_timeout,
+            maint_notifications_config=_no_maintenance_notifications(),
+            **_client_options(target.timeouts),
+        )
+        # redis-py reads unknown parameters as connection options: a name it does not know
+        # fails when a connection is made. Make one (unconnected) now to say so at once.
+        pool.connection_class(**pool.connection_kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("url", f"invalid parameter: {exc}") from None
+    return aioredis.Redis.from_pool(pool)  # owns (closes) the pool
+
+
+def _max_connections(target: _Target) -> int:
+    """``?max_connections=`` of a Sentinel or Cluster URL (per node), else redis-py's 100.
+    These clients do not queue for a free connection: beyond it a call fails at once."""
+    return int(dict(target.params).get("max_connections", "100"))
+
+
+def _cluster_client(target: _Target) -> Any:
+    user, password = _credentials(target)
+    nodes = [ClusterNode(h, p) for h, p in _hosts(urlsplit(target.url).netloc)]
+    return RedisCluster(
+        startup_nodes=nodes,
+        username=user,
+        password=password,
+        max_connections=_max_connections(target),
+        **_client_options(target.timeouts),
+    )
+
+
+def _sentinel_client(target: _Target) -> Any:
     parts = urlsplit(target.url)
-    user, password = _credentials(parts.netloc)
-    if target.backend == "cluster":
-        nodes = [ClusterNode(h, p) for h, p in _hosts(parts.netloc)]
-        return RedisCluster(
-            startup_nodes=nodes,
-            username=user,
-            password=password,
-            decode_responses=True,
-            socket_timeout=5.0,
-            socket_connect_timeout=5.0,
-        )
-    if target.backend == "sentinel":
-        segments = [s for s in parts.path.split("/") if s]
-        if not segments:
-            raise ConfigError("url", "redis+sentinel:// needs a service name: .../mymaster[/db]")
-        service = segments[0]
-        db = int(segments[1]) if len(segments) > 1 else 0
-        query = parse_qs(parts.query)
-        sentinel_password = query.get("sentinel_password", [None])[0]
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            _hosts(parts.netloc),
-            sentinel_kwargs={"password": sentinel_password} if sentinel_password else None,
-            socket_timeout=5.0,
-        )
-        client = sentinel.master_for(
-            service, db=db, username=user, password=password, decode_responses=True
-        )
-        # The Sentinel's own connections close with the store (see Store.close).
-        client._coordinator_sentinels = list(sentinel.sentinels)
-        return _packing_with_hiredis(client)
-    raise AssertionError(target.backend)
-
-
-def _packing_with_hiredis(client: Any) -> Any:
-    """``client`` (standalone or Sentinel: one connection pool) with its commands packed by
-    hiredis; set before the first connection is made (TCP, TLS and Unix sockets alike). The
-    cluster client fixes its connection class inside and keeps redis-py's packer."""
-    pool = client.connection_pool
-    pool.connection_class = with_hiredis_packing(pool.connection_class)
+    segments = [s for s in parts.path.split("/") if s]
+    if not segments or len(segments) > 2:
+        raise ConfigError("url", "redis+sentinel:// needs a service name: .../mymaster[/db]")
+    if len(segments) == 2 and not segments[1].isdigit():
+        raise ConfigError("url", f"the database must be a number: /{segments[1]}")
+    db = int(segments[1]) if len(segments) == 2 else 0
+    user, password = _credentials(target)
+    options = _client_options(target.timeouts)
+    sentinel_kwargs = {k: v for k, v in options.items() if k != "decode_responses"}
+    sentinel_password = dict(target.params).get("sentinel_password")
+    if sentinel_password:
+        sentinel_kwargs["password"] = sentinel_password
+    sentinel = Sentinel(_hosts(parts.netloc), sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    client = sentinel.master_for(
+        segments[0],
+        db=db,
+        username=user,
+        password=password,
+        maint_notifications_config=_no_maintenance_notifications(),
+        max_connections=_max_connections(target),
+        **options,
+    )
+    # The Sentinel's own connections close with the store (see Store.close).
+    client._coordinator_sentinels = list(sentinel.sentinels)
     return client
+
+
+_CLIENTS = {"redis": _standalone_client, "cluster": _cluster_client, "sentinel": _sentinel_client}
 
 
 async def connect(
@@ -440,22 +640,14 @@ async def connect(
     key_text = secret_key if secret_key is not None else os.environ.get(ENV_SECRET_KEY)
     box = SecretBox.from_text(key_text) if key_text else None
     if target.backend == "memory":
-        from .snapshot import load_from_file, new_memory_client
-
-        client = new_memory_client()
-        if target.path:
-            await load_from_file(client, target.path)
-        elif box is None:
-            box = SecretBox.ephemeral()
-    else:
-        client = _make_client(target)
+        return await _connect_memory(target, namespace, box)
     store = Store(
-        client,
+        _CLIENTS[target.backend](target),
         backend=target.backend,
         url=url,
         namespace=namespace,
         box=box,
-        persist_path=target.path,
+        timeouts=target.timeouts,
     )
     try:
         await store.ping()
@@ -463,4 +655,24 @@ async def connect(
     except StoreUnavailableError:
         await store.close()
         raise
+    return store
+
+
+async def _connect_memory(target: _Target, namespace: str, box: SecretBox | None) -> Store:
+    """The embedded backend; with a path, its file is locked for this store and read."""
+    client = new_memory_client()
+    snapshot = None
+    if target.path:
+        snapshot = SnapshotFile.open(target.path)  # ConfigError: unwritable, or in use
+        try:
+            await load_from_file(client, snapshot.path)
+        except BaseException:
+            snapshot.close()
+            raise
+    elif box is None:
+        box = SecretBox.ephemeral()
+    store = Store(
+        client, backend="memory", url=target.url, namespace=namespace, box=box, snapshot=snapshot
+    )
+    await store.load_functions()
     return store

@@ -209,7 +209,8 @@ class ModelKeys:
 
     @property
     def breakers(self) -> str:
-        """HASH id -> circuit breaker state (JSON: state, epoch, streak, window, permits)."""
+        """HASH of every breaker's flat fields, ``<id>:<field>`` (``primary:state``,
+        ``primary:epoch``, ``primary:streak``, ...): one field per value, no JSON."""
         return f"{self.prefix}:breakers"
 
     @property
@@ -238,5 +239,5 @@ class ModelKeys:
 
     def all_static(self) -> list[str]:
         """The keys model scripts receive, in the order the scripts expect them (see
-        ``lua/_model.lua``): a report without a pick is given only the first three."""
+        ``models/_model.lua``)."""
         return [self.profiles, self.breakers, self.events, self.ranked, self.meta]

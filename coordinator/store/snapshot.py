@@ -3,28 +3,81 @@
 ``memory:///path/state.json`` keeps the embedded state across restarts: after writes the whole
 keyspace is dumped (debounced), to a temporary file that is fsynced, given mode 0600 and then
 renamed over the old one, so a crash leaves either the old or the new snapshot, never half.
+
+One store at a time may keep its state in a file: it holds an exclusive lock (``flock``) on
+``<path>.lock`` while it is open, and a second store (in this process or another) is refused
+with a :class:`ConfigError` instead of silently overwriting the first one's writes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import fcntl
 import os
 import tempfile
 from typing import Any
 
-import fakeredis
 import orjson
+import redis.exceptions as rexc
 
 from ..errors import ConfigError, CorruptStateError
 
-__all__ = ["dump_to_file", "load_from_file", "new_memory_client"]
+__all__ = ["SnapshotFile", "dump_to_file", "load_from_file", "new_memory_client"]
 
 _FORMAT = 1
 
 
 def new_memory_client() -> Any:
     """A fresh in-process fakeredis client (its own server) that answers text."""
+    import fakeredis  # here: a process that talks to Redis never loads it
+
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer(), decode_responses=True)
+
+
+class SnapshotFile:
+    """The embedded state's file, held by one store: see :meth:`open`."""
+
+    def __init__(self, path: str, lock_fd: int) -> None:
+        self.path = path
+        self._lock_fd: int | None = lock_fd
+
+    @classmethod
+    def open(cls, path: str) -> SnapshotFile:
+        """Check that the state can be written at ``path`` (its folder is made if needed) and
+        lock it for this store; :class:`ConfigError` if it cannot be written or another store
+        holds it."""
+        path = os.path.abspath(path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            if os.path.isdir(path):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            # Creating the lock file beside it proves the folder takes new files (the
+            # snapshot is written to a temporary file there, then renamed).
+            fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise ConfigError(
+                "url", f"cannot keep the embedded state in {path}: {exc.strerror}"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConfigError(
+                "url",
+                f"{path} is in use by another store (process {holder}); one store at a time "
+                "may keep its state in a file",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(path, fd)
+
+    def close(self) -> None:
+        """Release the lock (the lock file stays: removing it would race with a new owner)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 async def _dump(client: Any) -> dict[str, Any]:
@@ -88,7 +141,8 @@ async def load_from_file(client: Any, path: str) -> None:
             raise ValueError(f"unknown format {data.get('format')!r}")
         for entry in data["keys"]:
             await _restore(client, entry)
-    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError, rexc.RedisError) as exc:
+        # rexc.RedisError: a value the embedded server refuses (a null, a bad stream id).
         raise CorruptStateError(path, "snapshot", str(exc)[:200]) from exc
 
 
