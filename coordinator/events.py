@@ -85,8 +85,9 @@ class Event:
 
 StreamSource = Callable[[], Awaitable[dict[str, str]]]
 
-# How long one blocking XREAD waits for new entries: well under the client's 5 s socket
-# timeout, and short enough that the list of pools is looked at again about once a second.
+# How long one blocking XREAD waits for new entries at most: short enough that the list of
+# pools is looked at again about once a second. It is also kept to half the store's socket
+# timeout (see EventHub.__init__), so that a quiet stream is never taken for a dead server.
 _BLOCK_MS = 1000
 # The longest pause between attempts to read while the store does not answer.
 _MAX_RETRY_PAUSE_S = 5.0
@@ -123,6 +124,7 @@ class EventHub:
         self._started = asyncio.Event()
         self._closed = False
         self._blocking = store.backend in ("redis", "sentinel")
+        self._block_ms = max(1, min(_BLOCK_MS, int(store.timeouts.socket_timeout * 500)))
 
     def on(self, event_type: str, callback: EventCallback) -> Callable[[], None]:
         """Call ``callback(event)`` for every event of ``event_type`` (``*`` for all).
@@ -229,7 +231,7 @@ class EventHub:
                     pipe.xread({key: last}, count=500)
                 replies = [item for reply in await pipe.execute() for item in reply or []]
             else:
-                block = _BLOCK_MS if self._blocking else None
+                block = self._block_ms if self._blocking else None
                 replies = await self._store.client.xread(wanted, count=500, block=block) or []
         delivered = 0
         for key, entries in replies:

@@ -53,3 +53,27 @@ async def test_reader_waits_out_an_outage_that_began_before_it_started(
         await hub.close()
         await store.close()
         second.stop()
+
+
+async def test_a_quiet_stream_is_not_taken_for_an_outage_with_a_short_socket_timeout(
+    redis_server: RedisServer, secret_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The blocking XREAD waits at most half the socket timeout, so with
+    # ?socket_timeout=0.4 a stream with nothing new is an empty answer, not a timeout.
+    url = f"{redis_server.url}?socket_timeout=0.4"
+    store = await connect(url, namespace=unique_namespace(), secret_key=secret_key)
+    writer = manager_for(store)
+    await add_keys(writer, 1)
+    hub = EventHub(store, writer._event_streams, poll_interval_s=0.05)
+    seen: list[Event] = []
+    caplog.set_level(logging.WARNING, logger="coordinator.events")
+    try:
+        hub.on("*", seen.append)
+        await asyncio.wait_for(hub.wait_started(), 10)
+        await asyncio.sleep(1.2)  # several blocking reads with nothing to read
+        await writer.mark_failed("key-0", "HTTP 500", kind="server")
+        await wait_until(lambda: any(e.type == "profile:cooldown" for e in seen))
+        assert [r.getMessage() for r in caplog.records] == []
+    finally:
+        await hub.close()
+        await store.close()
