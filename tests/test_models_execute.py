@@ -8,12 +8,13 @@ from typing import Any
 import httpx
 import pytest
 
-from coordinator import AllProfilesUnavailableError, ConfigError, Store
+from coordinator import AllProfilesUnavailableError, ConfigError, Store, connect
 from coordinator.failures import FailureKind
 from coordinator.models.manager import ModelProfileManager
 from coordinator.models.types import ModelAuth, ModelCall, ModelProfile
 from coordinator.testing import advance_time
 
+from .conftest import unique_namespace
 from .fake_provider import FakeProvider, Reply
 from .model_helpers import (
     MINUTE_MS,
@@ -24,6 +25,7 @@ from .model_helpers import (
     model_manager,
     spy_on_scripts,
 )
+from .wire import Wire, wire_target
 
 MARGIN = 1000
 KEYS = {
@@ -268,33 +270,32 @@ async def test_a_success_costs_two_round_trips_and_a_hop_one_more(
     assert calls == ["model_select", "model_report", "model_report"]
 
 
-async def _commands_served(store: Store) -> dict[str, int]:
-    """The server's count of calls per command (INFO commandstats), INFO itself left out."""
-    stats = await store.command("INFO", "commandstats")
-    return {k: int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info"}
-
-
-async def test_round_trips_counted_by_the_server(
-    store: Store, providers: dict[str, FakeProvider], http: httpx.AsyncClient
+@pytest.mark.parametrize("wire_backend", ["redis", "cluster"])
+async def test_round_trips_counted_on_the_wire(
+    wire_backend: str,
+    request: pytest.FixtureRequest,
+    secret_key: str,
+    providers: dict[str, FakeProvider],
+    http: httpx.AsyncClient,
 ) -> None:
-    # What the server itself saw (one server: the plain Redis backend): a success is two
-    # FCALLs (select + report), a failover hop one more. (commandstats also counts the
-    # commands the scripts run, so only FCALL is compared.)
-    if store.backend != "redis":
-        pytest.skip("INFO commandstats of a single server")
-    manager = await _setup(store, providers)
-    served: list[tuple[str, str]] = []
-
-    async def fcalls_during(run: Any) -> int:
-        before = await _commands_served(store)
-        await run
-        after = await _commands_served(store)
-        return after["cmdstat_fcall"] - before.get("cmdstat_fcall", 0)
-
-    assert await fcalls_during(manager.execute(_caller(http, served))) == 2
-    providers["grok"].then(Reply(500))
-    assert await fcalls_during(manager.execute(_caller(http, served))) == 3
-    assert [p for p, _ in served] == ["grok", "anthropic"]
+    # What the servers received (MONITOR on every node): a success is two FCALLs (select +
+    # report), a failover hop one more, and nothing else is sent.
+    url, ports = wire_target(wire_backend, request)
+    store = await connect(url, namespace=unique_namespace(), secret_key=secret_key)
+    try:
+        manager = await _setup(store, providers)
+        served: list[tuple[str, str]] = []
+        await manager.execute(_caller(http, served))  # warm: connections, parsed definitions
+        async with Wire(ports) as wire:
+            await wire.sent("start")
+            await manager.execute(_caller(http, served))
+            assert await wire.sent("after-success") == ["FCALL", "FCALL"]
+            providers["grok"].then(Reply(500))
+            await manager.execute(_caller(http, served))
+            assert await wire.sent("after-hop") == ["FCALL", "FCALL", "FCALL"]
+        assert [p for p, _ in served][-2:] == ["grok", "anthropic"]
+    finally:
+        await store.close()
 
 
 async def test_a_probe_that_ends_in_a_caller_error_gives_its_permit_back(

@@ -5,52 +5,18 @@ reach the caller as StoreUnavailableError."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
-from redis.asyncio.client import Monitor
 
 from coordinator import AuthProfileManager, StoreUnavailableError, connect
-from coordinator.testing import RedisCluster, RedisServer, free_port
+from coordinator.testing import RedisCluster, free_port
 
 from .conftest import unique_namespace
 from .helpers import add_keys, manager_for
-
-
-class _Wire:
-    """The commands that clients send to any of ``ports``, as MONITOR shows them (not those
-    that scripts run inside, which ``INFO commandstats`` would count too)."""
-
-    def __init__(self, ports: list[int]) -> None:
-        self._clients = [aioredis.Redis(port=port, decode_responses=True) for port in ports]
-        self._monitors: list[Monitor] = []
-        self._stack = contextlib.AsyncExitStack()
-
-    async def __aenter__(self) -> _Wire:
-        for client in self._clients:
-            self._stack.push_async_callback(client.aclose)
-            self._monitors.append(await self._stack.enter_async_context(client.monitor()))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._stack.aclose()
-
-    async def sent(self, marker: str) -> list[str]:
-        """The commands sent since the last call (each node's stream read up to ``marker``,
-        an ECHO sent to every node now)."""
-        commands: list[str] = []
-        for client, monitor in zip(self._clients, self._monitors, strict=True):
-            await client.echo(marker)
-            while True:
-                seen = await monitor.next_command()
-                if marker in seen["command"]:
-                    break
-                if seen["client_type"] != "lua":
-                    commands.append(seen["command"].split(" ", 1)[0].upper())
-        return commands
+from .wire import Wire, wire_target
 
 
 def _hot_operations(manager: AuthProfileManager) -> dict[str, Callable[[], Awaitable[object]]]:
@@ -69,19 +35,14 @@ def _hot_operations(manager: AuthProfileManager) -> dict[str, Callable[[], Await
 async def test_each_hot_operation_is_one_command_on_the_wire(
     backend: str, request: pytest.FixtureRequest, secret_key: str
 ) -> None:
-    if backend == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        url, ports = server.url, [server.port]
-    else:
-        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
-        url, ports = cluster.url, [node.port for node in cluster.nodes]
+    url, ports = wire_target(backend, request)
     store = await connect(url, namespace=unique_namespace(), secret_key=secret_key)
     try:
         manager = manager_for(store)
         await add_keys(manager, 3)
         for operation in _hot_operations(manager).values():  # warm: connections, caches
             await operation()
-        async with _Wire(ports) as wire:
+        async with Wire(ports) as wire:
             await wire.sent("start")
             for name, operation in _hot_operations(manager).items():
                 await operation()
