@@ -1,0 +1,53 @@
+"""An event loop on a thread of its own, where synchronous code keeps its async managers."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["BackgroundLoop"]
+
+T = TypeVar("T")
+
+
+class BackgroundLoop:
+    """An asyncio loop running on a daemon thread.
+
+    Synchronous code (Flask, Django, Celery, the sync SDK clients) creates its store and
+    managers on it (``loop.run(connect(...))``) and calls them through :meth:`run`; the loop
+    keeps their connections. Its :meth:`run` is the ``run`` a
+    :class:`~coordinator.sdk.SyncCoordinatorTransport` takes.
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="coordinator-loop", daemon=True
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"BackgroundLoop(running={self.loop.is_running()})"
+
+    def run(self, coro: Coroutine[Any, Any, T], /) -> T:
+        """Run ``coro`` on the loop and wait for its result (or exception) in this thread."""
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("BackgroundLoop.run called from its own loop: await instead")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        """Stop the loop and its thread (close the managers and store first, through run)."""
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+    def __enter__(self) -> BackgroundLoop:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
