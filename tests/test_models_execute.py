@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from coordinator import AllProfilesUnavailableError, ConfigError, Store, connect
+from coordinator import (
+    AllProfilesUnavailableError,
+    ConfigError,
+    Store,
+    StoreUnavailableError,
+    connect,
+)
 from coordinator.failures import FailureKind
 from coordinator.models.manager import ModelProfileManager
 from coordinator.models.types import ModelAuth, ModelCall, ModelProfile
-from coordinator.testing import advance_time
+from coordinator.testing import RedisServer, advance_time
 
 from .conftest import unique_namespace
 from .fake_provider import FakeProvider, Reply
@@ -345,3 +352,32 @@ async def test_after_every_profile_failed_once_execute_knows_when_to_try_again(
     assert len(info.value.attempts) == 3
     assert info.value.retry_in_ms is not None
     assert 30 * SECOND_MS - MARGIN < info.value.retry_in_ms <= 30 * SECOND_MS
+
+
+async def test_an_answer_is_returned_even_when_its_success_report_is_lost(
+    secret_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The provider has answered (and billed) when Redis goes away: execute returns the answer
+    # and logs that the report was lost, instead of raising StoreUnavailableError.
+    server = RedisServer().start()
+    store = await connect(server.url, namespace=unique_namespace(), secret_key=secret_key)
+    try:
+        manager = ModelProfileManager(store)
+        await manager.add_profile(
+            ModelProfile(id="p", provider="x", auth=ModelAuth.none(), base_url="http://x")
+        )
+
+        async def call(_: ModelCall) -> str:
+            server.stop()  # Redis dies while the provider answers
+            return "the paid answer"
+
+        caplog.set_level(logging.WARNING, logger="coordinator.models")
+        assert await manager.execute(call, model="m") == "the paid answer"
+        lost = [r.getMessage() for r in caplog.records]
+        assert len(lost) == 1 and "the answer of p is returned" in lost[0], lost
+        # Without a store, a new call fails before any provider is called.
+        with pytest.raises(StoreUnavailableError):
+            await manager.execute(call, model="m")
+    finally:
+        await store.close()
+        server.stop()

@@ -866,23 +866,38 @@ class ModelProfileManager(EventSource):
         report a failure and fail over."""
         verdict = outcome.verdict
         if verdict.kind is None:
-            success = self._report(
-                selection, "success", None, "", retry_after_ms(verdict.retry_after_s)
-            )
-            if key_id is not None:
-                await asyncio.gather(
-                    success, self._pool_report(key_id, verdict, "", selection.model)
-                )
-            else:
-                await success
+            await self._keep_answer(self._report_success(selection, verdict, key_id), selection)
             return _Step(done=True, result=outcome.result)
         if verdict.kind is FailureKind.CALLER:
             if selection.probe:
-                await self.release(selection)
+                await self._keep_answer(self.release(selection), selection)
             if outcome.error is not None:
                 raise outcome.error
             return _Step(done=True, result=outcome.result)
         return await self._fail_over(run, selection, outcome, secret, key_id)
+
+    async def _report_success(
+        self, selection: ModelSelection, verdict: Classification, key_id: str | None
+    ) -> None:
+        success = self._report(
+            selection, "success", None, "", retry_after_ms(verdict.retry_after_s)
+        )
+        if key_id is None:
+            await success
+            return
+        await asyncio.gather(success, self._pool_report(key_id, verdict, "", selection.model))
+
+    @staticmethod
+    async def _keep_answer(report: Awaitable[object], selection: ModelSelection) -> None:
+        """Run a report made after the provider answered. The answer is paid for: if Redis
+        fails now, the answer is still returned and only this report is lost (logged)."""
+        try:
+            await report
+        except StoreUnavailableError as exc:
+            log.warning(
+                "the answer of %s is returned, but its report was lost: %s",
+                selection.profile_id, exc,
+            )  # fmt: skip
 
     async def _fail_over(
         self,
