@@ -461,3 +461,92 @@ async def test_manager_lists_defaults_and_removes_without_secrets(store: Store) 
         assert await m.get_default("p1") is None
     finally:
         await m.close()
+
+
+# -- the fence check and renewal (oauth_hold), the worker's lead ------------------------------
+
+
+async def hold(store: Store, cid: str, owner: str, fence: int, base: int) -> list[Any]:
+    k = keys(store)
+    reply = await store.run(
+        "oauth_hold", [k.credential(cid), k.lock(cid)], [owner, fence, base, LOCK_MS]
+    )
+    return list(reply)
+
+
+async def test_hold_extends_the_holders_lock_only_with_its_owner_and_fence(store: Store) -> None:
+    k = keys(store)
+    await save(store, "p1:a")
+    got = await acquire(store, "p1:a", "o1", mode="force")
+    fence, base = int(got["fence"]), int(got["version"])
+    advance_time(store, 20_000)
+    reply = await hold(store, "p1:a", "o1", fence, base)
+    until = await store.time_ms() + LOCK_MS
+    assert reply[0] == 1 and until - 1000 <= int(reply[1]) <= until  # extended from now
+    assert (await store.client.get(k.lock("p1:a"))).endswith(f"\t{reply[1]}")
+    advance_time(store, 20_000)  # past the first until, inside the renewed one
+    assert (await acquire(store, "p1:a", "o2", mode="force"))["code"] == "busy"
+    assert await hold(store, "p1:a", "o1", fence + 1, base) == [0, "lost"]
+    assert await hold(store, "p1:a", "o1x", fence, base) == [0, "lost"]
+    assert await hold(store, "p1:a", "o", fence, base) == [0, "lost"]  # a prefix is no owner
+
+
+async def test_hold_refuses_a_lapsed_lock_even_when_nobody_took_it(store: Store) -> None:
+    k = keys(store)
+    await save(store, "p1:a")
+    got = await acquire(store, "p1:a", "o1", mode="force")
+    value = await store.client.get(k.lock("p1:a"))
+    advance_time(store, LOCK_MS)
+    assert await hold(store, "p1:a", "o1", int(got["fence"]), int(got["version"])) == [0, "lost"]
+    assert await store.client.get(k.lock("p1:a")) == value  # not extended
+
+
+async def test_hold_refuses_when_another_holder_took_over(store: Store) -> None:
+    k = keys(store)
+    await save(store, "p1:a")
+    got = await acquire(store, "p1:a", "o1", mode="force")
+    advance_time(store, LOCK_MS + 1)
+    assert (await acquire(store, "p1:a", "o2", mode="force"))["code"] == "locked"
+    value = await store.client.get(k.lock("p1:a"))
+    assert await hold(store, "p1:a", "o1", int(got["fence"]), int(got["version"])) == [0, "lost"]
+    assert await store.client.get(k.lock("p1:a")) == value  # the new holder's, untouched
+
+
+async def test_hold_refuses_a_changed_or_removed_credential(store: Store) -> None:
+    k = keys(store)
+    await save(store, "p1:a")
+    got = await acquire(store, "p1:a", "o1", mode="force")
+    fence, base = int(got["fence"]), int(got["version"])
+    await save(store, "p1:a", refresh="ct-refresh-new-login")  # a new login: version + 1
+    assert await hold(store, "p1:a", "o1", fence, base) == [0, "changed"]
+    await store.client.delete(k.credential("p1:a"))
+    assert await hold(store, "p1:a", "o1", fence, base) == [0, "missing"]
+
+
+async def test_a_late_commit_is_refused_only_once_a_newer_token_is_stored(store: Store) -> None:
+    # The slow holder's lock lapsed; another took over and committed first: the slow result
+    # is refused and the newer token kept. (Had the other not committed yet, the slow one
+    # would be stored: see test_commit_after_the_lock_lapsed_still_stores_a_rotated_token.)
+    k = keys(store)
+    await save(store, "p1:a")
+    slow = await acquire(store, "p1:a", "slow", mode="force")
+    advance_time(store, LOCK_MS + 1)
+    other = await acquire(store, "p1:a", "other", mode="force")
+    base = int(slow["version"])
+    assert (await commit(store, "p1:a", "other", int(other["fence"]), base, "ct-other"))[0] == 1
+    late = await commit(store, "p1:a", "slow", int(slow["fence"]), base, refresh="ct-slow")
+    assert list(late) == [0, "stale", base + 1]
+    assert await store.client.hget(k.credential("p1:a"), "refresh_token") == "ct-other"
+
+
+async def test_the_workers_larger_fraction_of_the_lifetime_makes_a_token_due_earlier(
+    store: Store,
+) -> None:
+    k = keys(store)
+    await save(store, "p1:a", expires_in_ms=100_000)
+    advance_time(store, 30_000)  # 70 s left
+    args: list[Any] = ["p1:a", "o1", LEAD_MS, LOCK_MS, "get", ""]
+    where = [k.credential("p1:a"), k.lock("p1:a"), k.fences, k.events]
+    app = await store.run("oauth_acquire", where, args)  # default: half (50 s)
+    assert app[0] == "fresh"
+    assert (await store.run("oauth_acquire", where, [*args[:5], "", "0.75"]))[0] == "locked"

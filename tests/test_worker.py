@@ -28,6 +28,7 @@ from coordinator import (
     Store,
 )
 from coordinator.fleet import WorkerKeys, read_heartbeats
+from coordinator.oauth import OAuthConfig
 from coordinator.store.keys import ModelKeys, PoolKeys
 from coordinator.testing import RedisServer, advance_time
 from workers import Worker, WorkerSettings, providers_from_mapping, sweep
@@ -55,6 +56,8 @@ def test_settings_come_from_arguments_then_environment_then_defaults() -> None:
         ({"sweep_interval_s": 0}, {}, "sweep_interval_s"),
         ({"refresh_timeout_s": 30, "lock_ttl_s": 30}, {}, "refresh_timeout_s"),
         ({"heartbeat_ttl_s": 5, "heartbeat_interval_s": 10}, {}, "heartbeat_ttl_s"),
+        ({"refresh_lead_fraction": 1.0}, {}, "refresh_lead_fraction"),
+        ({"refresh_lead_fraction": 0}, {}, "refresh_lead_fraction"),
         ({}, {"COORDINATOR_WORKER_CONCURRENCY": "many"}, "COORDINATOR_WORKER_CONCURRENCY"),
         ({"nope": 1}, {}, "nope"),
     ],
@@ -65,6 +68,26 @@ def test_bad_settings_name_the_field(
     with pytest.raises(ConfigError) as caught:
         WorkerSettings.from_sources(given, env)
     assert caught.value.field == field
+
+
+def test_the_workers_lead_is_ahead_of_the_apps_by_default() -> None:
+    apps, worker = OAuthConfig(), WorkerSettings()
+    assert worker.refresh_lead_s > apps.refresh_lead_s
+    assert worker.refresh_lead_fraction > apps.refresh_lead_fraction == 0.5
+    with pytest.raises(ConfigError) as caught:
+        OAuthConfig(refresh_lead_fraction=1)
+    assert caught.value.field == "refresh_lead_fraction"
+
+
+async def test_the_worker_refreshes_with_its_own_lead(store: Store) -> None:
+    settings = WorkerSettings(refresh_lead_s=900, refresh_lead_fraction=0.8, lock_ttl_s=20)
+    worker = Worker(store, settings=settings)
+    try:
+        config = worker.oauth.config
+        assert (config.refresh_lead_s, config.refresh_lead_fraction) == (900, 0.8)
+        assert config.lock_ttl_s == 20 and config.refresh_timeout_s == settings.refresh_timeout_s
+    finally:
+        await worker.close()
 
 
 def test_every_setting_is_an_argument() -> None:
@@ -119,6 +142,8 @@ async def test_heartbeat_is_visible_with_a_ttl_and_removed_on_stop(store: Store)
         beat = beats[0]
         assert beat["id"] == worker.id and beat["pid"] == str(os.getpid())
         assert beat["state"] == "running" and int(beat["beat_ms"]) > 0
+        assert beat["lock_owner"] == worker.oauth.lock_owner_prefix
+        assert 0 < int(beat["started_ms"]) <= int(beat["beat_ms"])
         key = WorkerKeys(store.namespace).worker(worker.id)
         ttl = await store.command("PTTL", key)
         assert 0 < int(ttl) <= 5000

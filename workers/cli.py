@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # APScheduler logs every job run at INFO (the sweep runs every second): its warnings only.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
         return asyncio.run(_run(args))
     except CoordinatorError as exc:

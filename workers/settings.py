@@ -22,7 +22,11 @@ class WorkerSettings:
 
     * ``refresh_interval_s``: how often the refresh job reads the expiry index.
     * ``refresh_lead_s``: refresh a token this long before it expires (the worker's lead; keep
-      it above the apps' ``OAuthConfig.refresh_lead_s`` so that apps find fresh tokens).
+      it above the apps' ``OAuthConfig.refresh_lead_s``, 300 s, so that apps find fresh
+      tokens). It is also the window read from the expiry index for candidates.
+    * ``refresh_lead_fraction``: the lead is capped at this fraction of the token's lifetime
+      as issued (from 0 to 1, excluded); above the apps' ``OAuthConfig.refresh_lead_fraction``
+      (0.5), so that short-lived tokens too are refreshed by the worker before an app would.
     * ``concurrency``: refreshes in flight at once in this worker.
     * ``jitter_s``: each refresh starts after a random pause up to this long, so that workers
       started together do not all reach for the same credential at the same instant.
@@ -33,10 +37,14 @@ class WorkerSettings:
       heartbeat, and how long it stays visible after the worker stops writing it.
     * ``shutdown_grace_s``: on SIGTERM/SIGINT, how long in-flight refreshes may still finish.
     * ``max_batch``: at most this many due credentials are taken per refresh run.
+    * ``retry_base_s`` / ``retry_max_s``: a refresh that failed on a network error, a timeout,
+      HTTP 429 or 5xx is tried again after ``retry_base_s * 2**n`` (at most ``retry_max_s``),
+      times a random factor from 0.5 to 1, as long as the token has not expired by then.
     """
 
     refresh_interval_s: float = 15.0
     refresh_lead_s: float = 600.0
+    refresh_lead_fraction: float = 0.75
     concurrency: int = 4
     jitter_s: float = 1.0
     refresh_timeout_s: float = 15.0
@@ -46,6 +54,8 @@ class WorkerSettings:
     heartbeat_ttl_s: float = 30.0
     shutdown_grace_s: float = 10.0
     max_batch: int = 100
+    retry_base_s: float = 0.5
+    retry_max_s: float = 30.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -57,6 +67,8 @@ class WorkerSettings:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not ok or not math.isfinite(value) or value < 0 or value > 86_400:
                 raise ConfigError(f.name, "must be a number of seconds from 0 to 86400")
+        if not 0 < self.refresh_lead_fraction < 1:
+            raise ConfigError("refresh_lead_fraction", "must be above 0 and below 1")
         for name in ("refresh_interval_s", "sweep_interval_s", "heartbeat_interval_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be more than 0")

@@ -48,6 +48,7 @@ class Worker:
         self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
         oauth_config = OAuthConfig(
             refresh_lead_s=self.settings.refresh_lead_s,
+            refresh_lead_fraction=self.settings.refresh_lead_fraction,
             refresh_timeout_s=self.settings.refresh_timeout_s,
             lock_ttl_s=self.settings.lock_ttl_s,
         )
@@ -60,6 +61,7 @@ class Worker:
         self._stopped = asyncio.Event()
         self._running: set[asyncio.Task[Any]] = set()
         self._signals = 0
+        self.started_ms = 0
 
     def __repr__(self) -> str:
         return f"Worker(id={self.id!r}, store={self.store!r})"
@@ -69,14 +71,18 @@ class Worker:
         scheduler = self._scheduler()
         if handle_signals:
             self._install_signal_handlers()
+        self.started_ms = await self.store.time_ms()
         await self._beat("running")
         scheduler.start()
         log.info("worker %s started", self.id)
         try:
             await self._stopped.wait()
         finally:
-            scheduler.shutdown(wait=False)
+            # Paused first, shut down after the drain: shutting the scheduler down cancels
+            # the job runs still in flight (APScheduler's asyncio executor does).
+            scheduler.pause()
             await self._drain()
+            scheduler.shutdown(wait=False)
             await self.close()
             log.info("worker %s stopped", self.id)
 
@@ -128,9 +134,8 @@ class Worker:
 
     async def _job_body(self, job: str) -> None:
         if job == "refresh":
-            outcome = await refresh_due(self.oauth, self.settings)
-            if outcome.due:
-                log.info("refresh: %s", outcome)
+            outcome = await refresh_due(self.oauth, self.settings, stopping=self._stopped)
+            log.log(logging.INFO if outcome.eventful else logging.DEBUG, "refresh: %s", outcome)
         else:
             await sweep(self.pools, self.models)
 
@@ -141,6 +146,9 @@ class Worker:
             "pid": os.getpid(),
             "version": coordinator.__version__,
             "state": state,
+            "started_ms": self.started_ms,
+            # Every refresh lock this worker takes has an owner starting with this.
+            "lock_owner": self.oauth.lock_owner_prefix,
         }
         for job in JOBS:
             fields[f"{job}_runs"] = self.runs[job]

@@ -1,8 +1,9 @@
 """Worker heartbeats: one hash per worker with a TTL, and an index of the workers seen.
 
 ``<ns>:{workers}:worker:<id>`` (HASH, deleted by Redis ``heartbeat_ttl_s`` after the last
-beat) holds ``id host pid version started_ms beat_ms state`` and, for each job,
-``<job>_last_ms`` and ``<job>_runs``; ``<ns>:{workers}:index`` (ZSET) maps worker id -> last
+beat) holds ``id host pid version started_ms beat_ms state lock_owner`` (the start of the
+owner of every refresh lock the worker takes) and, for each job, ``<job>_last_ms`` and
+``<job>_runs``; ``<ns>:{workers}:index`` (ZSET) maps worker id -> last
 beat (ms), so that readers list workers without scanning. Times are Redis ``TIME``; each write
 is one Lua function (``worker_beat.lua``).
 """

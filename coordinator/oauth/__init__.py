@@ -13,10 +13,17 @@ from __future__ import annotations
 from .callback_server import LoopbackCallbackServer
 from .manager import OAuthManager
 from .providers import PRESETS, ClientAuthMethod, OAuthProvider, preset
-from .types import AuthorizationRequest, DeviceAuthorization, OAuthConfig, OAuthCredential
+from .types import (
+    AccessToken,
+    AuthorizationRequest,
+    DeviceAuthorization,
+    OAuthConfig,
+    OAuthCredential,
+)
 
 __all__ = [
     "PRESETS",
+    "AccessToken",
     "AuthorizationRequest",
     "ClientAuthMethod",
     "DeviceAuthorization",

@@ -2,8 +2,9 @@
 
 All state lives in Redis under ``<ns>:{oauth}:*`` (one hash tag, so every script runs on
 Redis Cluster) and every read-modify-write is one Lua script on Redis time
-(``coordinator/lua/oauth_*.lua``): a login's state is consumed exactly once whichever replica
-receives the callback, a refresh runs under a lock with a fencing number and commits by
+(``coordinator/oauth/oauth_*.lua``): a login's state is consumed exactly once whichever replica
+receives the callback, a refresh runs under a lock with a fencing number (checked again
+right before the request is sent, and renewed while it is in flight) and commits by
 compare-and-set on the credential's version. Tokens are encrypted with the store's
 :class:`~coordinator.secrets.SecretBox` before they reach Redis; this module never logs,
 stores in clear, or puts into an error message a token, code, verifier or client secret.
@@ -12,11 +13,12 @@ stores in clear, or puts into an error message a token, code, verifier or client
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
@@ -40,7 +42,13 @@ from ..store.secrets import Secret, SecretBox, redact
 from . import _http, pkce
 from .device import poll_for_tokens, request_device_code
 from .providers import OAuthProvider
-from .types import AuthorizationRequest, DeviceAuthorization, OAuthConfig, OAuthCredential
+from .types import (
+    AccessToken,
+    AuthorizationRequest,
+    DeviceAuthorization,
+    OAuthConfig,
+    OAuthCredential,
+)
 
 __all__ = ["OAuthManager"]
 
@@ -206,7 +214,7 @@ class OAuthManager(EventSource):
         self._http = http or httpx.AsyncClient()
         self._sleep = sleep
         self._instance = uuid.uuid4().hex[:12]
-        self._inflight: dict[str, asyncio.Task[Secret]] = {}
+        self._inflight: dict[str, asyncio.Task[AccessToken]] = {}
         self.events = EventHub(
             store, self._event_streams, poll_interval_s=self.config.event_poll_interval_s
         )
@@ -274,6 +282,13 @@ class OAuthManager(EventSource):
         async with self.store.guard("HGETALL"):
             raw = await self.store.client.hgetall(key)
         return _pairs(raw)
+
+    @property
+    def lock_owner_prefix(self) -> str:
+        """The start of the owner of every refresh lock this manager takes
+        (``<prefix>:<attempt>``): a worker shows it in its heartbeat, so that a lock read with
+        ``redis-cli`` names its holder."""
+        return self._instance
 
     def _owner(self) -> str:
         return f"{self._instance}:{uuid.uuid4().hex}"
@@ -700,6 +715,7 @@ class OAuthManager(EventSource):
                 int(self.config.lock_ttl_s * 1000),
                 mode,
                 "" if seen_version is None else seen_version,
+                repr(self.config.refresh_lead_fraction),
             ],
         )
         out = dict(zip(_ACQUIRE_REPLY, reply, strict=True))
@@ -722,13 +738,20 @@ class OAuthManager(EventSource):
     ) -> Secret:
         """An access token valid for at least the refresh lead time, refreshed first if needed.
 
-        The lead is ``refresh_lead_s``, capped at half the token's lifetime as issued (so
-        tokens that live 5 minutes are refreshed once every 2.5 minutes, not on every call).
-        Without ``credential_id``, the provider's default credential. Across replicas one
-        caller refreshes (under the Redis lock) and the others wait for its result and use
-        it. The token is decrypted here: a wrong ``secret_key`` raises
-        :class:`~coordinator.errors.DecryptionError` from this call.
+        The lead is ``refresh_lead_s``, capped at ``refresh_lead_fraction`` (half) of the
+        token's lifetime as issued (so tokens that live 5 minutes are refreshed once every 2.5
+        minutes, not on every call). Without ``credential_id``, the provider's default
+        credential. Across replicas one caller refreshes (under the Redis lock) and the others
+        wait for its result and use it. The token is decrypted here: a wrong ``secret_key``
+        raises :class:`~coordinator.errors.DecryptionError` from this call.
         """
+        return (await self.get_token(credential_id, provider=provider)).token
+
+    async def get_token(
+        self, credential_id: str | None = None, *, provider: str | None = None
+    ) -> AccessToken:
+        """What :meth:`get_access_token` returns, with the token's expiry (Redis time), the
+        credential version it belongs to and whether this call waited for a refresh."""
         cid = await self._resolve_id(credential_id, provider)
         # Callers of this process share one attempt per credential (the Redis lock does the
         # same across processes); the attempt is not cancelled when one caller gives up.
@@ -739,7 +762,7 @@ class OAuthManager(EventSource):
             task.add_done_callback(lambda t: self._attempt_done(cid, t))
         return await asyncio.shield(task)
 
-    def _attempt_done(self, cid: str, task: asyncio.Task[Secret]) -> None:
+    def _attempt_done(self, cid: str, task: asyncio.Task[AccessToken]) -> None:
         if self._inflight.get(cid) is task:
             del self._inflight[cid]
         if not task.cancelled():
@@ -751,13 +774,38 @@ class OAuthManager(EventSource):
         await self._token(credential_id, force=True)
         return await self.get_credential(credential_id)
 
-    async def _token(self, cid: str, *, force: bool) -> Secret:
+    async def refresh_if_due(self, credential_id: str) -> str:
+        """For a refresh worker: refresh the credential if its token is within this manager's
+        lead, through the same lock, fence check and compare-and-set commit as
+        :meth:`get_access_token`; never waits for another holder, never falls back.
+
+        Returns ``"fresh"`` (not due), ``"refreshed"``, ``"busy"`` (another replica holds the
+        lock: its refresh counts), ``"abandoned"`` (the lock was lost before sending, or a
+        newer token was stored meanwhile) or ``"no-refresh"`` (the provider issued no refresh
+        token). Raises :class:`ReauthRequiredError`, :class:`CredentialNotFoundError`, and
+        :class:`OAuthProviderError` when the request failed (the caller may retry).
+        """
+        validate_id(credential_id, "credential_id")
+        owner = self._owner()
+        got = await self._acquire(credential_id, owner, "get", None)
+        code = str(got["code"])
+        if code == "locked":
+            done = await self._refresh_locked(credential_id, owner, got)
+            return "refreshed" if done is not None else "abandoned"
+        if code == "missing":
+            raise CredentialNotFoundError(credential_id)
+        if code == "needs-reauth":
+            raise ReauthRequiredError(f"credential {credential_id!r} needs a new login")
+        return code
+
+    async def _token(self, cid: str, *, force: bool) -> AccessToken:
         """Return the token, refreshing it under the lock (``force``: always) or waiting for
         the replica that holds the lock. A token someone else committed while we waited is
         used as it is (the script treats it as fresh): refreshing it again would be a storm."""
         deadline = asyncio.get_running_loop().time() + self.config.wait_timeout_s
         backoff = 0.02
         seen_version: int | None = None
+        waited = False
         while True:
             owner = self._owner()
             got = await self._acquire(cid, owner, "force" if force else "get", seen_version)
@@ -771,14 +819,27 @@ class OAuthManager(EventSource):
                 refreshed = await self._refresh_or_fall_back(cid, owner, got, force=force)
                 if refreshed is not None:
                     return refreshed
-                force = False  # someone else stored a newer token: read it
+                force, waited = False, True  # someone else stored a newer token: read it
                 continue
             if got["code"] != "busy":
-                return self._settle(cid, got, force=force)
+                return self._settle(cid, got, force=force, waited=waited)
+            waited = True
             await self._wait_for_holder(cid, got, deadline, backoff)
             backoff = min(backoff * 2, 0.1)
 
-    def _settle(self, cid: str, got: dict[str, Any], *, force: bool) -> Secret:
+    def _read(self, cid: str, got: dict[str, Any], *, waited: bool) -> AccessToken:
+        """The token an acquire reply carries."""
+        expires = got["expires_at_ms"]
+        return AccessToken(
+            token=self._open(cid, "access_token", got["access"]),
+            expires_at_ms=expires if expires >= 0 else None,
+            version=got["version"],
+            waited=waited,
+        )
+
+    def _settle(
+        self, cid: str, got: dict[str, Any], *, force: bool, waited: bool = False
+    ) -> AccessToken:
         """The answer to an acquire that needs no refresh from us, or the error it means."""
         code = got["code"]
         if code == "missing":
@@ -787,7 +848,7 @@ class OAuthManager(EventSource):
             raise ReauthRequiredError(f"credential {cid!r} needs a new login")
         # no-refresh: the provider issued no refresh token; the token serves until it expires.
         if code == "fresh" or (code == "no-refresh" and got["remaining_ms"] > 0 and not force):
-            return self._open(cid, "access_token", got["access"])
+            return self._read(cid, got, waited=waited)
         why = "cannot be refreshed" if force else "expired"
         raise ReauthRequiredError(
             f"credential {cid!r} has no refresh token (the provider issued none) and "
@@ -807,7 +868,7 @@ class OAuthManager(EventSource):
 
     async def _refresh_or_fall_back(
         self, cid: str, owner: str, got: dict[str, Any], *, force: bool
-    ) -> Secret | None:
+    ) -> AccessToken | None:
         """Refresh under the lock we hold; after a transient failure (timeout, 5xx) the current
         token serves if it has ``_FALLBACK_MIN_MS`` left. ``None``: a newer token is stored."""
         loop = asyncio.get_running_loop()
@@ -824,50 +885,116 @@ class OAuthManager(EventSource):
                 exc,
                 left_ms // 1000,
             )
-            return self._open(cid, "access_token", got["access"])
+            return self._read(cid, got, waited=True)
 
-    async def _refresh_locked(self, cid: str, owner: str, got: dict[str, Any]) -> Secret | None:
-        """Refresh while holding the lock. ``None`` when a newer token was already stored.
+    async def _refresh_locked(
+        self, cid: str, owner: str, got: dict[str, Any]
+    ) -> AccessToken | None:
+        """Refresh while holding the lock. ``None`` when nothing was sent because the lock was
+        lost meanwhile, or a newer token was already stored.
 
-        Every way out releases the lock: the reauth and commit scripts do it themselves,
-        anything else (an error, a cancellation) runs ``oauth_release``."""
-        k = self.keys
+        Right before sending, ``oauth_hold`` checks that the lock is still ours (owner and
+        fence) and the credential unchanged: a holder that stalled after taking the lock must
+        not present a refresh token that someone else may have used since (the provider would
+        revoke the grant). The lock is renewed while the request is in flight. Every way out
+        releases the lock: the reauth and commit scripts do it themselves, anything else (an
+        error, a cancellation, an abandoned attempt) runs ``oauth_release``."""
         released = False
         try:
             prov = self.provider(str(got["provider"]))
             refresh = self._open(cid, "refresh_token", str(got["refresh"])).reveal()
+            await self._before_send(cid)
+            if not await self._hold(cid, owner, got):
+                log.warning("refresh of %s abandoned before sending: the lock was lost", cid)
+                return None
             try:
-                tokens = await _http.token_request(
-                    self._http,
-                    prov,
-                    {"grant_type": "refresh_token", "refresh_token": refresh},
-                    what=f"token refresh at {prov.name}",
-                    timeout_s=self.config.refresh_timeout_s,
-                    secrets=[refresh],
-                )
+                async with self._renewing(cid, owner, got):
+                    tokens = await _http.token_request(
+                        self._http,
+                        prov,
+                        {"grant_type": "refresh_token", "refresh_token": refresh},
+                        what=f"token refresh at {prov.name}",
+                        timeout_s=self.config.refresh_timeout_s,
+                        secrets=[refresh],
+                    )
             except OAuthProviderError as exc:
                 if exc.error != "invalid_grant":
                     raise
-                # Re-read before giving up: another replica may have refreshed already.
-                reply = await self.store.run(
-                    "oauth_reauth",
-                    [k.credential(cid), k.expiry, k.lock(cid), k.events],
-                    [cid, owner, got["version"], redact(str(exc), [refresh])],
-                )
+                reply = await self._reauth(cid, owner, got, exc, refresh)
                 released = True
                 _raise_unless_refreshed(cid, prov.name, reply, exc)
                 return None
             reply = await self._commit(cid, owner, got, tokens)
             released = True
-            if int(reply[0]) == 1:
-                log.info("refreshed credential %s (version %s)", cid, reply[1])
-                return tokens.access_token
-            if reply[1] == "missing":
-                raise CredentialNotFoundError(cid)
-            return None
+            return self._committed(cid, reply, tokens)
         finally:
             if not released:
-                await asyncio.shield(self.store.run("oauth_release", [k.lock(cid)], [owner]))
+                release = self.store.run("oauth_release", [self.keys.lock(cid)], [owner])
+                await asyncio.shield(release)
+
+    async def _before_send(self, cid: str) -> None:
+        """Called while holding the lock, right before the fence check. Does nothing; the test
+        support overrides it to stall a holder exactly there."""
+
+    async def _hold(self, cid: str, owner: str, got: dict[str, Any]) -> bool:
+        """Whether the lock is still ours (owner, fence, unchanged version); extends it if so."""
+        k = self.keys
+        reply = await self.store.run(
+            "oauth_hold",
+            [k.credential(cid), k.lock(cid)],
+            [owner, got["fence"], got["version"], int(self.config.lock_ttl_s * 1000)],
+        )
+        return int(reply[0]) == 1
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, cid: str, owner: str, got: dict[str, Any]) -> AsyncIterator[None]:
+        """Renew the lock every ``lock_ttl_s / 3`` while the body (the request) runs. A lost
+        lock cannot take back a request already sent: the commit's compare-and-set decides."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.config.lock_ttl_s / 3)
+                try:
+                    if not await self._hold(cid, owner, got):
+                        log.warning("lost the refresh lock of %s while its request ran", cid)
+                        return
+                except CoordinatorError as exc:
+                    log.warning("could not renew the refresh lock of %s: %s", cid, exc)
+
+        task = asyncio.get_running_loop().create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _reauth(
+        self, cid: str, owner: str, got: dict[str, Any], exc: OAuthProviderError, refresh: str
+    ) -> Any:
+        """``invalid_grant``: mark the credential unless another replica refreshed it
+        meanwhile (``oauth_reauth``, which releases the lock); its reply."""
+        k = self.keys
+        return await self.store.run(
+            "oauth_reauth",
+            [k.credential(cid), k.expiry, k.lock(cid), k.events],
+            [cid, owner, got["version"], redact(str(exc), [refresh])],
+        )
+
+    @staticmethod
+    def _committed(cid: str, reply: Any, tokens: _http.TokenSet) -> AccessToken | None:
+        """The token a commit stored, ``None`` when a newer one was stored first."""
+        if int(reply[0]) == 1:
+            log.info("refreshed credential %s (version %s)", cid, reply[1])
+            expires = int(reply[2])
+            return AccessToken(
+                token=tokens.access_token,
+                expires_at_ms=expires if expires >= 0 else None,
+                version=int(reply[1]),
+                waited=True,
+            )
+        if reply[1] == "missing":
+            raise CredentialNotFoundError(cid)
+        return None
 
     async def _commit(
         self, cid: str, owner: str, got: dict[str, Any], tokens: _http.TokenSet

@@ -6,19 +6,22 @@
 -- ARGV[6] mode: 'get' (lock only when the token is stale) | 'force' (always lock)
 -- ARGV[7] (optional) the version the caller saw when it started waiting; in 'get' mode a newer
 --         version (a token someone else committed meanwhile) is used while it has not expired
+-- ARGV[8] (optional, default 0.5) the lead's cap as a fraction of the token's issued lifetime:
+--         apps use 0.5, refresh workers a larger one (0.75) so that they refresh first
 -- Returns {code, fence, version, access ct, refresh ct, expires_at_ms, remaining_ms,
 --          lock_wait_ms, token_type, status, provider}
 --   code: fresh | locked (the caller refreshes, then commits or releases) | busy (another
 --   holder; retry after lock_wait_ms) | no-refresh (stale, no refresh token) | missing |
 --   needs-reauth. remaining_ms = expires_at_ms - now (-1 when the expiry is unknown).
--- The token is stale within min(lead, half its lifetime as issued) of its expiry: with tokens
--- that live no longer than the lead, a token just issued must not count as stale already.
+-- The token is stale within min(lead, fraction * its lifetime as issued) of its expiry: with
+-- tokens that live no longer than the lead, a token just issued must not count as stale already.
 -- Emits token:expired once per token version when it finds the token past its expiry.
 --!include _oauth.lua
 
 local K_CRED, K_LOCK, K_FENCES, K_EVENTS = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local id, owner, lead, ttl, mode = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local seen = tonumber(ARGV[7] or '')
+local fraction = tonumber(ARGV[8] or '') or 0.5
 local now = now_ms()
 
 if redis.call('EXISTS', K_CRED) == 0 then
@@ -33,7 +36,7 @@ local token_type, status = c[5] or 'Bearer', c[6] or 'active'
 local remaining = -1
 if expires_at >= 0 then remaining = expires_at - now end
 local lifetime = tonumber(c[9]) or -1  -- absent in credentials stored by older versions
-if lifetime >= 0 then lead = math.min(lead, math.floor(lifetime / 2)) end
+if lifetime >= 0 then lead = math.min(lead, math.floor(lifetime * fraction)) end
 
 local function reply(code, fence, wait)
   return {code, fence, version, access, refresh, int(expires_at), int(remaining), int(wait),

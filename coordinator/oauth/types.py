@@ -14,7 +14,13 @@ import orjson
 from ..errors import ConfigError, CorruptStateError
 from ..store.secrets import Secret, mask
 
-__all__ = ["AuthorizationRequest", "DeviceAuthorization", "OAuthConfig", "OAuthCredential"]
+__all__ = [
+    "AccessToken",
+    "AuthorizationRequest",
+    "DeviceAuthorization",
+    "OAuthConfig",
+    "OAuthCredential",
+]
 
 
 def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
@@ -25,13 +31,22 @@ def _seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
+def _fraction(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
+        raise ConfigError(name, f"must be a number above 0 and below 1, not {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True, slots=True)
 class OAuthConfig:
     """Configuration of :class:`~coordinator.oauth.OAuthManager`.
 
     * ``refresh_lead_s``: :meth:`get_access_token` returns tokens valid at least this long,
-      or half their lifetime as issued when that is shorter (tokens that live 300 s are
-      refreshed 150 s before they expire, not on every call).
+      or ``refresh_lead_fraction`` of their lifetime as issued when that is shorter (tokens
+      that live 300 s are refreshed 150 s before they expire, not on every call).
+    * ``refresh_lead_fraction``: that cap, from 0 to 1 (excluded), default 0.5. A refresh
+      worker uses a larger one (``WorkerSettings.refresh_lead_fraction``, 0.75) so that it
+      refreshes before the apps would and apps do not wait for the provider.
     * ``state_ttl_s``: how long a login may take between the URL and the callback.
     * ``lock_ttl_s``: lifetime of a refresh lock; ``refresh_timeout_s`` (the token endpoint
       timeout during a refresh) must be shorter, so a lock never expires while its holder's
@@ -43,6 +58,7 @@ class OAuthConfig:
     """
 
     refresh_lead_s: float = 300.0
+    refresh_lead_fraction: float = 0.5
     state_ttl_s: float = 600.0
     lock_ttl_s: float = 30.0
     refresh_timeout_s: float = 15.0
@@ -52,6 +68,7 @@ class OAuthConfig:
 
     def __post_init__(self) -> None:
         _seconds("refresh_lead_s", self.refresh_lead_s, allow_zero=True)
+        _fraction("refresh_lead_fraction", self.refresh_lead_fraction)
         _seconds("state_ttl_s", self.state_ttl_s)
         _seconds("lock_ttl_s", self.lock_ttl_s)
         _seconds("refresh_timeout_s", self.refresh_timeout_s)
@@ -67,6 +84,23 @@ class OAuthConfig:
     def refresh_lead_ms(self) -> int:
         """``refresh_lead_s`` in milliseconds."""
         return int(self.refresh_lead_s * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """An access token with what the caller may want to know about it
+    (:meth:`~coordinator.oauth.OAuthManager.get_token`).
+
+    ``expires_at_ms`` is Redis time (``None``: the provider did not say); ``version`` the
+    credential's version it belongs to; ``waited`` whether this call waited for a refresh (its
+    own or another replica's) instead of reading a fresh token: with a refresh worker running
+    it should almost never be ``True``.
+    """
+
+    token: Secret = field(repr=False)
+    expires_at_ms: int | None
+    version: int
+    waited: bool = False
 
 
 @dataclass(frozen=True, slots=True)

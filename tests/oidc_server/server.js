@@ -10,9 +10,13 @@
 //
 // Usage: node server.js  -> listens on 127.0.0.1 on a free port and prints one JSON line
 // {"issuer": "...", "port": N} on stdout once ready. Test-only helpers (not OAuth):
-//   GET  /test/stats   counts of token requests by grant type, refresh tokens presented twice
+//   GET  /test/stats   counts of token requests by grant type, refresh tokens presented twice,
+//                      token requests waiting out the delay now (delayed_in_flight)
 //   POST /test/reset   zero the counters
-//   POST /test/config?token_delay_ms=N   delay every token endpoint response by N ms
+//   POST /test/config?token_delay_ms=N   delay every token endpoint request by N ms before the
+//        provider sees it; a request whose client hung up during the delay is then dropped
+//        unprocessed (counted as dropped_after_hangup), so that a client killed while its
+//        request waits here has not used its refresh token
 //   POST /test/config?access_token_ttl_s=N   lifetime of the access tokens issued from now on
 //        (default ACCESS_TOKEN_TTL_S from the environment, else 3600; /test/reset restores it)
 import * as crypto from 'node:crypto';
@@ -33,6 +37,8 @@ const stats = {
   refresh_tokens_seen: 0,
   refresh_tokens_reused: 0,
   errors: {},
+  delayed_in_flight: 0,
+  dropped_after_hangup: 0,
 };
 let seenRefresh = new Set();
 let tokenDelayMs = 0;
@@ -198,6 +204,7 @@ provider.use(async (ctx, next) => {
     stats.refresh_tokens_seen = 0;
     stats.refresh_tokens_reused = 0;
     stats.errors = {};
+    stats.dropped_after_hangup = 0;
     seenRefresh = new Set();
     tokenDelayMs = 0;
     accessTokenTtlS = DEFAULT_ACCESS_TOKEN_TTL_S;
@@ -213,7 +220,25 @@ provider.use(async (ctx, next) => {
     return;
   }
   if (ctx.path === '/token' && ctx.method === 'POST' && tokenDelayMs > 0) {
-    await new Promise((resolve) => setTimeout(resolve, tokenDelayMs));
+    const socket = ctx.req.socket;
+    let hungUp = false;
+    const onGone = () => {
+      hungUp = true;
+    };
+    socket.once('close', onGone);
+    socket.once('end', onGone);
+    stats.delayed_in_flight += 1;
+    try {
+      await new Promise((resolve) => setTimeout(resolve, tokenDelayMs));
+    } finally {
+      stats.delayed_in_flight -= 1;
+      socket.off('close', onGone);
+      socket.off('end', onGone);
+    }
+    if (hungUp || socket.destroyed) {
+      stats.dropped_after_hangup += 1;
+      return;
+    }
   }
   await next();
 });
