@@ -55,6 +55,7 @@ from .models import (
 )
 from .oauth import PRESETS as OAUTH_PRESETS
 from .oauth import (
+    AccessToken,
     AuthorizationRequest,
     DeviceAuthorization,
     LoopbackCallbackServer,
@@ -87,6 +88,7 @@ from .store.secrets import Secret, SecretBox, generate_key
 __version__ = "0.1.0"
 
 __all__ = [
+    "AccessToken",
     "OAUTH_PRESETS",
     "BreakerConfig",
     "Classification",
