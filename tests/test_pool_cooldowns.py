@@ -94,15 +94,15 @@ async def test_a_success_with_nothing_to_reset_writes_nothing(store: Store) -> N
     await add_keys(manager, 1)
     state_key = manager._keys("openai").state
     assert await manager.mark_success("key-0") is True
-    assert await store.client.hget(state_key, "key-0") is None
+    assert await store.client.hgetall(state_key) == {"key-0:gen": "1"}
     await manager.mark_failed("key-0", "500", kind="server")
     assert await manager.mark_success("key-0") is True
-    record = await store.client.hget(state_key, "key-0")
-    assert '"failures":0' in record
-    await store.client.hset(state_key, "key-0", record.replace('"last_error"', '"last_errorx"'))
+    assert await store.client.hget(state_key, "key-0:failures") == "0"
+    # A counter that already reads zero is not written again: a zero spelt "0.0" by hand
+    # stays as it is (a rewrite would store "0").
+    await store.client.hset(state_key, "key-0:failures", "0.0")
     assert await manager.mark_success("key-0") is True
-    # Unchanged: nothing was rewritten from the parsed record.
-    assert '"last_errorx"' in await store.client.hget(state_key, "key-0")
+    assert await store.client.hget(state_key, "key-0:failures") == "0.0"
     assert await manager.mark_success("nobody") is False
 
 
@@ -209,11 +209,15 @@ async def test_a_failure_after_an_unobserved_recovery_announces_it_once(store: S
     kinds = [(f["type"], f["profile"]) for _id, f in entries if f["type"] != "profile:added"]
     assert kinds == [
         ("profile:failed", "key-0"),
+        ("profile:cooldown", "key-0"),
         ("profile:failed", "key-1"),
+        ("profile:cooldown", "key-1"),
         ("profile:recovered", "key-0"),
         ("profile:failed", "key-0"),
+        ("profile:cooldown", "key-0"),
         ("profile:recovered", "key-1"),
         ("profile:failed", "key-1"),
+        ("profile:cooldown", "key-1"),
         ("profile:recovered", "key-0"),
         ("profile:recovered", "key-1"),
     ]

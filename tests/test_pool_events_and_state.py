@@ -158,20 +158,20 @@ async def test_hand_edited_garbage_never_breaks_selection(store: Store) -> None:
     manager = manager_for(store, strategy="priority")
     await add_keys(manager, 4)
     keys = manager._keys("openai")
-    await store.client.hset(keys.state, "key-0", "{not json")
-    await store.client.hset(keys.state, "key-1", orjson.dumps({"failures": "many"}).decode())
+    await store.client.hset(keys.state, "key-0:billing_failures", "{not json")
+    await store.client.hset(keys.state, "key-1:failures", "many")
     await store.client.hset(keys.profiles, "key-2", '{"id":"key-2","type":"api-key"}')
     await store.client.hset(keys.profiles, "key-3", "garbage")
-    # A broken definition is never handed out; broken state records do not matter to
+    # A broken definition is never handed out; broken state fields do not matter to
     # selection (cooldowns live in the cooling sets), so the others keep rotating.
     picks = [(await manager.get_next_profile("openai")).id for _ in range(4)]  # type: ignore[union-attr]
     assert sorted(picks) == ["key-0", "key-0", "key-1", "key-1"]
     status = {s.id: s for s in await manager.get_status()}
-    assert status["key-0"].broken_field == "state" and not status["key-0"].healthy
+    assert status["key-0"].broken_field == "billing_failures" and not status["key-0"].healthy
     assert status["key-1"].broken_field == "failures"
     assert status["key-2"].broken_field == "priority"
     assert status["key-3"].broken_field == "definition"
-    # A failure on a broken record still cools the profile down (the record is replaced).
+    # A failure on a broken counter still cools the profile down (the field is replaced).
     seen: list[Event] = []
     manager.on("profile:failed", seen.append)
     await manager.events.wait_started()
@@ -246,16 +246,18 @@ async def test_export_and_import_round_trip(
     await manager.get_next_profile("openai")
     snapshot = await manager.export_state()
     text = orjson.dumps(snapshot).decode()
-    assert "sk-test" not in text
-    # Pairs and last-used times are stored alongside profiles in Redis, but the snapshot keeps
-    # them apart, so that its format does not follow the key layout.
+    assert "sk-test" not in text and snapshot["format"] == 2
+    # Pairs share the profiles' hashes and sets in Redis, but the snapshot keeps them apart,
+    # and a profile's state is its fields, so that the format does not follow the key layout.
     pool = snapshot["pools"]["openai"]
     assert [entry[0] for entry in pool["model_cooling"]] == ["key-2|gpt-x"]
     assert sorted(pool["cooling"], key=lambda e: e[0])[0][0] == "key-0"
     assert all("|" not in entry[0] for entry in pool["cooling"])
     assert set(pool["model_state"]) == {"key-2|gpt-x"}
+    assert set(pool["model_state"]["key-2|gpt-x"]) == {"failures", "last_failure_ms"}
     assert "key-2|gpt-x" not in pool["state"]
-    assert set(pool["usage"]) == {"key-2"} and set(pool["meta"]) == {"seq", "gen"}
+    assert pool["state"]["key-0"]["failures"] == "1"
+    assert "last_used_ms" in pool["state"]["key-2"] and set(pool["meta"]) == {"seq", "gen"}
     target_store = await connect(backend_url, namespace=unique_namespace(), secret_key=secret_key)
     try:
         target_store.time_offset_ms = store.time_offset_ms
@@ -274,6 +276,11 @@ async def test_export_and_import_round_trip(
         assert secret is not None and secret.reveal().startswith("sk-test-openai")
         with pytest.raises(ConfigError):
             await target.import_state({"format": 99})
+        bad_field = orjson.loads(orjson.dumps(snapshot))
+        bad_field["pools"]["openai"]["state"]["key-0"]["x:y"] = "1"
+        with pytest.raises(ConfigError):
+            await target.import_state(bad_field)
+        assert {s.id: s.failures for s in await target.get_status()}["key-0"] == 1
     finally:
         await target_store.close()
 
@@ -334,49 +341,52 @@ async def test_invalid_profiles_name_the_field() -> None:
         assert info.value.field == field, data
 
 
-async def test_a_success_reads_counters_at_zero_in_place_and_repairs_unreadable_ones(
-    store: Store,
-) -> None:
+async def test_a_success_resets_counters_and_repairs_unreadable_ones(store: Store) -> None:
     manager = manager_for(store)
     await add_keys(manager, 2)
     keys = manager._keys("openai")
+
+    async def fields(member: str) -> dict[str, str]:
+        everything = await store.client.hgetall(keys.state)
+        prefix = f"{member}:"
+        return {k[len(prefix) :]: v for k, v in everything.items() if k.startswith(prefix)}
+
     await manager.mark_failed("key-0", "x", kind="server")
     assert await manager.mark_success("key-0")
-    state = orjson.loads(await store.client.hget(keys.state, "key-0"))
-    assert (state["failures"], state["billing_failures"], state["failures_total"]) == (0, 0, 1)
-    # A record without counters (a model's rate limit only) gets them at its first success,
-    # so that later ones read them in place too.
+    state = await fields("key-0")
+    assert (state["failures"], state["billing_failures"], state["failures_total"]) == (
+        "0",
+        "0",
+        "1",
+    )
+    # A success with a model forgets that pair's counters (its cooldown runs on).
     await manager.mark_failed("key-1", "x", kind="rate_limit", model="m")
-    assert "failures" not in orjson.loads(await store.client.hget(keys.state, "key-1"))
-    assert await manager.mark_success("key-1")
-    other = orjson.loads(await store.client.hget(keys.state, "key-1"))
-    assert (other["failures"], other["billing_failures"], other["failures_total"]) == (0, 0, 1)
-    # Counters at 0 are read in place, so a field broken elsewhere is left for a failure (or
-    # clear_cooldown) to repair and for the status to name.
-    broken = dict(state, failures_total="x")
-    await store.client.hset(keys.state, "key-0", orjson.dumps(broken).decode())
+    assert await fields("key-1|m") != {}
+    assert await manager.mark_success("key-1", model="m")
+    assert await fields("key-1|m") == {}
+    assert {s.id: s for s in await manager.get_status("openai")}["key-1"].model_cooldowns
+    # A success looks at the counters only: a field broken elsewhere is left for a failure
+    # (or clear_cooldown) to repair and for the status to name.
+    await store.client.hset(keys.state, "key-0:failures_total", "x")
     assert await manager.mark_success("key-0")
     status = {s.id: s for s in await manager.get_status("openai")}["key-0"]
     assert status.broken_field == "failures_total"
-    # Counters not readable in place (in quotes, twice, not a JSON object) are decoded, and
-    # the record is repaired.
-    for garbage in (
-        '{"failures":"0","billing_failures":0}',
-        '{"failures":0,"billing_failures":0,"failures":3}',
-        '["failures":0,"billing_failures":0]',
-    ):
-        await store.client.hset(keys.state, "key-0", garbage)
+    # Counters that are not non-negative finite numbers are reset.
+    for garbage in ("x", "-1", "nan", "inf", "1e400", ""):
+        await store.client.hset(keys.state, "key-0:failures", garbage)
+        await store.client.hset(keys.state, "key-0:billing_failures", garbage)
         assert await manager.mark_success("key-0")
-        repaired = orjson.loads(await store.client.hget(keys.state, "key-0"))
-        assert (repaired["failures"], repaired["billing_failures"]) == (0, 0), garbage
+        state = await fields("key-0")
+        assert (state["failures"], state["billing_failures"]) == ("0", "0"), garbage
+    assert await manager.clear_cooldown("key-0") is True  # still cooling from the failure
     status = {s.id: s for s in await manager.get_status("openai")}["key-0"]
-    assert status.broken_field is None
+    assert status.broken_field is None and "failures_total" not in await fields("key-0")
     await manager.close()
 
 
-async def test_a_failure_reads_the_state_record_as_it_is_now(store: Store) -> None:
-    """mark_failed keeps the state record it wrote, to copy instead of decoding it next time;
-    a record changed since (by a hand edit, another operation, another version) is read anew."""
+async def test_a_failure_reads_the_state_fields_as_they_are_now(store: Store) -> None:
+    """Counters edited by hand (or written by another operation or version) are what the next
+    failure counts from."""
     manager = manager_for(store)
     await add_keys(manager, 1)
     keys = manager._keys("openai")
@@ -384,13 +394,10 @@ async def test_a_failure_reads_the_state_record_as_it_is_now(store: Store) -> No
     assert first.failures == 1
     advance_time(store, 2 * MINUTE_MS)  # past the cooldown, within the failure window
     again = await manager.mark_failed("key-0", "x", kind="server")
-    assert again.failures == 2  # the record it wrote, copied
-    state = orjson.loads(await store.client.hget(keys.state, "key-0"))
-    await store.client.hset(
-        keys.state, "key-0", orjson.dumps(dict(state, failures=4, failures_total=40)).decode()
-    )
+    assert again.failures == 2
+    await store.client.hset(keys.state, mapping={"key-0:failures": 4, "key-0:failures_total": 40})
     advance_time(store, 10 * MINUTE_MS)
     edited = await manager.mark_failed("key-0", "x", kind="server")
     assert edited.failures == 5
-    assert orjson.loads(await store.client.hget(keys.state, "key-0"))["failures_total"] == 41
+    assert await store.client.hget(keys.state, "key-0:failures_total") == "41"
     await manager.close()

@@ -1,20 +1,17 @@
--- _pool.lua: helpers of the credential-pool scripts (included with --!include _pool.lua).
--- Pool scripts receive the seven static pool keys as KEYS[1..7] in this order:
+-- _pool.lua: keys and state helpers of the credential-pool scripts (--!include _pool.lua).
+-- Every pool script receives the seven pool keys as KEYS[1..7] in this order:
 --   1 profiles (HASH id -> definition JSON)
---   2 state (HASH id -> state JSON, "<id>|<model>" -> pair counters JSON)
---   3 cooling (ZSET id or "<id>|<model>" -> until ms)
---   4 ready (ZSET id -> rotation seq)   5 events (STREAM)
---   6 ranked (ZSET lex "<inv prio>|<type>|<seq>|<id>")
---   7 meta (HASH seq, gen, "used:<id>" -> last picked ms)
--- Ids cannot contain '|', so a member or field with one is always a (profile, model) pair.
--- Seven keys, not ten, and a script that needs fewer is given only the first ones it needs
--- (mark_success the first two, mark_failed the first five): every key is an argument the
--- client encodes and Redis copies into Lua on every call (~900 instructions each), and these
--- scripts are the hot path. The others are nil there.
--- The cooldown truth is the cooling set; the state record only carries counters and history,
--- so a state record edited into garbage never changes which profiles can be picked.
--- This file holds what the failure and success reports need; rotation and recovery helpers
--- are in _pool_rotation.lua, the rarer operations' in _pool_admin.lua.
+--   2 state    (HASH "<member>:<field>" -> value, see below)
+--   3 cooling  (ZSET id or "<id>|<model>" -> cooldown end, ms)
+--   4 ready    (ZSET id -> rotation seq: the profiles not cooling down)
+--   5 events   (STREAM)
+--   6 ranked   (ZSET lex "<inverse priority>|<type rank>|<seq>|<id>")
+--   7 meta     (HASH seq, gen: the pool's counters)
+-- The state hash is flat, so that a script (or an operator's HGETALL) reads one value without
+-- parsing a record. A member is a profile id or "<id>|<model>" (ids cannot contain '|'); field
+-- names contain no ':', so a hash field splits on its last ':' into member and field name.
+-- The cooldown truth is the cooling set; the state fields only carry counters and history, so
+-- a field edited into garbage never changes which profiles can be picked.
 
 local K_PROFILES, K_STATE, K_COOLING, K_READY, K_EVENTS, K_RANKED, K_META
 BEGIN[#BEGIN + 1] = function()
@@ -22,40 +19,124 @@ BEGIN[#BEGIN + 1] = function()
   K_EVENTS, K_RANKED, K_META = KEYS[5], KEYS[6], KEYS[7]
 end
 
--- The last state record this library wrote for each profile (see remember in _lib.lua): the
--- next report on a profile usually reads it, and takes a copy instead of decoding and checking
--- the text (~10% of a failure report's instructions, callgrind).
-local WRITTEN_STATES = {by = {}, n = 0}
-
--- Parse a stored state record (id: the profile's, to find the record this library last wrote
--- for it, or nil); returns (state, nil) or (nil, broken_field). No record: {}.
-local function parse_state(raw, id)
-  if not raw then return {}, nil end
-  local written = id and recall(WRITTEN_STATES, id, raw)
-  if written then
-    local copy = {}
-    for k, v in pairs(written) do copy[k] = v end
-    return copy, nil
-  end
-  local s = decode(raw)
-  if not s then return nil, 'state' end
-  if bad_number(s.failures) then return nil, 'failures' end
-  if bad_number(s.billing_failures) then return nil, 'billing_failures' end
-  if bad_number(s.last_failure_ms) then return nil, 'last_failure_ms' end
-  if bad_number(s.last_billing_ms) then return nil, 'last_billing_ms' end
-  if bad_number(s.failures_total) then return nil, 'failures_total' end
-  return s, nil
+-- The elements of a list as separate values (the embedded backend's Lua has no unpack).
+local function unpack(list, i)
+  i = i or 1
+  if i <= #list then return list[i], unpack(list, i + 1) end
 end
 
--- Write a state record; s is kept as it is (see WRITTEN_STATES): the caller must not change it
--- afterwards.
-local function save_state(id, s)
-  local text = cjson.encode(s)
-  redis.call('HSET', K_STATE, id, text)
-  remember(WRITTEN_STATES, id, text, s)
+-- The numeric fields of a profile (ms on Redis time, or counts), then its text fields.
+local NUMBER_FIELDS = {
+  'failures', 'billing_failures', 'failures_total', 'last_failure_ms', 'last_billing_ms',
+  'last_error_ms', 'cooldown_until_ms', 'last_used_ms',
+}
+-- gen: the profile's generation, a token that a sticky session's binding names (a profile
+-- removed and added again gets a new one, so old bindings stop holding). It is kept here, not
+-- in the definition, so that a pick reads it without decoding JSON (decoding was a quarter of
+-- a pick's Redis CPU). Definitions imported from a format-1 export still carry a "gen" of
+-- their own, which nothing reads.
+local TEXT_FIELDS = {'gen', 'cooldown_kind', 'last_error', 'last_error_kind'}
+-- The fields of a (profile, model) pair: both numeric.
+local PAIR_FIELDS = {'failures', 'last_failure_ms'}
+
+-- The hash field names of one member's fields.
+local function field_names(member, names)
+  local out = {}
+  for i, name in ipairs(names) do out[i] = member .. ':' .. name end
+  return out
+end
+
+-- A stored numeric value: (number, true) when it is a non-negative finite number, (nil, true)
+-- when absent, (nil, false) when it is anything else (a hand edit).
+local function read_number(text)
+  if text == false or text == nil then return nil, true end
+  local n = tonumber(text)
+  if n == nil or n ~= n or n < 0 or n >= 1e300 then return nil, false end
+  return n, true
+end
+
+-- A sorted-set score as a number (Redis writes infinities as 'inf' and '-inf'); nil for none.
+-- A cooldown ending at +inf is one an operator set to last until cleared (ZADD ... +inf id).
+local function score_of(text)
+  if text == 'inf' then return math.huge end
+  if text == '-inf' then return -math.huge end
+  return tonumber(text)
+end
+
+-- Refuse to start writing when a key this call will write without reading it first holds
+-- another type (a hand edit): Redis does not undo a script's earlier writes when a later one
+-- fails. Returns an error reply naming the key, or nil.
+local function wrong_type(expected)
+  for key, kind in pairs(expected) do
+    local actual = redis.call('TYPE', key)
+    actual = type(actual) == 'table' and actual.ok or actual
+    if actual ~= 'none' and actual ~= kind then
+      return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. actual .. ', not a ' .. kind)
+    end
+  end
+  return nil
+end
+
+-- Read numeric fields of a member, and text fields (texts: optional), in one HMGET. Returns a
+-- table name -> number or text (absent and broken fields left out) and the list of the broken
+-- numeric fields' names (empty when none is).
+local function read_numbers(member, names, texts)
+  local all = {}
+  for i, name in ipairs(names) do all[i] = name end
+  for _, name in ipairs(texts or {}) do all[#all + 1] = name end
+  local stored = redis.call('HMGET', K_STATE, unpack(field_names(member, all)))
+  local values, broken = {}, {}
+  for i, name in ipairs(all) do
+    if i > #names then
+      values[name] = stored[i] or nil
+    else
+      local n, ok = read_number(stored[i])
+      values[name] = n
+      if not ok then broken[#broken + 1] = name end
+    end
+  end
+  return values, broken
+end
+
+-- Write fields of a member: values is a table name -> number or text (numbers are written as
+-- integers: every numeric field is a count or a time in ms).
+local function write_fields(member, values)
+  local args = {}
+  for name, value in pairs(values) do
+    if type(value) == 'number' then value = int(value) end
+    args[#args + 1] = member .. ':' .. name
+    args[#args + 1] = value
+  end
+  if #args > 0 then redis.call('HSET', K_STATE, unpack(args)) end
+end
+
+-- Delete fields of a member.
+local function delete_fields(member, names)
+  redis.call('HDEL', K_STATE, unpack(field_names(member, names)))
+end
+
+-- The next value of a pool counter: 'seq' (rotation) or 'gen' (generations). A counter edited
+-- by hand into something HINCRBY refuses is first set past every value it may have handed
+-- out (seq: the highest rotation sequence; gen: Redis time in ms, beyond any count of
+-- generations), so that a hand edit never stops picks or additions.
+local function next_counter(name)
+  local reply = redis.pcall('HINCRBY', K_META, name, 1)
+  if type(reply) == 'number' then return reply end
+  local restart = now_ms()
+  if name == 'seq' then
+    local last = redis.call('ZRANGE', K_READY, -1, -1, 'WITHSCORES')
+    restart = tonumber(last[2]) or 0
+  end
+  redis.call('HSET', K_META, name, int(restart))
+  return redis.call('HINCRBY', K_META, name, 1)
+end
+
+-- Delete every state field of a profile itself (not those of its (profile, model) pairs).
+local function drop_profile_fields(id)
+  delete_fields(id, NUMBER_FIELDS)
+  delete_fields(id, TEXT_FIELDS)
 end
 
 local function emit(etype, id, data, now)
   emit_to(K_EVENTS, etype, id, data, now)
 end
-

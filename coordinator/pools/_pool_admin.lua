@@ -2,11 +2,6 @@
 -- of _pool.lua so that each operation's library holds only the helpers it uses.
 --!include _pool_rotation.lua
 
--- Load a profile's state; returns (state, nil) or (nil, broken_field).
-local function load_state(id)
-  return parse_state(redis.call('HGET', K_STATE, id), id)
-end
-
 local function dequeue(id, def)
   local seq = redis.call('ZSCORE', K_READY, id)
   if seq and def then redis.call('ZREM', K_RANKED, rank_member(def, tonumber(seq), id)) end
@@ -26,7 +21,8 @@ local function delete_prefixed(scan, delete, key, prefix)
   until cursor == '0'
 end
 
--- Remove every (profile, model) entry of one profile (rare: removal and manual clearing).
+-- Remove every (profile, model) entry of one profile (rare: removal and manual clearing):
+-- its pair cooldowns and the "<id>|<model>:<field>" state fields.
 local function drop_model_entries(id)
   delete_prefixed('ZSCAN', 'ZREM', K_COOLING, id .. '|')
   delete_prefixed('HSCAN', 'HDEL', K_STATE, id .. '|')

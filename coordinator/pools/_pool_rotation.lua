@@ -7,7 +7,6 @@ local function check_def(d)
   if not d then return nil, 'definition' end
   if type(d.priority) ~= 'number' or d.priority ~= d.priority then return nil, 'priority' end
   if d.type ~= 'api-key' and d.type ~= 'oauth' then return nil, 'type' end
-  if type(d.gen) ~= 'number' then return nil, 'gen' end
   if type(d.credential) ~= 'table' then return nil, 'credential' end
   return d, nil
 end
@@ -30,7 +29,7 @@ end
 -- Put a profile at the end of the rotation (ready + ranked). A broken definition stays out of
 -- the ranked index (selection skips it) until add_profile rewrites it.
 local function enqueue(id, def)
-  local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+  local seq = next_counter('seq')
   redis.call('ZADD', K_READY, seq, id)
   if def then redis.call('ZADD', K_RANKED, 0, rank_member(def, seq, id)) end
   return seq
@@ -42,8 +41,8 @@ end
 -- (whole profiles and (profile, model) pairs alike), so nothing else has to remember it.
 local SWEEP_LIMIT = 100
 local function sweep(now)
-  local first = redis.call('ZRANGE', K_COOLING, '0', '0', 'WITHSCORES')
-  if not first[2] or tonumber(first[2]) > now then return end
+  local first = redis.call('ZRANGE', K_COOLING, 0, 0, 'WITHSCORES')
+  if not first[2] or score_of(first[2]) > now then return end
   local due_now = redis.call('ZRANGEBYSCORE', K_COOLING, '-inf', now, 'LIMIT', 0, SWEEP_LIMIT)
   for _, member in ipairs(due_now) do
     redis.call('ZREM', K_COOLING, member)
@@ -55,12 +54,7 @@ local function sweep(now)
       end
     elseif redis.call('HEXISTS', K_PROFILES, member) == 1 then
       enqueue(member, (load_def(member)))
-      local s = parse_state(redis.call('HGET', K_STATE, member), member)
-      if s and s.cooldown_kind then
-        s.cooldown_until_ms = nil
-        s.cooldown_kind = nil
-        save_state(member, s)
-      end
+      delete_fields(member, {'cooldown_kind', 'cooldown_until_ms'})
       emit('profile:recovered', member, {}, now)
     end
   end

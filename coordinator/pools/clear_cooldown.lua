@@ -1,9 +1,9 @@
 -- clear_cooldown.lua: end a profile's cooldowns now and reset its counters (operator action).
--- KEYS[1..7]  the static pool keys (see _pool.lua)
+-- KEYS[1..7]  the pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] profile id
 -- Returns {'missing'} | {'cleared', was cooling 0|1}
--- Also repairs a state record edited into an invalid form (it is replaced by a clean one that
--- keeps the usage figures that are still readable).
+-- Also repairs state fields edited into an invalid form (they are deleted; the usage figures
+-- that are still readable are kept) and gives a profile whose generation was deleted a new one.
 --!include _pool_admin.lua
 
 local id = ARGV[2]
@@ -16,12 +16,13 @@ local pair_count = redis.call('ZCARD', K_COOLING)
 drop_model_entries(id)
 local pairs_cleared = pair_count - redis.call('ZCARD', K_COOLING)
 if not redis.call('ZSCORE', K_READY, id) then enqueue(id, def) end
-local state = load_state(id) or {}
-state.failures = 0
-state.billing_failures = 0
-state.cooldown_until_ms = nil
-state.cooldown_kind = nil
-save_state(id, state)
+local _values, broken = read_numbers(id, NUMBER_FIELDS)
+if #broken > 0 then delete_fields(id, broken) end
+delete_fields(id, {'cooldown_until_ms', 'cooldown_kind'})
+write_fields(id, {failures = 0, billing_failures = 0})
+if not redis.call('HGET', K_STATE, id .. ':gen') then
+  write_fields(id, {gen = next_counter('gen')})
+end
 if was_cooling == 1 or pairs_cleared > 0 then
   emit('profile:recovered', id, {manual = true}, now)
 end

@@ -23,10 +23,15 @@ STRATEGIES: tuple[str, ...] = get_args(Strategy)
 
 _MINUTE_MS = 60_000
 _HOUR_MS = 60 * _MINUTE_MS
+# Upper bounds of durations: beyond them a value is a mistake (and past ~2^53 ms, Redis time
+# plus the value is no longer an exact integer in Lua).
+_MAX_MS = 10 * 365 * 24 * _HOUR_MS
+_MAX_SESSION_TTL_S = 365 * 24 * 3600.0
+_MAX_MULTIPLIER = 1000.0
 
 
-def _positive(name: str, value: object) -> float:
-    return number(name, value, strict=True)
+def _positive(name: str, value: object, high: float = _MAX_MS) -> float:
+    return number(name, value, strict=True, high=high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +45,7 @@ class CooldownPolicy:
     def __post_init__(self) -> None:
         _positive("base_ms", self.base_ms)
         _positive("cap_ms", self.cap_ms)
-        if _positive("multiplier", self.multiplier) < 1:
+        if _positive("multiplier", self.multiplier, _MAX_MULTIPLIER) < 1:
             raise ConfigError("multiplier", "must be >= 1 (cooldowns never shrink)")
         if self.cap_ms < self.base_ms:
             raise ConfigError("cap_ms", "must be >= base_ms")
@@ -71,6 +76,10 @@ class AuthConfig:
     * ``max_retry_after_ms``: the longest provider ``Retry-After`` honoured.
     * ``event_poll_interval_s``: how often the event subscriber polls the streams on a Cluster
       or the embedded backend (and retries after an error); standalone Redis blocks instead.
+
+    Every number must be finite and positive; durations in ms are at most ten years,
+    ``session_ttl_s`` at most a year, a ``multiplier`` at most 1000 and
+    ``event_poll_interval_s`` at most an hour.
     """
 
     strategy: Strategy = "round-robin"
@@ -93,10 +102,10 @@ class AuthConfig:
         object.__setattr__(self, "strategies", dict(self.strategies))
         if not isinstance(self.session_sticky, bool):
             raise ConfigError("session_sticky", "must be true or false")
-        _positive("session_ttl_s", self.session_ttl_s)
+        _positive("session_ttl_s", self.session_ttl_s, _MAX_SESSION_TTL_S)
         _positive("failure_window_ms", self.failure_window_ms)
         _positive("max_retry_after_ms", self.max_retry_after_ms)
-        _positive("event_poll_interval_s", self.event_poll_interval_s)
+        _positive("event_poll_interval_s", self.event_poll_interval_s, 3600.0)
         for name in ("cooldown", "billing_cooldown"):
             if not isinstance(getattr(self, name), CooldownPolicy):
                 raise ConfigError(name, "must be a CooldownPolicy")

@@ -1,9 +1,9 @@
 -- export_pool.lua: a consistent raw snapshot of one pool (secrets stay ciphertext).
--- KEYS[1..7]  the static pool keys (see _pool.lua)
+-- KEYS[1..7]  the pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms
--- Returns {now, profiles (flat HGETALL), state (flat: profile and "<id>|<model>" records),
---   ready (id, seq flat), cooling (id or "<id>|<model>", until flat), meta (flat)}
--- The caller splits pairs from profiles and "used:<id>" from the counters, so that the
+-- Returns {now, profiles (flat HGETALL), state (flat HGETALL: "<member>:<field>", value),
+--   ready (id, seq flat), cooling (id or "<id>|<model>", until flat), meta (flat HGETALL)}
+-- The caller groups the state fields by member and splits pairs from profiles, so that the
 -- snapshot format does not depend on how the pool is laid out in Redis.
 --!include _pool.lua
 

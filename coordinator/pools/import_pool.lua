@@ -1,9 +1,11 @@
--- import_pool.lua: replace one pool's profiles and health with a snapshot from export_pool.
--- KEYS[1..7]  the static pool keys (see _pool.lua)
+-- import_pool.lua: replace one pool's profiles and health with a snapshot (format 2, see
+-- AuthProfileManager.import_state, which converts older formats first).
+-- KEYS[1..7]  the pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] snapshot JSON:
---   {profiles = {id = definition JSON}, state = {id = state JSON}, ready = {{id, seq}...},
---    cooling = {{id, until}...}, model_cooling = {{pair, until}...},
---    model_state = {pair = JSON}, meta = {seq = n, gen = n}, usage = {id = last used ms}}
+--   {profiles = {id = definition JSON}, state = {id = {field = value}},
+--    model_state = {"<id>|<model>" = {field = value}}, ready = {{id, seq}...},
+--    cooling = {{id, until}...}, model_cooling = {{pair, until}...}, meta = {seq = n, gen = n}}
+--   (values are texts, as stored; the caller checked that field names hold no ':')
 -- Returns the number of profiles imported. The event stream is kept; sessions are not part of
 -- a snapshot. The ranked index is rebuilt from the definitions.
 --!include _pool_rotation.lua
@@ -12,23 +14,21 @@ local snap = cjson.decode(ARGV[2])
 local now = now_ms()
 redis.call('DEL', K_PROFILES, K_STATE, K_COOLING, K_READY, K_RANKED, K_META)  -- not the events
 local count = 0
-for id, raw in pairs(snap.profiles or {}) do
+for id, raw in pairs(snap.profiles) do
   redis.call('HSET', K_PROFILES, id, raw)
   count = count + 1
 end
-for id, raw in pairs(snap.state or {}) do redis.call('HSET', K_STATE, id, raw) end
-for _, entry in ipairs(snap.ready or {}) do
+for _, states in ipairs({snap.state, snap.model_state}) do
+  for member, fields in pairs(states) do write_fields(member, fields) end
+end
+for _, entry in ipairs(snap.ready) do
   redis.call('ZADD', K_READY, entry[2], entry[1])
   local def = load_def(entry[1])
   if def then redis.call('ZADD', K_RANKED, 0, rank_member(def, tonumber(entry[2]), entry[1])) end
 end
-for _, entry in ipairs(snap.cooling or {}) do redis.call('ZADD', K_COOLING, entry[2], entry[1]) end
-for _, entry in ipairs(snap.model_cooling or {}) do
-  redis.call('ZADD', K_COOLING, entry[2], entry[1])
+for _, list in ipairs({snap.cooling, snap.model_cooling}) do
+  for _, entry in ipairs(list) do redis.call('ZADD', K_COOLING, entry[2], entry[1]) end
 end
-for pair, raw in pairs(snap.model_state or {}) do redis.call('HSET', K_STATE, pair, raw) end
-for id, ms in pairs(snap.usage or {}) do redis.call('HSET', K_META, 'used:' .. id, int(ms)) end
-local meta = snap.meta or {}
-redis.call('HSET', K_META, 'seq', int(tonumber(meta.seq) or 0), 'gen', int(tonumber(meta.gen) or 0))
+redis.call('HSET', K_META, 'seq', int(snap.meta.seq or 0), 'gen', int(snap.meta.gen or 0))
 emit('pool:imported', '', {profiles = count}, now)
 return count

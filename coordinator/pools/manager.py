@@ -1,44 +1,51 @@
 """AuthProfileManager: pools of credentials per provider, shared by every replica.
 
 All state lives in Redis under ``<ns>:{pool:<provider>}:*`` and every decision is one Lua
-script (``coordinator/lua``) on Redis time: selection, cooldowns, recovery and sticky sessions
-behave the same whichever replica asks. This module validates input, passes keys and
+script (the ``.lua`` files of this folder) on Redis time: selection, cooldowns, recovery and
+sticky sessions behave the same whichever replica asks. This module validates input, passes keys and
 arguments, decodes replies and raises clear errors; it decides nothing on its own clock.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
+import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
-from ..errors import ConfigError, CorruptStateError, NoProfileAvailableError, ProfileNotFoundError
+from ..errors import (
+    ConfigError,
+    CorruptStateError,
+    NoProfileAvailableError,
+    ProfileNotFoundError,
+    SecretError,
+    StoreUnavailableError,
+)
 from ..events import Event, EventHub, EventSource
 from ..failures import FailureKind
 from ..store.connection import Store
 from ..store.keys import IndexKeys, PoolKeys, validate_id, validate_name, validate_session_id
 from ..store.parsed import ParsedDefinitions
 from ..store.secrets import redact
-from ..validation import retry_after_ms
+from ..validation import number, retry_after_ms
 from .config import AuthConfig, CooldownPolicy
+from .snapshot import FORMAT, READABLE, checked_pool, pool_from_reply, pool_from_v1, score
 from .types import AuthProfile, CooldownResult, ProfileStatus
 
 __all__ = ["AuthProfileManager"]
 
 log = logging.getLogger("coordinator.profiles")
 
-_SNAPSHOT_FORMAT = 1
+# The type of each key of PoolKeys.all_static(), in that order (a session key is a string).
+_KEY_TYPES = ("hash", "hash", "zset", "zset", "stream", "zset", "hash")
 # Picks made again after skipping a definition that does not parse, before giving up.
 _CORRUPT_RETRIES = 8
-_BILLING = FailureKind.BILLING
-# The reports are given only the first static keys they touch (see lua/_pool.lua).
-_ALL_KEYS = 7
-_KEYS_NEEDED = {"mark_success": 2, "mark_failed": 5}
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -65,11 +72,9 @@ class AuthProfileManager(EventSource):
         self.config = config or AuthConfig()
         self._index = IndexKeys(store.namespace)
         self._pool_keys: dict[str, PoolKeys] = {}
-        self._static_keys: dict[tuple[str, int], list[bytes]] = {}
         self._pool_of: dict[str, str] = {}
         self._parsed = ParsedDefinitions(self._parse_definition)
         self._sleep = sleep
-        self._policy_args = self._build_policy_args()
         self.events = EventHub(
             store, self._event_streams, poll_interval_s=self.config.event_poll_interval_s
         )
@@ -79,22 +84,20 @@ class AuthProfileManager(EventSource):
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def _build_policy_args(self) -> dict[bool, str]:
-        """mark_failed's policy argument per cooldown class (billing or not): only the schedule
-        that applies is sent, as one comma-separated argument (this is a hot path)."""
+    def _policy_args(self, failure: FailureKind) -> list[float]:
+        """mark_failed's schedule arguments: the cooldown class of ``failure`` (billing or
+        ordinary), the failure window and the longest honoured retry-after."""
         c = self.config
-
-        def policy(schedule: CooldownPolicy) -> str:
-            values = [
-                schedule.base_ms,
-                schedule.multiplier,
-                schedule.cap_ms,
-                c.failure_window_ms,
-                c.max_retry_after_ms,
-            ]
-            return ",".join(repr(v) for v in values)
-
-        return {False: policy(c.cooldown), True: policy(c.billing_cooldown)}
+        schedule: CooldownPolicy = (
+            c.billing_cooldown if failure is FailureKind.BILLING else c.cooldown
+        )
+        return [
+            schedule.base_ms,
+            schedule.multiplier,
+            schedule.cap_ms,
+            c.failure_window_ms,
+            c.max_retry_after_ms,
+        ]
 
     def _keys(self, provider: str) -> PoolKeys:
         keys = self._pool_keys.get(provider)
@@ -102,14 +105,33 @@ class AuthProfileManager(EventSource):
             keys = self._pool_keys[provider] = PoolKeys(self.store.namespace, provider)
         return keys
 
-    def _static(self, provider: str, count: int = _ALL_KEYS) -> list[bytes]:
-        """The first ``count`` of the pool's static keys (all seven, or the ones a report
-        needs), encoded once: they are on every hot path."""
-        static = self._static_keys.get((provider, count))
-        if static is None:
-            keys = self._keys(provider).all_static()[:count]
-            static = self._static_keys[provider, count] = [k.encode() for k in keys]
-        return static
+    async def _run(
+        self, script: str, provider: str, args: Sequence[Any], session_key: str | None = None
+    ) -> Any:
+        """Run a pool script with the pool's keys (and a session's). A key of the wrong type (a
+        hand edit) is reported as :class:`CorruptStateError` naming the key."""
+        keys = self._keys(provider).all_static()
+        if session_key is not None:
+            keys.append(session_key)
+        try:
+            return await self.store.run(script, keys, args)
+        except StoreUnavailableError as exc:
+            if "WRONGTYPE" not in str(exc):
+                raise
+            wrong = await self._wrong_type(keys)
+            if wrong is None:
+                raise
+            raise wrong from exc
+
+    async def _wrong_type(self, keys: Sequence[str]) -> CorruptStateError | None:
+        """The first of a pool script's keys that holds another type than the pool's layout
+        says (rare: only after a script failed with WRONGTYPE)."""
+        for key, expected in zip(keys, [*_KEY_TYPES, "string"], strict=False):
+            actual = await self.store.command("TYPE", key)
+            if actual not in ("none", expected):
+                detail = f"holds a {actual}, not a {expected}: delete it or import an export"
+                return CorruptStateError(key, "type", detail)
+        return None
 
     async def _providers(self) -> list[str]:
         members = await self.store.command("SMEMBERS", self._index.pools)
@@ -149,13 +171,12 @@ class AuthProfileManager(EventSource):
             provider = await self._locate(profile_id, refresh=True)
             if provider is None:
                 return None, None
-        count = _KEYS_NEEDED.get(script, _ALL_KEYS)
-        reply = await self.store.run(script, self._static(provider, count), args)
+        reply = await self._run(script, provider, args)
         if _is_missing(reply):
             fresh = await self._locate(profile_id, refresh=True)
             if fresh is not None and fresh != provider:
                 provider = fresh
-                reply = await self.store.run(script, self._static(provider, count), args)
+                reply = await self._run(script, provider, args)
         return provider, reply
 
     # -- profiles ------------------------------------------------------------------------
@@ -180,8 +201,7 @@ class AuthProfileManager(EventSource):
             pipe.hset(self._index.profiles, profile.id, profile.provider)
             pipe.sadd(self._index.pools, profile.provider)
             await pipe.execute()
-        keys = self._keys(profile.provider)
-        await self.store.run("add_profile", keys.all_static(), [profile.id, orjson.dumps(record)])
+        await self._run("add_profile", profile.provider, [profile.id, orjson.dumps(record)])
         self._pool_of[profile.id] = profile.provider
         return profile
 
@@ -250,11 +270,10 @@ class AuthProfileManager(EventSource):
         wait_s: float = 0.0,
     ) -> AuthProfile:
         """Like :meth:`get_next_profile`, but raise :class:`NoProfileAvailableError` (with the
-        time until the soonest recovery) when nothing is usable, or wait up to ``wait_s`` for
-        that recovery first."""
-        if isinstance(wait_s, bool) or not isinstance(wait_s, int | float) or wait_s < 0:
-            raise ConfigError("wait_s", "must be a number >= 0")
-        excluded = tuple(exclude)
+        time until the soonest recovery) when nothing is usable, or wait up to ``wait_s`` (a
+        finite number of seconds >= 0) for that recovery first."""
+        number("wait_s", wait_s)
+        excluded = _excluded(exclude)
         budget_ms = wait_s * 1000.0
         while True:
             profile, retry_in = await self._pick(provider, session_id, model, excluded)
@@ -273,28 +292,20 @@ class AuthProfileManager(EventSource):
         model: str | None,
         exclude: Iterable[str],
     ) -> tuple[AuthProfile | None, int | None]:
-        script_keys = self._static_keys.get((provider, _ALL_KEYS)) or self._static(
-            validate_name(provider)
-        )
-        ttl_ms: int | str = ""
+        """One pick (one round trip, more only past a definition that does not parse):
+        ``(profile, None)``, or ``(None, ms until the soonest recovery or None)``."""
+        keys = self._keys(validate_name(provider))
+        model = _checked_model(model)
+        session_key, ttl_ms = None, 0
         if session_id is not None and self.config.session_sticky:
-            session_key = self._keys(provider).session(validate_session_id(session_id))
-            script_keys = [*script_keys, session_key.encode()]
+            session_key = keys.session(validate_session_id(session_id))
             ttl_ms = math.ceil(self.config.session_ttl_s * 1000)
         strategy = self.config.strategy_for(provider)
-        excluded = list(exclude)
+        fraction = random.random() if strategy == "random" else 0
+        excluded = list(_excluded(exclude))
         for _ in range(_CORRUPT_RETRIES):
-            args = _without_empty_tail(
-                [
-                    strategy,
-                    model or "",
-                    ttl_ms,
-                    random.random() if strategy == "random" else "",
-                    len(excluded) or "",
-                    *excluded,
-                ]
-            )
-            reply = await self.store.run("pick", script_keys, args)
+            args = [strategy, model or "", ttl_ms, fraction, *excluded]
+            reply = await self._run("pick", provider, args, session_key)
             if int(reply[0]) == 0:
                 retry_in = int(reply[1])
                 return None, (retry_in if retry_in >= 0 else None)
@@ -302,22 +313,18 @@ class AuthProfileManager(EventSource):
                 profile = self._parsed.get(reply[1], reply[2])
                 break
             except CorruptStateError as exc:
-                # The script checks only what it needs (the shape add_profile writes); a
-                # definition edited by hand into something else is skipped here, and the pick
-                # is made again without it, so that it never stops the others being picked.
+                # The script decodes a definition only when selection needs its fields (the
+                # priority walk); one edited by hand into something the client cannot read is
+                # skipped here, and the pick made again without it, so that it never stops the
+                # others being picked.
                 log.warning("profile %s: skipped a corrupt definition (%s)", reply[1], exc)
                 excluded.append(reply[1])
         else:
             raise CorruptStateError(provider, "definitions", "too many corrupt profiles in a row")
         if self.events.has_subscribers:
+            data = {"reason": reply[3], "session": session_id, "model": model}
             await self.events.emit_local(
-                Event(
-                    type="profile:selected",
-                    profile_id=profile.id,
-                    source=provider,
-                    ts_ms=int(reply[4]),
-                    data={"reason": reply[3], "session": session_id, "model": model},
-                )
+                Event("profile:selected", profile.id, provider, int(reply[4]), data)
             )
         return profile, None
 
@@ -331,10 +338,7 @@ class AuthProfileManager(EventSource):
         validate_session_id(session_id)
         providers = [validate_name(provider)] if provider else await self._providers()
         for name in providers:
-            keys = self._keys(name)
-            bound = await self.store.run(
-                "session_get", [*keys.all_static(), keys.session(session_id)], []
-            )
+            bound = await self._run("session_get", name, [], self._keys(name).session(session_id))
             if bound:
                 try:
                     return await self.get_profile(bound)
@@ -364,46 +368,57 @@ class AuthProfileManager(EventSource):
         """Record a failure (one round trip) and cool the profile down by the rules of
         ``kind``. A profile another replica removed meanwhile is reported as ``missing``."""
         failure = FailureKind.parse(kind)
+        model = _checked_model(model)
         text = error if isinstance(error, str) else _describe(error)
-        # failure is a StrEnum (sent as its value); the optional retry-after and model are sent
-        # only when given (every argument costs time on the hot path).
         args: list[Any] = [
             profile_id,
-            failure,
-            redact(text),
-            self._policy_args[failure is _BILLING],
+            failure.value,
+            redact(text, self._keys_in(text, profile_id)),
+            *self._policy_args(failure),
+            retry_after_ms(retry_after_s),
+            model or "",
         ]
-        if retry_after_s is not None or model:
-            args.append(retry_after_ms(retry_after_s))
-            if model:
-                args.append(model)
         _provider, reply = await self._run_for_profile("mark_failed", profile_id, args)
         if reply is None or _is_missing(reply):
             return CooldownResult("missing")
         if reply[0] == "ignored":
             return CooldownResult("ignored")
         if reply[5]:
-            log.warning(
-                "profile %s: replaced corrupt state record (field %s)", profile_id, reply[5]
-            )
-        return CooldownResult("cooling", int(reply[1]), int(reply[2]), int(reply[3]), reply[4])
+            log.warning("profile %s: replaced a corrupt state field (%s)", profile_id, reply[5])
+        until, duration = int(reply[1]), int(reply[2])
+        if until < 0:  # benched until cleared
+            return CooldownResult("cooling", None, None, int(reply[3]), reply[4])
+        return CooldownResult("cooling", until, duration, int(reply[3]), reply[4])
+
+    def _keys_in(self, text: str, profile_id: str) -> list[str]:
+        """The API keys of the reported profile's pool that this replica can read (of the
+        profiles it has parsed: it picked them or read them) and that ``text`` contains: an
+        error text may echo a key of any shape, which the token patterns of ``redact`` miss."""
+        provider = self._pool_of.get(profile_id)
+        if not text or provider is None:
+            return []
+        found = []
+        for pid, pool in list(self._pool_of.items()):
+            profile = self._parsed.latest(pid) if pool == provider else None
+            value = _readable_key(profile) if profile is not None else ""
+            if value and value in text:
+                found.append(value)
+        return found
 
     async def mark_success(self, profile_id: str, model: str | None = None) -> bool:
         """Record a success (one round trip): failure counters reset. Returns ``False`` if
         the profile no longer exists."""
-        args = [profile_id, model] if model else [profile_id]
+        args = [profile_id, _checked_model(model) or ""]
         _provider, reply = await self._run_for_profile("mark_success", profile_id, args)
         if reply is None or _is_missing(reply):
             return False
         if reply[1]:
-            log.warning(
-                "profile %s: replaced corrupt state record (field %s)", profile_id, reply[1]
-            )
+            log.warning("profile %s: replaced a corrupt state field (%s)", profile_id, reply[1])
         return True
 
     async def clear_cooldown(self, profile_id: str) -> bool:
-        """End a profile's cooldowns now and reset its counters (also repairs a corrupt state
-        record). Returns whether it was cooling down. Unknown id: ``ProfileNotFoundError``."""
+        """End a profile's cooldowns now and reset its counters (also repairs corrupt state
+        fields). Returns whether it was cooling down. Unknown id: ``ProfileNotFoundError``."""
         _provider, reply = await self._run_for_profile("clear_cooldown", profile_id, [profile_id])
         if reply is None or _is_missing(reply):
             raise ProfileNotFoundError(profile_id)
@@ -412,21 +427,44 @@ class AuthProfileManager(EventSource):
     # -- status and snapshots --------------------------------------------------------------
 
     async def get_status(self, provider: str | None = None) -> list[ProfileStatus]:
-        """Health of every profile (of one provider), computed on Redis time."""
-        providers = [validate_name(provider)] if provider else await self._providers()
+        """Health of every profile (of one provider), computed on Redis time. Of all pools, a
+        pool with a key of the wrong type is left out (and logged); asked for by name, it
+        raises :class:`CorruptStateError` naming the key."""
+        if provider:
+            return await self._pool_status(validate_name(provider))
         out: list[ProfileStatus] = []
-        for name in providers:
-            reply = await self.store.run(
-                "status", self._keys(name).all_static(), [self.config.failure_window_ms]
-            )
-            now = int(reply[0])
-            pair_cooldowns: dict[str, dict[str, int]] = {}
-            for pair, until in _pairs(reply[2]):
-                pid, _, model = pair.partition("|")
-                pair_cooldowns.setdefault(pid, {})[model] = max(0, int(float(until)) - now)
-            for row in reply[1]:
-                out.append(_status_row(name, now, row, pair_cooldowns.get(row[0], {})))
+        for name in await self._providers():
+            try:
+                out.extend(await self._pool_status(name))
+            except CorruptStateError as exc:
+                log.warning("pool %s left out of the status: %s", name, exc)
         return out
+
+    async def _pool_status(self, name: str) -> list[ProfileStatus]:
+        reply = await self._run("status", name, [self.config.failure_window_ms])
+        now = int(reply[0])
+        pair_cooldowns: dict[str, dict[str, int]] = {}
+        for pair, until in _pairs(reply[2]):
+            pid, _, model = pair.partition("|")
+            end = score(until)
+            left = -1 if end == "+inf" else max(0, end - now) if isinstance(end, int) else 0
+            pair_cooldowns.setdefault(pid, {})[model] = left
+        out = []
+        for row in reply[1]:
+            status = _status_row(name, now, row, pair_cooldowns.get(row[0], {}))
+            out.append(self._with_definition_checked(status, row[1]))
+        return out
+
+    def _with_definition_checked(self, status: ProfileStatus, raw: str) -> ProfileStatus:
+        """A status row whose definition the script accepted but the client cannot read (as a
+        pick would find) is marked broken, naming the field."""
+        if status.broken_field is not None or not raw:
+            return status
+        try:
+            self._parsed.get(status.id, raw)
+        except CorruptStateError as exc:
+            return dataclasses.replace(status, broken_field=exc.field, healthy=False)
+        return status
 
     async def export_state(self) -> dict[str, Any]:
         """A JSON-able snapshot of every pool: profiles (keys stay encrypted), counters and
@@ -434,46 +472,50 @@ class AuthProfileManager(EventSource):
         pools: dict[str, Any] = {}
         exported_at = 0
         for name in await self._providers():
-            reply = await self.store.run("export_pool", self._keys(name).all_static(), [])
+            reply = await self._run("export_pool", name, [])
             exported_at = int(reply[0])
-            pools[name] = _snapshot_pool(reply)
+            pools[name] = pool_from_reply(reply)
         return {
-            "format": _SNAPSHOT_FORMAT,
+            "format": FORMAT,
             "namespace": self.store.namespace,
             "exported_at_ms": exported_at,
             "pools": pools,
         }
 
     async def import_state(self, snapshot: Mapping[str, Any]) -> int:
-        """Replace the pools named in ``snapshot`` (from :meth:`export_state`). Returns the
-        number of profiles imported. Keys decrypt only with the same secret key."""
-        if not isinstance(snapshot, Mapping) or snapshot.get("format") != _SNAPSHOT_FORMAT:
-            raise ConfigError("snapshot", f"expected an export with format {_SNAPSHOT_FORMAT}")
+        """Replace the pools named in ``snapshot`` (from :meth:`export_state`, of this version
+        or the previous format). Returns the number of profiles imported. Keys decrypt only
+        with the same secret key."""
+        if not isinstance(snapshot, Mapping) or snapshot.get("format") not in READABLE:
+            raise ConfigError("snapshot", f"expected an export with format {FORMAT} (or 1)")
         pools = snapshot.get("pools")
         if not isinstance(pools, Mapping):
             raise ConfigError("snapshot.pools", "must be a mapping of provider to pool")
-        total = 0
+        checked: dict[str, dict[str, Any]] = {}
         for name, pool in pools.items():
             validate_name(name, "snapshot.pools")
-            if not isinstance(pool, Mapping) or not isinstance(pool.get("profiles"), Mapping):
-                raise ConfigError(f"snapshot.pools.{name}", "malformed pool")
-            for pid, raw in pool["profiles"].items():
-                validate_id(pid, f"snapshot.pools.{name}.profiles")
+            if snapshot["format"] == 1 and isinstance(pool, Mapping):
+                pool = pool_from_v1(pool)
+            checked[name] = checked_pool(name, pool)
+            for raw in checked[name]["profiles"].values():
                 AuthProfile.from_record(raw, self.store.box)  # refuse garbage before writing
-            total += int(
-                await self.store.run(
-                    "import_pool", self._keys(name).all_static(), [orjson.dumps(dict(pool))]
-                )
-            )
-            async with self.store.guard("index import"):
-                pipe = self.store.client.pipeline(transaction=False)
-                pipe.sadd(self._index.pools, name)
-                for pid in pool["profiles"]:
-                    pipe.hset(self._index.profiles, pid, name)
-                await pipe.execute()
-            for pid in pool["profiles"]:
-                self._pool_of[pid] = name
+        total = 0
+        for name, pool in checked.items():
+            total += int(await self._run("import_pool", name, [orjson.dumps(pool)]))
+            await self._index_pool(name, pool["profiles"])
         return total
+
+    async def _index_pool(self, name: str, profile_ids: Iterable[str]) -> None:
+        """Point the locator at an imported pool's profiles."""
+        ids = list(profile_ids)
+        async with self.store.guard("index import"):
+            pipe = self.store.client.pipeline(transaction=False)
+            pipe.sadd(self._index.pools, name)
+            for pid in ids:
+                pipe.hset(self._index.profiles, pid, name)
+            await pipe.execute()
+        for pid in ids:
+            self._pool_of[pid] = name
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -482,43 +524,42 @@ class AuthProfileManager(EventSource):
         await self.events.close()
 
 
-def _without_empty_tail(args: list[Any]) -> list[Any]:
-    """Drop trailing ``""`` arguments: the scripts read a missing optional argument as empty,
-    and every argument sent costs the client and Redis time on the hot path."""
-    while args and args[-1] == "":
-        args.pop()
-    return args
+def _readable_key(profile: AuthProfile) -> str:
+    """The API key of a profile as this replica reads it; ``""`` when it cannot (its variable
+    is not set here, the key does not decrypt, or it is an OAuth profile)."""
+    if profile.api_key_env is not None:
+        return os.environ.get(profile.api_key_env, "")
+    if profile.api_key is None:
+        return ""
+    try:
+        return profile.api_key.reveal()
+    except SecretError:
+        return ""
 
 
-def _snapshot_pool(reply: Sequence[Any]) -> dict[str, Any]:
-    """One pool of an export, from export_pool's reply: (profile, model) pairs and last-used
-    times are split out of the shared hashes and sets, so the snapshot format stays the same
-    whatever the Redis layout."""
-    state: dict[str, Any] = {}
-    model_state: dict[str, Any] = {}
-    for field, raw in _pairs(reply[2]):
-        (model_state if "|" in field else state)[field] = raw
-    cooling: list[list[Any]] = []
-    model_cooling: list[list[Any]] = []
-    for member, until in _pairs(reply[4]):
-        (model_cooling if "|" in member else cooling).append([member, int(float(until))])
-    meta: dict[str, int] = {}
-    usage: dict[str, int] = {}
-    for field, value in _pairs(reply[5]):
-        if field.startswith("used:"):
-            usage[field[5:]] = int(value)
-        elif field in ("seq", "gen"):
-            meta[field] = int(value)
-    return {
-        "profiles": dict(_pairs(reply[1])),
-        "state": state,
-        "ready": [[k, int(float(v))] for k, v in _pairs(reply[3])],
-        "cooling": cooling,
-        "model_cooling": model_cooling,
-        "model_state": model_state,
-        "meta": meta,
-        "usage": usage,
-    }
+_MODEL_LIMIT = 256
+
+
+def _checked_model(model: object) -> str | None:
+    """A model name as given (``None`` or ``""``: none), or ``ConfigError``: at most 256
+    printable characters without whitespace."""
+    if model is None or model == "":
+        return None
+    if (
+        not isinstance(model, str)
+        or len(model) > _MODEL_LIMIT
+        or not model.isprintable()
+        or any(c.isspace() for c in model)
+    ):
+        raise ConfigError("model", f"must be 1-{_MODEL_LIMIT} printable characters without spaces")
+    return model
+
+
+def _excluded(exclude: Iterable[str]) -> tuple[str, ...]:
+    """The ids to exclude; a single string is refused (it would exclude its characters)."""
+    if isinstance(exclude, str | bytes):
+        raise ConfigError("exclude", "must be a collection of profile ids, not one string")
+    return tuple(exclude)
 
 
 def _is_missing(reply: Any) -> bool:
@@ -537,21 +578,22 @@ def _describe(error: BaseException | None) -> str:
 def _status_row(
     provider: str, now: int, row: Sequence[Any], model_cooldowns: Mapping[str, int]
 ) -> ProfileStatus:
-    pid, raw_def, raw_state, cooling, ready, failures, billing, broken_field, last_used = row
-    # Validation of stored values is the scripts' (load_def/load_state); here we only read.
+    pid, raw_def, state_flat, cooling, ready, failures, billing, broken_field = row
+    # Validation of stored values is the script's (load_def, read_numbers); here we only read.
     broken = broken_field or None
     definition = _json_object(raw_def)
-    state = _json_object(raw_state)
-    until = int(float(cooling)) if cooling not in ("", None) else None
+    state = dict(_pairs(state_flat))
+    end = score(cooling) if cooling not in ("", None) else None
+    until = end if isinstance(end, int) else None
+    until_cleared = end == "+inf"
     remaining = max(0, until - now) if until is not None else 0
-    in_cooldown = remaining > 0
+    in_cooldown = remaining > 0 or until_cleared
+    priority = definition.get("priority")
     return ProfileStatus(
         id=pid,
         provider=provider,
         type=definition.get("type") if isinstance(definition.get("type"), str) else None,
-        priority=definition.get("priority")
-        if isinstance(definition.get("priority"), int)
-        else None,
+        priority=priority if isinstance(priority, int) else None,
         healthy=bool(int(ready)) and not in_cooldown and broken is None,
         in_cooldown=in_cooldown,
         cooldown_remaining_ms=remaining,
@@ -561,10 +603,20 @@ def _status_row(
         billing_failures=int(billing),
         last_error=state.get("last_error"),
         last_error_kind=state.get("last_error_kind"),
-        last_used_ms=int(last_used) if last_used else None,
+        last_used_ms=_whole_ms(state.get("last_used_ms")),
         model_cooldowns=dict(model_cooldowns),
         broken_field=broken,
+        until_cleared=until_cleared,
     )
+
+
+def _whole_ms(text: str | None) -> int | None:
+    """A stored time in ms, or None when absent or not a number (status names it broken)."""
+    try:
+        value = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return int(value) if math.isfinite(value) else None
 
 
 def _json_object(raw: str) -> dict[str, Any]:

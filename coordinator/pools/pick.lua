@@ -1,83 +1,74 @@
 -- pick.lua: choose the next profile of a pool, honouring stickiness, cooldowns and exclusions.
--- KEYS[1..7]  the static pool keys (see _pool.lua); KEYS[8] the session key (optional)
+-- KEYS[1..7]  the pool keys (see _pool.lua); KEYS[8] the session key (optional)
 -- ARGV[1] clock offset ms   ARGV[2] strategy: round-robin | priority | random
--- Optional, left out from the end when empty (each argument costs the client and Redis time):
--- ARGV[3] model ('' for none)   ARGV[4] session TTL ms ('' for none)
+-- ARGV[3] model ('' for none)   ARGV[4] session TTL ms (0 for none)
 -- ARGV[5] a uniform random fraction in [0, 1) from the caller (used by the random strategy:
 --   entropy is not shared state, and Redis's Lua generator gives every server the same
 --   sequence)
--- ARGV[6] count of excluded ids   ARGV[7..] excluded profile ids
+-- ARGV[6..] excluded profile ids
 -- Returns {1, id, definition JSON, reason, now}   reason: sticky | rotation
 --      or {0, soonest recovery in ms (-1 if none is cooling), now}
 -- Cost: O(log n) plus the profiles it has to skip (excluded, model-cooled, broken).
 --!include _pool_rotation.lua
 
 local strategy = ARGV[2]
-local model = ARGV[3] or ''
+local model = ARGV[3]
 local session_ttl = tonumber(ARGV[4]) or 0
 local fraction = tonumber(ARGV[5]) or 0
-local excluded = nil  -- a table only when the caller excludes something (the hot path does not)
-local excluded_count = tonumber(ARGV[6]) or 0
-if excluded_count > 0 then
-  excluded = {}
-  for i = 1, excluded_count do excluded[ARGV[6 + i]] = true end
-end
+local excluded = {}
+for i = 6, #ARGV do excluded[ARGV[i]] = true end
 local session_key = KEYS[8]
 
 local now = now_ms()
 sweep(now)
 
+-- The soonest deadline that would make something usable (cooldowns until cleared, +inf, are
+-- no hint).
 local soonest = nil
 local function consider_until(t)
-  if t and (soonest == nil or t < soonest) then soonest = t end
+  if t and t < math.huge and (soonest == nil or t < soonest) then soonest = t end
 end
 
--- add_profile ends every definition with these fields, so the generation of one written by it
--- is a pattern match away (decoding the JSON cost a plain pick ~10% of its server time). The
--- match is anchored where a plain search near the end finds '"gen":': an unanchored pattern
--- is tried at every byte of the JSON (about 15% of a pick's instructions, measured with
--- callgrind). The tail is at most ~100 bytes, numbers of absurd length fall back to decoding.
-local WRITTEN = '^"gen":(%d+),"created_ms":%d+,"updated_ms":%d+}$'
-local TAIL = 120
+-- Set when a profile found cooling was taken out of the ready set: the walk starts again,
+-- since the ranks after it moved (once per such profile: a hand edit).
+local rotation_changed = false
 
--- A ready profile is usable when not excluded, its definition is sound and, for a model, the
--- (profile, model) pair is not cooling down. Returns its generation (text), its raw JSON and,
--- when decoded (need_def, or a definition not in the shape add_profile writes), the definition.
--- The caller parses the definition it is handed and picks again without it if that fails.
+-- A ready profile is usable when not excluded, it has a definition and, for a model, the
+-- (profile, model) pair is not cooling down. Returns its raw definition JSON and, when
+-- need_def (the priority walk, which ranks by its fields), the decoded definition, which must
+-- then be sound. Otherwise the JSON is not decoded here (that was a quarter of a pick's Redis
+-- CPU): the client parses it, and skips one it cannot read (see AuthProfileManager._pick).
 local function usable(id, need_def)
-  if excluded and excluded[id] then return nil end
+  if excluded[id] then return nil end
   local raw = redis.call('HGET', K_PROFILES, id)
   if not raw then return nil end
-  local def, gen = nil, nil
-  if not need_def then
-    local at = string.find(raw, '"gen":', math.max(1, #raw - TAIL), true)
-    while at do
-      gen = string.match(raw, WRITTEN, at)
-      if gen then break end
-      at = string.find(raw, '"gen":', at + 1, true)
-    end
+  -- Cooling but still in the rotation (an operator's ZADD to the cooling set, e.g. +inf to
+  -- bench it until cleared): the cooling set is the truth, so it leaves the rotation.
+  local cooling_until = score_of(redis.call('ZSCORE', K_COOLING, id))
+  if cooling_until and cooling_until > now then
+    redis.call('ZREM', K_READY, id)
+    rotation_changed = true
+    consider_until(cooling_until)
+    return nil
   end
-  if not gen then
+  local def = nil
+  if need_def then
     def = check_def(decode(raw))
     if not def then return nil end
-    gen = int(def.gen)
   end
   if model ~= '' then
-    local pair_until = redis.call('ZSCORE', K_COOLING, id .. '|' .. model)
-    if pair_until and tonumber(pair_until) > now then
-      consider_until(tonumber(pair_until))
+    local pair_until = score_of(redis.call('ZSCORE', K_COOLING, id .. '|' .. model))
+    if pair_until and pair_until > now then
+      consider_until(pair_until)
       return nil
     end
   end
-  return gen, raw, def
+  return raw, def
 end
 
-local function id_of_member(member)
-  return string.match(member, '^[^|]*|[^|]*|[^|]*|(.*)$')
-end
-
-local chosen, chosen_gen, chosen_raw, chosen_def, chosen_seq = nil, nil, nil, nil, nil
+local chosen, chosen_def, chosen_raw, chosen_seq = nil, nil, nil, nil
 local reason = 'rotation'
+local chosen_gen = nil  -- read once per pick, only when a session needs it
 
 -- Sticky session: keep the bound profile while it is ready, of the same generation, unexpired.
 if session_key then
@@ -86,19 +77,29 @@ if session_key then
     local id, gen, expires = string.match(binding, '^([^\t]*)\t([^\t]*)\t([^\t]*)$')
     local seq = id and tonumber(expires) and tonumber(expires) > now
       and redis.call('ZSCORE', K_READY, id)
-    if seq then
-      local bound_gen, raw = usable(id)
-      if bound_gen == gen then
-        chosen, chosen_gen, chosen_raw, chosen_seq, reason = id, bound_gen, raw, seq, 'sticky'
+    if seq and redis.call('HGET', K_STATE, id .. ':gen') == gen then
+      local raw = usable(id)
+      if raw then
+        chosen, chosen_raw, chosen_seq, chosen_gen, reason = id, raw, seq, gen, 'sticky'
       end
     end
   end
 end
 
--- Walks read one entry first (the common case: it is usable) and then pages of 16; a
--- WITHSCORES page costs the script about a microsecond per entry.
+-- Walks read one entry first (the common case: it is usable) and then pages of 16.
 local PAGE = 16
 local function page_size(offset) if offset == 0 then return 1 end return PAGE end
+
+-- Take the first usable profile of a page of the ready set (id, seq flat).
+local function first_usable(page)
+  for i = 1, #page, 2 do
+    local raw = usable(page[i])
+    if raw then
+      chosen, chosen_raw, chosen_seq = page[i], raw, page[i + 1]
+      return
+    end
+  end
+end
 
 -- random: start at a random rank and take the first usable profile from there (wrapping).
 if not chosen and strategy == 'random' then
@@ -110,11 +111,12 @@ if not chosen and strategy == 'random' then
     local page = redis.call('ZRANGE', K_READY, first,
       math.min(first + page_size(offset), count) - 1, 'WITHSCORES')
     if #page == 0 then break end
-    for i = 1, #page, 2 do
-      local gen, raw = usable(page[i])
-      if gen then chosen, chosen_gen, chosen_raw, chosen_seq = page[i], gen, raw, page[i + 1]; break end
-    end
+    first_usable(page)
     offset = offset + #page / 2
+    if rotation_changed then
+      count, offset, rotation_changed = redis.call('ZCARD', K_READY), 0, false
+      start = math.min(count - 1, math.floor(fraction * count))
+    end
   end
 end
 
@@ -128,10 +130,10 @@ if not chosen and strategy == 'priority' then
     if #page == 0 then break end
     local restart, dropped = false, 0
     for _, member in ipairs(page) do
-      local id = id_of_member(member)
+      local id = string.match(member, '^[^|]*|[^|]*|[^|]*|(.*)$')
       local seq = id and redis.call('ZSCORE', K_READY, id)
-      local gen, raw, def = nil, nil, nil
-      if seq then gen, raw, def = usable(id, true) end
+      local raw, def = nil, nil
+      if seq then raw, def = usable(id, true) end
       if not seq then
         -- Left behind by a cooldown or removal (the ranked index is repaired lazily).
         redis.call('ZREM', K_RANKED, member)
@@ -144,7 +146,7 @@ if not chosen and strategy == 'priority' then
         restart = true
         break
       elseif def then
-        chosen, chosen_gen, chosen_raw, chosen_def, chosen_seq = id, gen, raw, def, seq
+        chosen, chosen_def, chosen_raw, chosen_seq = id, def, raw, seq
         break
       end
     end
@@ -157,18 +159,11 @@ if not chosen and strategy ~= 'priority' and strategy ~= 'random' then
   local offset = 0
   while not chosen do
     local size = page_size(offset)
-    local page
-    if offset == 0 then  -- the common case (page_size(0) is 1), bounds as text (see EVENTS_MAXLEN)
-      page = redis.call('ZRANGE', K_READY, '0', '0', 'WITHSCORES')
-    else
-      page = redis.call('ZRANGE', K_READY, offset, offset + size - 1, 'WITHSCORES')
-    end
+    local page = redis.call('ZRANGE', K_READY, offset, offset + size - 1, 'WITHSCORES')
     if #page == 0 then break end
-    for i = 1, #page, 2 do
-      local gen, raw = usable(page[i])
-      if gen then chosen, chosen_gen, chosen_raw, chosen_seq = page[i], gen, raw, page[i + 1]; break end
-    end
+    first_usable(page)
     offset = offset + size
+    if rotation_changed then offset, rotation_changed = 0, false end
   end
 end
 
@@ -182,13 +177,13 @@ if not chosen then
     if #page == 0 then break end
     for i = 1, #page, 2 do
       if not string.find(page[i], '|', 1, true) then
-        consider_until(tonumber(page[i + 1]))
+        consider_until(score_of(page[i + 1]))
         found = true
         break
       end
     end
     if not found and #page < 2 * PAGE then break end
-    if not found and offset + PAGE >= 64 then consider_until(tonumber(page[#page])) end
+    if not found and offset + PAGE >= 64 then consider_until(score_of(page[#page])) end
     offset = offset + PAGE
   end
   if soonest == nil then return {0, -1, now} end
@@ -199,19 +194,20 @@ end
 -- priority picks keep the ranked index in step; after round-robin or random picks its
 -- entries carry an old sequence, which the priority walk notices and repairs (above).
 if reason == 'rotation' then
-  local seq = redis.call('HINCRBY', K_META, 'seq', 1)
+  local seq = next_counter('seq')
   redis.call('ZADD', K_READY, seq, chosen)
   if strategy == 'priority' then
     redis.call('ZREM', K_RANKED, rank_member(chosen_def, tonumber(chosen_seq), chosen))
     redis.call('ZADD', K_RANKED, 0, rank_member(chosen_def, seq, chosen))
   end
 end
-redis.call('HSET', K_META, 'used:' .. chosen, int(now))
+redis.call('HSET', K_STATE, chosen .. ':last_used_ms', int(now))
 
 if session_key and session_ttl > 0 then
+  chosen_gen = chosen_gen or redis.call('HGET', K_STATE, chosen .. ':gen') or ''
   local binding = chosen .. '\t' .. chosen_gen .. '\t' .. int(now + session_ttl)
-  -- The key's own TTL only collects garbage; validity is decided on Redis time above.
-  redis.call('SET', session_key, binding, 'PX', int(session_ttl + 60000))
+  -- Validity is decided on Redis time above; the key's own TTL (the same) collects it.
+  redis.call('SET', session_key, binding, 'PX', int(session_ttl))
 end
 
 return {1, chosen, chosen_raw, reason, now}

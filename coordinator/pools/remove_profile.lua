@@ -1,5 +1,5 @@
--- remove_profile.lua: delete a profile, its health records and its place in the rotation.
--- KEYS[1..7]  the static pool keys (see _pool.lua)
+-- remove_profile.lua: delete a profile, its state fields and its place in the rotation.
+-- KEYS[1..7]  the pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] profile id
 -- Returns 1 if it existed, else 0.
 -- Sticky sessions bound to it become invalid at once: a binding names the profile's
@@ -13,8 +13,7 @@ local def = load_def(id)
 dequeue(id, def)
 redis.call('ZREM', K_COOLING, id)
 redis.call('HDEL', K_PROFILES, id)
-redis.call('HDEL', K_STATE, id)
-redis.call('HDEL', K_META, 'used:' .. id)
+drop_profile_fields(id)
 drop_model_entries(id)
 emit('profile:removed', id, {}, now)
 return 1

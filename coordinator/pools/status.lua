@@ -1,33 +1,45 @@
 -- status.lua: every profile of a pool with its health, on Redis time.
--- KEYS[1..7]  the static pool keys (see _pool.lua)
+-- KEYS[1..7]  the pool keys (see _pool.lua)
 -- ARGV[1] clock offset ms  ARGV[2] failure window ms
--- Returns {now, {id, definition JSON or '', state JSON or '', cooling until ms or '',
---   ready 0|1, effective failures, effective billing failures, broken field or '',
---   last used ms or ''}...,
---   {pair, until}...}   (the broken field names the first invalid stored value, if any)
---   where the last element lists (profile|model) cooldowns as a flat array.
+-- Returns {now, {id, definition JSON or '', state (flat: field name, value; the fields that
+--   are set), cooling until ms or '', ready 0|1, effective failures, effective billing
+--   failures, broken field or ''}..., {pair, until}...}
+--   The broken field names the first invalid stored value, if any; the last element lists
+--   (profile|model) cooldowns as a flat array.
 -- Recoveries that are due are applied first (and announced once), as in every pool script.
 --!include _pool_admin.lua
 
 local window = tonumber(ARGV[2])
 local now = now_ms()
 sweep(now)
-local rows = {}
-local ids = redis.call('HKEYS', K_PROFILES)
-for _, id in ipairs(ids) do
-  local raw_def = redis.call('HGET', K_PROFILES, id) or ''
-  local raw_state = redis.call('HGET', K_STATE, id) or ''
-  local cooling = redis.call('ZSCORE', K_COOLING, id) or ''
-  local ready = redis.call('ZSCORE', K_READY, id) and 1 or 0
-  local _def, _raw, def_broken = load_def(id)
-  local state, state_broken = load_state(id)
-  local failures, billing = 0, 0
-  if state then
-    if now - (state.last_failure_ms or 0) <= window then failures = state.failures or 0 end
-    if now - (state.last_billing_ms or 0) <= window then billing = state.billing_failures or 0 end
+
+-- A profile's state fields that are set, flat (name, value).
+local function state_of(id)
+  local names = {}
+  for _, name in ipairs(NUMBER_FIELDS) do names[#names + 1] = name end
+  for _, name in ipairs(TEXT_FIELDS) do names[#names + 1] = name end
+  local stored = redis.call('HMGET', K_STATE, unpack(field_names(id, names)))
+  local flat = {}
+  for i, name in ipairs(names) do
+    if stored[i] then
+      flat[#flat + 1] = name
+      flat[#flat + 1] = stored[i]
+    end
   end
-  rows[#rows + 1] = {id, raw_def, raw_state, cooling, ready, failures, billing,
-    def_broken or state_broken or '', redis.call('HGET', K_META, 'used:' .. id) or ''}
+  return flat
+end
+
+local rows = {}
+for _, id in ipairs(redis.call('HKEYS', K_PROFILES)) do
+  local _def, raw_def, def_broken = load_def(id)
+  local state, state_broken = read_numbers(id, NUMBER_FIELDS)
+  local failures, billing = 0, 0
+  if now - (state.last_failure_ms or 0) <= window then failures = state.failures or 0 end
+  if now - (state.last_billing_ms or 0) <= window then billing = state.billing_failures or 0 end
+  rows[#rows + 1] = {id, raw_def or '', state_of(id),
+    redis.call('ZSCORE', K_COOLING, id) or '',
+    redis.call('ZSCORE', K_READY, id) and 1 or 0,
+    failures, billing, def_broken or state_broken[1] or ''}
 end
 local pairs_cooling = {}
 local all = redis.call('ZRANGE', K_COOLING, 0, -1, 'WITHSCORES')

@@ -169,6 +169,8 @@ class CooldownResult:
     ``status``: ``cooling`` (a cooldown runs until ``until_ms``), ``ignored`` (a caller error),
     ``missing`` (the profile no longer exists: another replica removed it).
     ``scope``: ``profile`` or ``model`` (only that (profile, model) pair cools down).
+    ``until_ms`` and ``duration_ms`` are ``None`` for a cooldown that lasts until cleared (an
+    operator put ``+inf`` in the cooling set).
     """
 
     status: Literal["cooling", "ignored", "missing"]
@@ -180,7 +182,12 @@ class CooldownResult:
 
 @dataclass(frozen=True, slots=True)
 class ProfileStatus:
-    """Health of one profile, on Redis time. ``broken_field`` names a corrupt stored value."""
+    """Health of one profile, on Redis time. ``broken_field`` names a corrupt stored value.
+
+    ``until_cleared``: benched until ``clear_cooldown`` (an operator put ``+inf`` in the cooling
+    set); it is then ``in_cooldown`` with no ``cooldown_until_ms``. ``model_cooldowns`` maps a
+    model to the ms left of that pair's cooldown (-1: until cleared).
+    """
 
     id: str
     provider: str
@@ -198,3 +205,4 @@ class ProfileStatus:
     last_used_ms: int | None
     model_cooldowns: Mapping[str, int]
     broken_field: str | None = None
+    until_cleared: bool = False
