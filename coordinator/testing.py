@@ -21,7 +21,15 @@ from typing import Any, Self
 
 from .store.connection import Store
 
-__all__ = ["RedisCluster", "RedisSentinel", "RedisServer", "advance_time", "free_port"]
+__all__ = [
+    "RedisCluster",
+    "RedisSentinel",
+    "RedisServer",
+    "advance_time",
+    "free_port",
+    "hold_time",
+    "release_time",
+]
 
 
 def _is_free(port: int) -> bool:
@@ -52,8 +60,32 @@ def free_port(*, cluster_bus: bool = False) -> int:
 
 
 def advance_time(store: Store, ms: int) -> None:
-    """Move the store's clock forward by ``ms`` (added to Redis ``TIME`` in every script)."""
-    store.time_offset_ms += ms
+    """Move the store's clock forward by ``ms``: the time held still (:func:`hold_time`), else
+    the offset added to Redis ``TIME`` in every script."""
+    if store.held_time_ms is not None:
+        store.held_time_ms += ms
+    else:
+        store.time_offset_ms += ms
+
+
+async def hold_time(store: Store, at_ms: int | None = None) -> int:
+    """Hold the store's clock still at ``at_ms`` (default: its time now) and return that time.
+    Every script then sees exactly this time until :func:`advance_time` moves it or
+    :func:`release_time` lets it run again, so a test can check a deadline to the millisecond."""
+    store.held_time_ms = await store.time_ms() if at_ms is None else int(at_ms)
+    return store.held_time_ms
+
+
+async def release_time(store: Store) -> None:
+    """Let the store's clock run again. It goes on from the time it was held at, never back
+    (the offset takes up the difference), so no deadline passed while held comes back."""
+    held = store.held_time_ms
+    if held is None:
+        return
+    store.held_time_ms = None
+    running = await store.time_ms()
+    if held > running:
+        store.time_offset_ms += held - running
 
 
 def _binary(name: str) -> str:

@@ -1,13 +1,14 @@
 -- _lib.lua: helpers shared by every operation; the first part of each operation's function
 -- library (see coordinator/scripts.py). Libraries run once, when the function library loads;
 -- the operation's body runs on every call, with KEYS and ARGV set by register() below.
--- Every operation receives the test clock offset (ms, zero in production) as ARGV[1].
+-- Every operation receives the test clock as ARGV[1]: an offset in ms added to Redis TIME (zero
+-- in production), or '=<ms>', a time held still (tests pin boundaries to the millisecond).
 -- A script that needs more shared code names it on a line of its own: --!include _pool.lua
 
 -- The call's keys and arguments (upvalues of every helper, set before each call) and the
--- clock offset taken from ARGV[1].
+-- test clock taken from ARGV[1]: an offset, or a time held still (HELD_MS, else nil).
 local KEYS, ARGV = nil, nil
-local OFFSET_MS = 0
+local OFFSET_MS, HELD_MS = 0, nil
 -- Per-call hooks: a library whose helpers keep state for one call (keys read from KEYS, a value
 -- computed once per call) adds a function here that sets that state; each call runs them all
 -- first, so nothing of an earlier call (or of one that failed halfway) is ever seen.
@@ -17,7 +18,12 @@ local BEGIN = {}
 local function register(name, body)
   redis.register_function(name, function(keys, args)
     KEYS, ARGV = keys, args
-    OFFSET_MS = tonumber(args[1]) or 0
+    local clock = args[1] or '0'
+    if string.sub(clock, 1, 1) == '=' then
+      OFFSET_MS, HELD_MS = 0, tonumber(string.sub(clock, 2))
+    else
+      OFFSET_MS, HELD_MS = tonumber(clock) or 0, nil
+    end
     for i = 1, #BEGIN do BEGIN[i]() end
     return body()
   end)
@@ -28,8 +34,10 @@ end
 -- constants are therefore written as strings.
 local EVENTS_MAXLEN = '10000'
 
--- Redis TIME in ms plus the test offset: the only clock any decision uses.
+-- Redis TIME in ms plus the test offset (or the test's time held still): the only clock any
+-- decision uses.
 local function now_ms()
+  if HELD_MS then return HELD_MS end
   local t = redis.call('TIME')
   -- (arithmetic converts the two texts itself: cheaper than two calls of tonumber)
   return t[1] * 1000 + math.floor(t[2] / 1000) + OFFSET_MS

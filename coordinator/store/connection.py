@@ -270,7 +270,9 @@ class Store:
     """A connection to Redis plus the Lua scripts; shared by every manager of a process.
 
     Use :func:`connect` to make one. ``time_offset_ms`` is added to Redis ``TIME`` inside
-    every script: it is zero in production and lets tests move time forward without sleeping.
+    every script: it is zero in production and lets tests move time forward without sleeping;
+    ``held_time_ms``, when set (tests only), is the time every script sees instead, so that a
+    test can check a boundary to the millisecond (see :mod:`coordinator.testing`).
     ``timeouts`` bound how long a call may wait on an unhealthy Redis.
     """
 
@@ -293,6 +295,7 @@ class Store:
         self.box = box
         self.timeouts = timeouts or Timeouts()
         self.time_offset_ms = 0
+        self.held_time_ms: int | None = None
         # name -> (function name, library source; a function's library has the same name).
         self._functions: dict[str, tuple[str, str]] = {
             name: (scripts.function_name(name), scripts.library_source(name))
@@ -343,7 +346,7 @@ class Store:
         the function (a flushed or restarted server, a new cluster node) FUNCTION LOAD and
         FCALL again (the first FCALL ran nothing). Keys may be pre-encoded bytes."""
         function, source = self._functions[name]
-        command = ("FCALL", function, len(keys), *keys, self.time_offset_ms, *args)
+        command = ("FCALL", function, len(keys), *keys, self._clock_arg(), *args)
         try:
             try:
                 result = await self._fcall(command, keys)
@@ -376,8 +379,16 @@ class Store:
         self._schedule_persist()
         return result
 
+    def _clock_arg(self) -> int | str:
+        """ARGV[1] of every operation: the time held still (``=<ms>``), else the offset."""
+        if self.held_time_ms is not None:
+            return f"={self.held_time_ms}"
+        return self.time_offset_ms
+
     async def time_ms(self) -> int:
-        """Redis ``TIME`` in milliseconds, plus the test offset."""
+        """Redis ``TIME`` in milliseconds, plus the test offset (or the time held still)."""
+        if self.held_time_ms is not None:
+            return self.held_time_ms
         async with self.guard("TIME"):
             seconds, micros = await self._client.time()
         return int(seconds) * 1000 + int(micros) // 1000 + self.time_offset_ms
