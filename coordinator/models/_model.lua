@@ -38,16 +38,9 @@ BEGIN[#BEGIN + 1] = function()
 end
 local MARG = 3
 
--- An integer as decimal text (numbers written to Redis or into a text field must not come out
--- as '1e+12' or '5.0', whichever Lua runs the script).
-local function digits(n)
-  return string.format('%d', n)
-end
-
 -- Append one event to the {models} stream, as its own entry.
 local function emit(etype, id, data, now)
-  redis.call('XADD', K_EVENTS, 'MAXLEN', '~', 10000, '*',
-    'type', etype, 'profile', id, 'ts', digits(now), 'data', cjson.encode(data))
+  emit_to(K_EVENTS, etype, id, data, now)
 end
 
 -- A definition, decoded and checked: returns (def, raw, nil), (nil, nil, 'missing') or
@@ -139,14 +132,14 @@ end
 -- Write a breaker's fields: present values are set, absent or empty ones deleted.
 local function save_breaker(id, b)
   local streak, permits = {}, {}
-  for i, at in ipairs(b.streak) do streak[i] = digits(at) end
-  for token, expiry in pairs(b.permits) do permits[#permits + 1] = token .. '=' .. digits(expiry) end
+  for i, at in ipairs(b.streak) do streak[i] = int(at) end
+  for token, expiry in pairs(b.permits) do permits[#permits + 1] = token .. '=' .. int(expiry) end
   table.sort(permits)
   local text = {state = b.state, window = b.window, streak = table.concat(streak, ' '),
     permits = table.concat(permits, ' '), last_error = b.last_error,
     last_error_kind = b.last_error_kind}
   for _, name in ipairs(NUMBERS) do
-    if b[name] ~= nil then text[name] = digits(b[name]) end
+    if b[name] ~= nil then text[name] = int(b[name]) end
   end
   local set, gone = {}, {}
   for _, name in ipairs(FIELDS) do
@@ -253,7 +246,7 @@ local function admit_probe(b, now, sticky_only)
   if sticky_only or b.state == 'open' then return nil, b.open_until_ms end
   local n, first = live_permits(b, now)
   if n >= C.half_open_max_probes then return nil, first end
-  local token = 'p' .. digits(redis.call('HINCRBY', K_META, 'probe_seq', 1))
+  local token = 'p' .. int(redis.call('HINCRBY', K_META, 'probe_seq', 1))
   b.permits[token] = now + C.probe_timeout_ms
   return b.epoch, token
 end

@@ -26,7 +26,7 @@ if b then
   end
   -- Removal ends the epoch, and the epoch field outlives the rest: a selection made before
   -- the removal never counts after the profile is added again (epochs never repeat).
-  if existed == 1 then redis.call('HSET', K_BREAKERS, id .. ':epoch', digits(b.epoch + 1)) end
+  if existed == 1 then redis.call('HSET', K_BREAKERS, id .. ':epoch', int(b.epoch + 1)) end
 end
 if existed == 1 then emit('profile:removed', id, {}, now) end
 return existed

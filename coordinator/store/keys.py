@@ -72,8 +72,10 @@ class PoolKeys:
 
     @property
     def state(self) -> str:
-        """HASH of health records (JSON): ``<id>`` -> a profile's counters, last error and
-        cooldown kind; ``<id>|<model>`` -> the counters of one (profile, model) pair."""
+        """HASH of flat health fields ``<member>:<field>``: member ``<id>`` (``gen``,
+        ``failures``, ``billing_failures``, ``cooldown_until_ms``, ``last_error``,
+        ``last_used_ms``, ...) or ``<id>|<model>`` (that pair's ``failures``,
+        ``last_failure_ms``). Field names hold no ``:``, so split on the last one."""
         return f"{self.prefix}:state"
 
     @property
@@ -94,8 +96,7 @@ class PoolKeys:
 
     @property
     def meta(self) -> str:
-        """HASH of pool counters: ``seq`` (rotation), ``gen`` (profile generations) and
-        ``used:<id>`` (when that profile was last picked, ms on Redis time)."""
+        """HASH of pool counters: ``seq`` (rotation) and ``gen`` (profile generations)."""
         return f"{self.prefix}:meta"
 
     @property
@@ -108,8 +109,8 @@ class PoolKeys:
         return f"{self.prefix}:session:{session_id}"
 
     def all_static(self) -> list[str]:
-        """The keys pool scripts receive, in the order the scripts expect them (see
-        ``lua/_pool.lua``): the reports are given only the first ones they need."""
+        """The keys every pool script receives, in the order it expects them (see
+        ``pools/_pool.lua``)."""
         return [
             self.profiles,
             self.state,
