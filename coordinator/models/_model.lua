@@ -31,15 +31,46 @@
 -- state writes nothing). Recording outcomes is in _model_record.lua (only model_report needs it).
 
 local K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META
-local C  -- the breaker configuration of this call (decoded from ARGV[2])
+local CONF  -- the breaker configuration of this call, once conf() decoded it
+local CHECKED  -- whether check_types() ran in this call
 BEGIN[#BEGIN + 1] = function()
   K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-  C = cjson.decode(ARGV[2])
+  CONF = nil
+  CHECKED = false
 end
 local MARG = 3
 
+-- The breaker configuration (ARGV[2]), decoded on first use in a call: a selection among
+-- closed breakers never needs it.
+local function conf()
+  if not CONF then CONF = cjson.decode(ARGV[2]) end
+  return CONF
+end
+
+-- The type each key of a model call holds, by its place in KEYS (6: a session key).
+local KEY_TYPES = {'hash', 'hash', 'stream', 'zset', 'hash', 'string'}
+
+-- Raise an error naming the first key of this call that holds another type than it should (a
+-- hand edit). Every helper that writes calls it first, and it checks once per call: so a call
+-- that writes has checked every key before its first write (Redis does not undo a script's
+-- earlier writes when a later command fails), and a call that writes nothing (a selection
+-- among closed breakers, a success report in a steady state: the frequent ones) pays nothing.
+-- (A sticky session key is written without this check: every call reads it before.)
+local function check_types()
+  if CHECKED then return end
+  CHECKED = true
+  for i = 1, #KEYS do
+    local actual = redis.call('TYPE', KEYS[i])
+    actual = type(actual) == 'table' and actual.ok or actual
+    if actual ~= 'none' and actual ~= KEY_TYPES[i] then
+      error('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. actual .. ', not a ' .. KEY_TYPES[i])
+    end
+  end
+end
+
 -- Append one event to the {models} stream, as its own entry.
 local function emit(etype, id, data, now)
+  check_types()
   emit_to(K_EVENTS, etype, id, data, now)
 end
 
@@ -142,6 +173,7 @@ local function save_breaker(id, b)
     if b[name] ~= nil then text[name] = int(b[name]) end
   end
   local set, gone = {}, {}
+  check_types()
   for _, name in ipairs(FIELDS) do
     if text[name] == nil or text[name] == '' then
       gone[#gone + 1] = id .. ':' .. name
@@ -156,6 +188,7 @@ end
 
 -- Delete every field of a profile's breaker.
 local function delete_breaker(id)
+  check_types()
   local names = {}
   for i, name in ipairs(FIELDS) do names[i] = id .. ':' .. name end
   redis.call('HDEL', K_BREAKERS, unpack(names))
@@ -200,7 +233,7 @@ end
 local function counting_streak(b, now)
   local streak = {}
   for _, t in ipairs(b.streak) do
-    if now - t <= C.failure_decay_ms then streak[#streak + 1] = t end
+    if now - t <= conf().failure_decay_ms then streak[#streak + 1] = t end
   end
   return streak
 end
@@ -208,7 +241,7 @@ end
 local function open_breaker(id, b, now, reason, kind)
   local reopens = 0
   if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
-  local period = math.floor(math.min(C.max_open_ms, C.reset_timeout_ms * (2 ^ reopens)))
+  local period = math.floor(math.min(conf().max_open_ms, conf().reset_timeout_ms * (2 ^ reopens)))
   b.state = 'open'
   b.epoch = b.epoch + 1
   b.opened_ms = now
@@ -245,9 +278,17 @@ end
 local function admit_probe(b, now, sticky_only)
   if sticky_only or b.state == 'open' then return nil, b.open_until_ms end
   local n, first = live_permits(b, now)
-  if n >= C.half_open_max_probes then return nil, first end
-  local token = 'p' .. int(redis.call('HINCRBY', K_META, 'probe_seq', 1))
-  b.permits[token] = now + C.probe_timeout_ms
+  if n >= conf().half_open_max_probes then return nil, first end
+  check_types()
+  -- A counter edited into something HINCRBY refuses restarts at Redis time in ms (beyond any
+  -- count of tokens handed out): a hand edit never stops probes.
+  local seq = redis.pcall('HINCRBY', K_META, 'probe_seq', 1)
+  if type(seq) ~= 'number' then
+    redis.call('HSET', K_META, 'probe_seq', int(now))
+    seq = redis.call('HINCRBY', K_META, 'probe_seq', 1)
+  end
+  local token = 'p' .. int(seq)
+  b.permits[token] = now + conf().probe_timeout_ms
   return b.epoch, token
 end
 
@@ -259,7 +300,7 @@ local function selectable_at(b, now)
     at = b.open_until_ms
   elseif b.state == 'half_open' then
     local n, first = live_permits(b, now)
-    if n >= C.half_open_max_probes then at = first end
+    if n >= conf().half_open_max_probes then at = first end
   end
   return math.max(at, b.cooldown_until_ms or 0)
 end

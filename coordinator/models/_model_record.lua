@@ -24,9 +24,9 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
   -- Cooldown: a Retry-After or an exhausted quota (also on a success), a billing failure, a
   -- credential that is not usable now.
   local cooldown = 0
-  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, C.max_retry_after_ms) end
+  if retry_ms and retry_ms > 0 then cooldown = math.min(retry_ms, conf().max_retry_after_ms) end
   if outcome == 'failure' and kind == 'billing' then
-    cooldown = math.max(cooldown, C.billing_cooldown_ms)
+    cooldown = math.max(cooldown, conf().billing_cooldown_ms)
   end
   local cooldown_set = false
   if outcome ~= 'release' and cooldown > 0 and now + cooldown > (b.cooldown_until_ms or 0) then
@@ -69,7 +69,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
     b.permits[token] = nil
     if outcome == 'success' then
       b.probe_successes = (b.probe_successes or 0) + 1
-      if b.probe_successes >= C.success_threshold then close_breaker(id, b, now) end
+      if b.probe_successes >= conf().success_threshold then close_breaker(id, b, now) end
     else
       open_breaker(id, b, now, 'probe-failed', kind)
     end
@@ -78,7 +78,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
 
   -- closed
   if outcome == 'success' then
-    local window = string.sub(b.window .. '0', -C.window_size)
+    local window = string.sub(b.window .. '0', -conf().window_size)
     if window ~= b.window or next(b.streak) ~= nil then
       b.streak = {}
       b.window = window
@@ -89,14 +89,32 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
   local streak = counting_streak(b, now)
   streak[#streak + 1] = now
   b.streak = streak
-  b.window = string.sub(b.window .. '1', -C.window_size)
-  if #streak >= C.failure_threshold then
+  b.window = string.sub(b.window .. '1', -conf().window_size)
+  if #streak >= conf().failure_threshold then
     open_breaker(id, b, now, 'consecutive-failures', kind)
-  elseif #b.window >= C.min_calls then
+  elseif #b.window >= conf().min_calls then
     local _, fails = string.gsub(b.window, '1', '')
-    if fails / #b.window >= C.failure_rate_threshold then
+    if fails / #b.window >= conf().failure_rate_threshold then
       open_breaker(id, b, now, 'failure-rate', kind)
     end
   end
   return 'recorded', true
+end
+
+-- Whether a success report changes nothing: a closed breaker, selected in its current epoch,
+-- with no failure in its streak, a window of successes only that is already full, and no
+-- cooldown to set (the frequent case: most calls succeed). Reads five fields, not the whole
+-- breaker. Returns the epoch then, else nil (the full record() decides).
+local function steady_success(id, epoch, token, retry_ms)
+  if token ~= '' or (retry_ms and retry_ms > 0) then return nil end
+  local f = redis.call('HMGET', K_BREAKERS, id .. ':state', id .. ':epoch', id .. ':streak',
+    id .. ':window', id .. ':cooldown_until_ms')
+  if f[1] and f[1] ~= 'closed' then return nil end
+  if f[3] and f[3] ~= '' then return nil end
+  local current = f[2] and count(f[2]) or (not f[2] and 0) or nil
+  if current == nil or (epoch ~= '' and tonumber(epoch) ~= current) then return nil end
+  local window = f[4] or ''
+  if #window ~= conf().window_size or string.find(window, '1', 1, true) then return nil end
+  if f[5] and not count(f[5]) then return nil end  -- (broken: the full read reports it)
+  return current
 end

@@ -44,6 +44,7 @@ local function consider(s, id, now)
   local def, raw, bad = load_def(id)
   if not def then
     if bad == 'missing' then
+      check_types()
       redis.call('ZREM', K_RANKED, id)
     elseif not s.excluded[id] then
       s.broken[#s.broken + 1] = id .. ':' .. bad
@@ -51,6 +52,7 @@ local function consider(s, id, now)
     return
   end
   if not def.enabled then
+    check_types()
     redis.call('ZREM', K_RANKED, id)
     return
   end

@@ -13,6 +13,7 @@ local priority, enabled = tonumber(ARGV[MARG + 2]), ARGV[MARG + 3] == '1'
 local existed = redis.call('HEXISTS', K_PROFILES, id) == 1
 if existed and ARGV[MARG + 4] == '1' then return {'kept', ''} end
 local now = now_ms()
+check_types()  -- (before the first write: see _model.lua)
 redis.call('HSET', K_PROFILES, id, body)
 if enabled then
   redis.call('ZADD', K_RANKED, -priority, id)

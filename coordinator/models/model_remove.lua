@@ -14,6 +14,7 @@
 
 local id = ARGV[MARG]
 local now = now_ms()
+check_types()  -- (before the first write: see _model.lua)
 local existed = redis.call('HDEL', K_PROFILES, id)
 redis.call('ZREM', K_RANKED, id)
 local b = load_breaker(id)  -- nil for a corrupt breaker: it stays

@@ -29,8 +29,11 @@ local pick_next = ARGV[MARG + 7] == '1'
 local now = now_ms()
 
 local head
+local steady = outcome == 'success' and steady_success(id, epoch, token, cooldown)
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then
   head = {'missing', '', -1, ''}
+elseif steady then
+  head = {'recorded', 'closed', steady, ''}
 else
   local b, bad = load_breaker(id)
   if not b then

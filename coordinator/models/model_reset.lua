@@ -8,6 +8,7 @@
 local id = ARGV[MARG]
 local now = now_ms()
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
+check_types()  -- (before the first write: see _model.lua)
 local b = load_breaker(id)
 local previous = 'corrupt'
 -- (an epoch must never repeat: of a corrupt breaker, its epoch field if that one is sound)

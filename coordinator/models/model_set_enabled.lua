@@ -11,6 +11,7 @@ local def, raw, bad = load_def(id)
 if bad == 'missing' then return {'missing'} end
 if not def then return {'corrupt', bad} end
 if def.enabled == enable then return {'unchanged'} end
+check_types()  -- (before the first write: see _model.lua)
 -- Rewrite only the flag, so the rest of the stored definition is kept byte for byte (cjson
 -- would rewrite numbers of the metadata with 14 digits).
 local old = enable and '"enabled":false' or '"enabled":true'

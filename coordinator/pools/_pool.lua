@@ -14,9 +14,11 @@
 -- a field edited into garbage never changes which profiles can be picked.
 
 local K_PROFILES, K_STATE, K_COOLING, K_READY, K_EVENTS, K_RANKED, K_META
+local ALL_CHECKED  -- whether check_types() checked every key of this call already
 BEGIN[#BEGIN + 1] = function()
   K_PROFILES, K_STATE, K_COOLING, K_READY = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
   K_EVENTS, K_RANKED, K_META = KEYS[5], KEYS[6], KEYS[7]
+  ALL_CHECKED = false
 end
 
 -- The elements of a list as separate values (the embedded backend's Lua has no unpack).
@@ -63,18 +65,29 @@ local function score_of(text)
   return tonumber(text)
 end
 
--- Refuse to start writing when a key this call will write without reading it first holds
--- another type (a hand edit): Redis does not undo a script's earlier writes when a later one
--- fails. Returns an error reply naming the key, or nil.
-local function wrong_type(expected)
-  for key, kind in pairs(expected) do
-    local actual = redis.call('TYPE', key)
+-- The type each key of a pool call holds, by its place in KEYS (8: a session key).
+local KEY_TYPES = {'hash', 'hash', 'zset', 'zset', 'stream', 'zset', 'hash', 'string'}
+
+-- Raise an error naming the first of the given keys (places in KEYS; none given: every key of
+-- the call) that holds another type than the pool keeps there (a hand edit). A script calls
+-- it before its first write for the keys it has not read yet: Redis does not undo a script's
+-- earlier writes when a later command fails. (Each key costs a TYPE call: all of them on
+-- every pick added half to its Redis time, so a pick checks only the key it writes unread,
+-- and every key only on the rare paths that write more, such as a recovery.)
+local function check_types(...)
+  if ALL_CHECKED then return end
+  local places = {...}
+  if #places == 0 then
+    for i = 1, #KEYS do places[i] = i end
+    ALL_CHECKED = true
+  end
+  for _, i in ipairs(places) do
+    local actual = redis.call('TYPE', KEYS[i])
     actual = type(actual) == 'table' and actual.ok or actual
-    if actual ~= 'none' and actual ~= kind then
-      return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. actual .. ', not a ' .. kind)
+    if actual ~= 'none' and actual ~= KEY_TYPES[i] then
+      error('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. actual .. ', not a ' .. KEY_TYPES[i])
     end
   end
-  return nil
 end
 
 -- Read numeric fields of a member, and text fields (texts: optional), in one HMGET. Returns a
@@ -116,17 +129,24 @@ local function delete_fields(member, names)
 end
 
 -- The next value of a pool counter: 'seq' (rotation) or 'gen' (generations). A counter edited
--- by hand into something HINCRBY refuses is first set past every value it may have handed
--- out (seq: the highest rotation sequence; gen: Redis time in ms, beyond any count of
--- generations), so that a hand edit never stops picks or additions.
+-- by hand into something HINCRBY refuses, or deleted while the pool has profiles, is first set
+-- past every value it may have handed out (seq: the highest rotation sequence; gen: Redis
+-- time in ms, beyond any count of generations), so that a hand edit never stops picks or
+-- additions, and a rotation never restarts ahead of the profiles waiting in it.
 local function next_counter(name)
   local reply = redis.pcall('HINCRBY', K_META, name, 1)
-  if type(reply) == 'number' then return reply end
-  local restart = now_ms()
+  if type(reply) == 'number' and reply > 1 then return reply end
+  -- The counter was absent (reply 1), or HINCRBY refused its value (an error reply).
+  local restart
   if name == 'seq' then
     local last = redis.call('ZRANGE', K_READY, -1, -1, 'WITHSCORES')
     restart = tonumber(last[2]) or 0
+  elseif reply == 1 and redis.call('HLEN', K_PROFILES) <= 1 then
+    restart = 0  -- the first profile of a new pool
+  else
+    restart = now_ms()
   end
+  if reply == 1 and restart < 1 then return 1 end  -- a new pool: 1 is right
   redis.call('HSET', K_META, name, int(restart))
   return redis.call('HINCRBY', K_META, name, 1)
 end

@@ -43,6 +43,7 @@ local SWEEP_LIMIT = 100
 local function sweep(now)
   local first = redis.call('ZRANGE', K_COOLING, 0, 0, 'WITHSCORES')
   if not first[2] or score_of(first[2]) > now then return end
+  check_types()  -- a recovery writes to most keys of the pool (and is rare): check them all
   local due_now = redis.call('ZRANGEBYSCORE', K_COOLING, '-inf', now, 'LIMIT', 0, SWEEP_LIMIT)
   for _, member in ipairs(due_now) do
     redis.call('ZREM', K_COOLING, member)

@@ -15,6 +15,7 @@ local id = ARGV[2]
 local def = cjson.decode(ARGV[3])
 local body = string.sub(ARGV[3], 1, -2)  -- the object without its closing brace
 local now = now_ms()
+check_types()  -- (before the first write: see _pool.lua)
 sweep(now)
 
 local old = load_def(id)

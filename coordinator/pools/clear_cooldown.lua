@@ -3,10 +3,12 @@
 -- ARGV[1] clock offset ms  ARGV[2] profile id
 -- Returns {'missing'} | {'cleared', was cooling 0|1}
 -- Also repairs state fields edited into an invalid form (they are deleted; the usage figures
--- that are still readable are kept) and gives a profile whose generation was deleted a new one.
+-- that are still readable are kept), gives a profile whose generation was deleted a new one,
+-- and puts it back in the rotation keys (ready, ranked) if one of them was deleted.
 --!include _pool_admin.lua
 
 local id = ARGV[2]
+check_types()  -- (before the first write: see _pool.lua)
 local now = now_ms()
 sweep(now)
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
@@ -15,7 +17,13 @@ local was_cooling = redis.call('ZREM', K_COOLING, id)
 local pair_count = redis.call('ZCARD', K_COOLING)
 drop_model_entries(id)
 local pairs_cleared = pair_count - redis.call('ZCARD', K_COOLING)
-if not redis.call('ZSCORE', K_READY, id) then enqueue(id, def) end
+-- Back in the rotation, and in the priority index (deleted by hand, say, as a repair).
+local seq = redis.call('ZSCORE', K_READY, id)
+if not seq then
+  enqueue(id, def)
+elseif def then
+  redis.call('ZADD', K_RANKED, 0, rank_member(def, tonumber(seq), id))
+end
 local _values, broken = read_numbers(id, NUMBER_FIELDS)
 if #broken > 0 then delete_fields(id, broken) end
 delete_fields(id, {'cooldown_until_ms', 'cooldown_kind'})

@@ -12,6 +12,9 @@
 
 local snap = cjson.decode(ARGV[2])
 local now = now_ms()
+-- Every pool key but the events is deleted and written anew (that repairs a key of another
+-- type); the events stream is kept, so it must be one before anything is written.
+check_types(5)
 redis.call('DEL', K_PROFILES, K_STATE, K_COOLING, K_READY, K_RANKED, K_META)  -- not the events
 local count = 0
 for id, raw in pairs(snap.profiles) do

@@ -89,10 +89,9 @@ local kept = existing >= until_ms
 if kept then until_ms = existing end
 local until_cleared = (until_ms == math.huge)
 
--- Writes start here: first make sure the keys written without being read are not of another
--- type (Redis does not undo earlier writes when a later one fails).
-local refused = wrong_type({[K_READY] = 'zset', [K_EVENTS] = 'stream'})
-if refused then return refused end
+-- Writes start here: first make sure the keys written without being read (ready, events) are
+-- not of another type (Redis does not undo earlier writes when a later one fails).
+check_types(4, 5)
 if existing > 0 and existing <= now then
   emit('profile:recovered', id, pair_scope and {model = model} or {}, now)
 end

@@ -46,6 +46,7 @@ local function usable(id, need_def)
   -- bench it until cleared): the cooling set is the truth, so it leaves the rotation.
   local cooling_until = score_of(redis.call('ZSCORE', K_COOLING, id))
   if cooling_until and cooling_until > now then
+    check_types()  -- (a repair, rare: every key is checked before the first write)
     redis.call('ZREM', K_READY, id)
     rotation_changed = true
     consider_until(cooling_until)
@@ -136,11 +137,13 @@ if not chosen and strategy == 'priority' then
       if seq then raw, def = usable(id, true) end
       if not seq then
         -- Left behind by a cooldown or removal (the ranked index is repaired lazily).
+        check_types()
         redis.call('ZREM', K_RANKED, member)
         dropped = dropped + 1
       elseif def and rank_member(def, tonumber(seq), id) ~= member then
         -- Priority or type edited by hand: re-index it and walk again from the top, since
         -- its new place may come earlier. Each stale entry is repaired once.
+        check_types()
         redis.call('ZREM', K_RANKED, member)
         redis.call('ZADD', K_RANKED, 0, rank_member(def, tonumber(seq), id))
         restart = true
@@ -190,6 +193,10 @@ if not chosen then
   return {0, math.max(0, soonest - now), now}
 end
 
+-- Writes start here. Every key written below was read above (profiles, cooling, ready, ranked
+-- when the walk is by priority, the session key), but for the state hash; and a meta hash of
+-- another type fails in next_counter before it writes. So only the state hash is checked.
+check_types(2)
 -- Rotation: a pick (not a sticky hit) moves the profile to the end of its rotation. Only
 -- priority picks keep the ranked index in step; after round-robin or random picks its
 -- entries carry an old sequence, which the priority walk notices and repairs (above).

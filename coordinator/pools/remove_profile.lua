@@ -9,6 +9,7 @@
 local id = ARGV[2]
 local now = now_ms()
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then return 0 end
+check_types()  -- (before the first write: see _pool.lua)
 local def = load_def(id)
 dequeue(id, def)
 redis.call('ZREM', K_COOLING, id)
