@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck fmt bench bench-instructions redis-server valgrind oidc-server clean
+.PHONY: venv demo test lint typecheck fmt bench redis-server oidc-server clean
 
 venv: $(STAMP)
 
@@ -56,19 +56,9 @@ fmt: venv
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# What a fleet feels (docs/performance.md); ARGS='--compare REV' runs an older tree beside it.
 bench: venv redis-server
-	$(PY) scripts/bench.py
-
-# Redis's own cost of each operation in instructions (callgrind): figures that load does not move.
-bench-instructions: venv redis-server valgrind
-	$(PY) scripts/bench_instructions.py
-
-valgrind:
-	@command -v valgrind >/dev/null 2>&1 || { \
-	  echo "valgrind not found: installing the Debian package valgrind"; \
-	  (apt-get update -qq && apt-get install -y -qq valgrind) >/dev/null || { \
-	    echo "ERROR: valgrind is missing and could not be installed (apt-get install valgrind)." >&2; \
-	    exit 1; }; }
+	$(PY) scripts/bench.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
