@@ -110,53 +110,46 @@ def clock(ms: int) -> str:
     return f"+{seconds // 60:02d}:{seconds % 60:02d}"
 
 
-async def main() -> None:
-    """Run the demonstration and print a timeline and a summary."""
-    url = os.environ.get("COORDINATOR_REDIS_URL") or "memory://"
-    namespace = f"demo{os.getpid()}"
-    key = os.environ.get("COORDINATOR_SECRET_KEY") or generate_key()
-    config = AuthConfig(strategy="round-robin", event_poll_interval_s=0.02)
-    stores: list[Store] = []
-    if url.startswith("memory://"):
-        shared = await connect(url, namespace=namespace, secret_key=key)
-        stores = [shared] * REPLICAS
-    else:
-        stores = [await connect(url, namespace=namespace, secret_key=key) for _ in range(REPLICAS)]
-    replicas = [AuthProfileManager(s, config) for s in stores]
-    print(f"coordinator demo: {REPLICAS} replicas on {stores[0].url} (namespace {namespace})")
-    print("simulated keys: openai-team-a/b/c, anthropic-main/backup; 15 virtual minutes\n")
+class Timeline:
+    """What the observer replica saw: transitions written by any replica, printed grouped per
+    virtual second and profile (replicas whose calls failed together each report it, each
+    possibly extending the deadline by the few ms between them, which reads as one line), and
+    the cooldown windows and picks that the closing check compares."""
 
-    for pid in SCHEDULE:
-        provider = pid.split("-")[0]
-        await replicas[0].add_profile(
-            AuthProfile(
-                id=pid, provider=provider, api_key=Secret(f"sk-demo-{pid}-0123456789abcdef")
-            )
-        )
+    def __init__(self, start_ms: int) -> None:
+        self.start_ms = start_ms
+        self.seen: list[Event] = []
+        self.windows: list[tuple[str, int, int]] = []
+        self.picks: list[tuple[str, int]] = []
 
-    start_ms = await stores[0].time_ms()
-    # Transitions seen by the observer, grouped per virtual second and profile when printed:
-    # replicas whose calls failed together each report it (each a profile:failed, each
-    # possibly extending the deadline by the few ms between them), which reads as one line.
-    seen: list[Event] = []
+    def watch(self, observer: AuthProfileManager, replicas: list[AuthProfileManager]) -> None:
+        """Listen on the observer for transitions, and on every replica for its own picks."""
 
-    def show(event: Event) -> None:
-        if event.type in ("profile:failed", "profile:cooldown", "profile:recovered"):
-            seen.append(event)
+        def show(event: Event) -> None:
+            if event.type in ("profile:failed", "profile:cooldown", "profile:recovered"):
+                self.seen.append(event)
 
-    def print_timeline(before_ms: int | None = None) -> None:
+        def record_window(event: Event) -> None:
+            self.windows.append((event.profile_id, event.ts_ms, int(event.data["until_ms"])))
+
+        observer.on("*", show)
+        observer.on("profile:cooldown", record_window)
+        for manager in replicas:  # a pick is a local event, with its Redis time
+            manager.on("profile:selected", lambda e: self.picks.append((e.profile_id, e.ts_ms)))
+
+    def print_until(self, before_ms: int | None = None) -> None:
         """Print what happened before ``before_ms`` (Redis time; everything if None). A tick
         is printed one tick late, so that its events that reached the observer late still
         join their line."""
         groups: dict[tuple[str, str, str], list[Event]] = {}
         later: list[Event] = []
-        for event in seen:
+        for event in self.seen:
             if before_ms is not None and event.ts_ms >= before_ms:
                 later.append(event)
             else:
-                group = (clock(event.ts_ms - start_ms), event.profile_id, event.type)
+                group = (clock(event.ts_ms - self.start_ms), event.profile_id, event.type)
                 groups.setdefault(group, []).append(event)
-        seen[:] = later
+        self.seen[:] = later
         for (when, profile_id, kind), events in groups.items():
             if kind == "profile:recovered":
                 print(f"[{when}] {profile_id:<17} recovered: back in rotation")
@@ -169,21 +162,39 @@ async def main() -> None:
                     f"{'s' if reports > 1 else ''})"
                 )
 
-    # The observer is replica 0: it prints transitions written by any replica.
-    windows: list[tuple[str, int, int]] = []
+    def cooling_picks(self) -> list[tuple[str, int]]:
+        """Picks of a key inside one of its cooldown windows (there must be none)."""
+        return [
+            (pid, ts)
+            for pid, ts in self.picks
+            if any(pid == wid and start < ts < until for wid, start, until in self.windows)
+        ]
 
-    def record_window(event: Event) -> None:
-        windows.append((event.profile_id, event.ts_ms, int(event.data["until_ms"])))
 
-    replicas[0].on("*", show)
-    replicas[0].on("profile:cooldown", record_window)
-    # Every replica remembers its own picks (a local event) with their Redis time.
-    picks: list[tuple[str, int]] = []
-    for manager in replicas:
-        manager.on("profile:selected", lambda e: picks.append((e.profile_id, e.ts_ms)))
-    await replicas[0].events.wait_started()
+async def open_replicas(namespace: str) -> tuple[list[Store], list[AuthProfileManager]]:
+    """Four replicas: one shared embedded store, or each its own connection to Redis."""
+    url = os.environ.get("COORDINATOR_REDIS_URL") or "memory://"
+    key = os.environ.get("COORDINATOR_SECRET_KEY") or generate_key()
+    config = AuthConfig(strategy="round-robin", event_poll_interval_s=0.02)
+    if url.startswith("memory://"):
+        stores = [await connect(url, namespace=namespace, secret_key=key)] * REPLICAS
+    else:
+        stores = [await connect(url, namespace=namespace, secret_key=key) for _ in range(REPLICAS)]
+    return stores, [AuthProfileManager(s, config) for s in stores]
 
-    tally = Tally()
+
+async def add_keys(manager: AuthProfileManager) -> None:
+    """The simulated keys, encrypted in the store."""
+    for pid in SCHEDULE:
+        provider = pid.split("-")[0]
+        secret = Secret(f"sk-demo-{pid}-0123456789abcdef")
+        await manager.add_profile(AuthProfile(id=pid, provider=provider, api_key=secret))
+
+
+async def run_ticks(
+    stores: list[Store], replicas: list[AuthProfileManager], timeline: Timeline, tally: Tally
+) -> None:
+    """Every virtual tick, each replica makes three calls; then virtual time moves on."""
     for t_s in range(0, DURATION_S, TICK_S):
         calls = []
         for i, manager in enumerate(replicas):
@@ -192,26 +203,24 @@ async def main() -> None:
             calls.append(one_call(i, manager, "anthropic", t_s, tally, f"chat-{i}"))
         await asyncio.gather(*calls)
         await asyncio.sleep(0.03)  # let the event reader deliver this tick's transitions
-        print_timeline(before_ms=start_ms + t_s * 1000)
+        timeline.print_until(before_ms=timeline.start_ms + t_s * 1000)
         for s in set(stores):
             s.time_offset_ms += TICK_S * 1000
     for manager in replicas:
         await manager.get_status()  # any recoveries due now are announced
     await asyncio.sleep(0.2)
-    print_timeline()
+    timeline.print_until()
 
-    handed_cooling = [
-        (pid, ts)
-        for pid, ts in picks
-        if any(pid == wid and start < ts < until for wid, start, until in windows)
-    ]
+
+async def print_summary(manager: AuthProfileManager, timeline: Timeline, tally: Tally) -> None:
+    """The closing check (no cooling key handed out), then calls and state per key."""
     print(
-        f"\nchecked {len(picks)} picks against {len(windows)} cooldown deadlines: "
-        f"{len(handed_cooling)} handed out a cooling key"
+        f"\nchecked {len(timeline.picks)} picks against {len(timeline.windows)} cooldown "
+        f"deadlines: {len(timeline.cooling_picks())} handed out a cooling key"
     )
     print("\nsummary")
     print(f"{'profile':<18}{'calls':>6}{'ok':>6}{'429':>5}{'402':>5}{'5xx':>5}  now")
-    for status in await replicas[-1].get_status():
+    for status in await manager.get_status():
         o = tally.outcomes[status.id]
         five = sum(v for k, v in o.items() if k.startswith("5"))
         state = (
@@ -229,10 +238,27 @@ async def main() -> None:
     for i in range(REPLICAS):
         counts = ", ".join(f"{k}={v}" for k, v in sorted(tally.by_replica[i].items()))
         print(f"  replica {i}: {counts}")
-    for manager in replicas:
-        await manager.close()
-    for s in set(stores):
-        await s.close()
+
+
+async def main() -> None:
+    """Run the demonstration and print a timeline and a summary."""
+    namespace = f"demo{os.getpid()}"
+    stores, replicas = await open_replicas(namespace)
+    print(f"coordinator demo: {REPLICAS} replicas on {stores[0].url} (namespace {namespace})")
+    print("simulated keys: openai-team-a/b/c, anthropic-main/backup; 15 virtual minutes\n")
+    await add_keys(replicas[0])
+    timeline = Timeline(await stores[0].time_ms())
+    timeline.watch(replicas[0], replicas)  # replica 0 observes what every replica writes
+    await replicas[0].events.wait_started()
+    tally = Tally()
+    try:
+        await run_ticks(stores, replicas, timeline, tally)
+        await print_summary(replicas[-1], timeline, tally)
+    finally:
+        for manager in replicas:
+            await manager.close()
+        for s in set(stores):
+            await s.close()
 
 
 if __name__ == "__main__":
