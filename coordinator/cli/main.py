@@ -1,167 +1,103 @@
-"""``coordinator``: the operator's command line. It parses, calls the library, prints.
+"""``coordinator``: the operators' command line. It parses, calls the library, renders.
 
-No business logic lives here; every command is one library call. Errors from the library are
-printed as one line (no traceback, no secret) with exit status 1; bad usage exits with 2.
+No business logic lives here: the commands call the managers, :mod:`coordinator.overview`,
+:mod:`coordinator.config_file` and :mod:`coordinator.doctor`. Errors from the library print
+one line (no traceback, no secret) and exit with 1; bad usage exits with 2.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import json
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+
+import click
 
 from .. import __version__
 from ..errors import CoordinatorError
-from ..fleet import read_heartbeats
-from ..pools.manager import AuthProfileManager
-from ..store import functions as scripts
-from ..store.connection import Store, connect
-from ..store.secrets import generate_key
+from ..store.secrets import redact
+from . import admin
+from .context import Settings, pass_settings
+from .credentials import credentials
+from .events import events
+from .profiles import breaker, clear_cooldown_now, cooldown, profiles, sessions
+from .status import status, workers
 
-__all__ = ["main"]
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="coordinator",
-        description="Inspect and operate coordinator's shared credential pools.",
-    )
-    parser.add_argument("--version", action="version", version=f"coordinator {__version__}")
-    parser.add_argument("--url", help="store URL (default: $COORDINATOR_REDIS_URL, else memory://)")
-    parser.add_argument("--namespace", default="coord", help="key namespace (default: coord)")
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("keygen", help="print a new COORDINATOR_SECRET_KEY")
-    status = commands.add_parser("status", help="health of every profile")
-    status.add_argument("provider", nargs="?", help="only this provider's pool")
-    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    clear = commands.add_parser("clear-cooldown", help="end a profile's cooldowns now")
-    clear.add_argument("profile_id")
-    commands.add_parser("export", help="print a JSON snapshot of every pool (keys stay encrypted)")
-    load = commands.add_parser("import", help="replace pools from an export file")
-    load.add_argument("file", type=argparse.FileType("r"))
-    functions = commands.add_parser(
-        "functions", help="list the Redis function libraries of this and other versions"
-    )
-    functions.add_argument(
-        "--prune",
-        action="store_true",
-        help="delete other versions' libraries (once no replica runs those versions)",
-    )
-    workers = commands.add_parser("workers", help="the refresh workers' heartbeats")
-    workers.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    worker = commands.add_parser(
-        "worker",
-        help="run a refresh worker (same as python -m workers; --help lists its settings)",
-        add_help=False,
-    )
-    worker.add_argument("worker_args", nargs=argparse.REMAINDER)
-    return parser
+__all__ = ["cli", "main"]
 
 
-def _run_worker(args: argparse.Namespace) -> int:
-    from workers.cli import main as worker_main
-
-    forwarded = ["--namespace", args.namespace, *args.worker_args]  # (later ones win)
-    if args.url:
-        forwarded = ["--url", args.url, *forwarded]
-    return worker_main(forwarded)
-
-
-async def _run(args: argparse.Namespace) -> int:
-    store = await connect(args.url, namespace=args.namespace)
-    manager = AuthProfileManager(store)
-    try:
-        if args.command == "status":
-            rows = await manager.get_status(args.provider)
-            if args.json:
-                print(json.dumps([asdict(r) for r in rows], indent=2, default=str))
-            else:
-                _print_status(rows)
-                _print_workers(await read_heartbeats(store))
-        elif args.command == "workers":
-            beats = await read_heartbeats(store)
-            if args.json:
-                print(json.dumps(beats, indent=2))
-            else:
-                _print_workers(beats)
-        elif args.command == "clear-cooldown":
-            was = await manager.clear_cooldown(args.profile_id)
-            print(f"{args.profile_id}: {'cooldown cleared' if was else 'was not cooling down'}")
-        elif args.command == "export":
-            print(json.dumps(await manager.export_state(), indent=2))
-        elif args.command == "import":
-            count = await manager.import_state(json.load(args.file))
-            print(f"imported {count} profiles")
-        elif args.command == "functions":
-            await _functions(store, prune=args.prune)
-    finally:
-        await manager.close()
-        await store.close()
-    return 0
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="coordinator", message="%(prog)s %(version)s")
+@click.option(
+    "--url",
+    envvar="COORDINATOR_REDIS_URL",
+    help="store URL (default: $COORDINATOR_REDIS_URL, else memory://)",
+)
+@click.option("--namespace", default="coord", show_default=True, help="key namespace")
+@click.pass_context
+def cli(ctx: click.Context, url: str | None, namespace: str) -> None:
+    """Inspect and operate the credential pools, model profiles and OAuth credentials that a
+    fleet of replicas shares through Redis."""
+    ctx.obj = Settings(url=url, namespace=namespace)
 
 
-async def _functions(store: Store, *, prune: bool) -> None:
-    ours, others = await store.function_libraries()
-    print(f"this version: {len(ours)} of {len(scripts.script_names())} libraries loaded")
-    if prune:
-        deleted = await store.prune_functions()
-        print(f"deleted {len(deleted)} libraries of other versions")
-        for name in deleted:
-            print(f"  {name}")
-        return
-    print(f"other versions: {len(others)} libraries (coordinator functions --prune deletes them)")
-    for name in others:
-        print(f"  {name}")
+@cli.command("clear-cooldown", hidden=True)
+@click.argument("profile_id")
+@pass_settings
+def clear_cooldown(settings: Settings, profile_id: str) -> None:
+    """End a profile's cooldowns now (the older name of ``cooldown clear``)."""
+    clear_cooldown_now(settings, profile_id)
 
 
-def _print_status(rows: Sequence[object]) -> None:
-    print(f"{'provider':<12} {'profile':<24} {'state':<10} {'remaining':>10} {'fail':>4} "
-          f"{'bill':>4}  last error")  # fmt: skip
-    for row in rows:
-        r = asdict(row)  # type: ignore[call-overload]
-        state = "broken" if r["broken_field"] else "cooling" if r["in_cooldown"] else "healthy"
-        remaining = f"{r['cooldown_remaining_ms'] // 1000} s" if r["in_cooldown"] else "-"
-        error = (r["last_error"] or "")[:60]
-        if r["broken_field"]:
-            error = f"corrupt field {r['broken_field']!r}"
-        print(
-            f"{r['provider']:<12} {r['id']:<24} {state:<10} {remaining:>10} "
-            f"{r['failures']:>4} {r['billing_failures']:>4}  {error}"
-        )
+for command in (
+    status,
+    workers,
+    profiles,
+    cooldown,
+    breaker,
+    sessions,
+    credentials,
+    events,
+    admin.apply,
+    admin.doctor,
+    admin.export,
+    admin.import_,
+    admin.functions,
+    admin.keygen,
+    admin.worker,
+):
+    cli.add_command(command)
 
 
-def _print_workers(beats: Sequence[dict[str, str]]) -> None:
-    if not beats:
-        print("workers: none running")
-        return
-    print(f"workers: {len(beats)}")
-    for beat in beats:
-        print(
-            f"  {beat.get('id', '?'):<40} {beat.get('state', '?'):<9} "
-            f"version {beat.get('version', '?')}, refresh runs {beat.get('refresh_runs', '0')}, "
-            f"sweep runs {beat.get('sweep_runs', '0')}"
-        )
+def _fail(message: str, code: int) -> int:
+    click.echo(f"coordinator: error: {message}", err=True)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``coordinator`` command."""
-    parser = _parser()
-    # The worker's own options go through to it unparsed (``coordinator worker --help`` too).
-    args, unknown = parser.parse_known_args(argv)
-    if args.command == "worker":
-        args.worker_args = [*unknown, *args.worker_args]
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.command == "keygen":
-        print(generate_key())
-        return 0
-    if args.command == "worker":
-        return _run_worker(args)
+    """Entry point of the ``coordinator`` command; returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        return asyncio.run(_run(args))
+        result = cli.main(args=args, prog_name="coordinator", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        return 2
+    except click.UsageError as exc:
+        hint = (
+            f" (see: coordinator {exc.ctx.command_path.partition(' ')[2]} --help)"
+            if exc.ctx
+            else ""
+        )
+        return _fail(f"{exc.format_message()}{hint}".replace("  ", " "), 2)
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
+    except (click.Abort, KeyboardInterrupt):  # Ctrl-C: how --watch and --follow end
+        return 130
     except CoordinatorError as exc:
-        print(f"coordinator: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc), 1)
+    except OSError as exc:  # a file that cannot be read or written, a closed pipe
+        return _fail(f"{exc.strerror or exc}", 1)
+    except Exception as exc:  # a bug: still one line, and never a secret it may carry
+        return _fail(f"internal error: {type(exc).__name__}: {redact(str(exc))}", 1)
+    except SystemExit as exc:  # worker, doctor
+        return exc.code if isinstance(exc.code, int) else 1
+    return result if isinstance(result, int) else 0
