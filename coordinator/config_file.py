@@ -318,7 +318,7 @@ class _AnyVariable(Mapping[str, str]):
 
 def _oauth_providers(reader: _Reader, tables: Mapping[str, Any]) -> list[OAuthProvider]:
     # The worker reads the same tables (workers/providers.py): one reading of the format.
-    from workers.providers import providers_from_mapping
+    from coordinator.oauth.tables import providers_from_mapping
 
     try:
         return providers_from_mapping(tables, source=reader.path, environ=_AnyVariable())

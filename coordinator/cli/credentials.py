@@ -26,7 +26,7 @@ config_option = click.option(
 
 def _with_providers(managers: Managers, config_path: str | None) -> None:
     """Configure the OAuth providers of the file (client secrets from this environment)."""
-    from workers.providers import load_providers
+    from coordinator.oauth.tables import load_providers
 
     path = config_path or os.environ.get(ENV_CONFIG)
     if not path:
