@@ -30,7 +30,7 @@ from coordinator import (
 from coordinator.fleet import WorkerKeys, read_heartbeats
 from coordinator.oauth import OAuthConfig
 from coordinator.store.keys import ModelKeys, PoolKeys
-from coordinator.testing import RedisServer, advance_time
+from coordinator.testing import RedisServer, advance_time, hold_time
 from workers import Worker, WorkerSettings, providers_from_mapping, sweep
 from workers.cli import parser
 
@@ -207,6 +207,56 @@ async def test_sweep_half_opens_a_breaker_on_time_once_across_workers(store: Sto
     assert await _count(store, events, "profile:circuit-half-open") == 1
     await asyncio.gather(*(sweep(pools, w) for w in workers))
     assert await _count(store, events, "profile:circuit-half-open") == 1
+
+
+async def test_running_workers_announce_due_transitions_on_time_and_once(store: Store) -> None:
+    # Three workers run their sweeps on the store's clock, held still: nothing is announced
+    # 1 ms before a deadline, and each transition exactly once, stamped at its deadline.
+    pools = AuthProfileManager(store)
+    await pools.add_profile(AuthProfile(id="k1", provider="openai", api_key_env="K1_VAR"))
+    config = ModelConfig(breaker=BreakerConfig(failure_threshold=1, reset_timeout_ms=60_000))
+    models = ModelProfileManager(store, config)
+    await models.add_profile(
+        ModelProfile(id="p1", provider="x", auth=ModelAuth.none(), base_url="http://x")
+    )
+    start = await hold_time(store)
+    await pools.mark_failed("k1", "HTTP 429", kind="rate_limit")  # cools until start + 60 s
+    selection = await models.select_profile("m")
+    assert selection is not None
+    await models.record_failure(selection, "server", error="HTTP 503")  # open for 60 s
+    settings = WorkerSettings(sweep_interval_s=0.02, heartbeat_interval_s=5, heartbeat_ttl_s=10)
+    workers = [Worker(store, settings=settings) for _ in range(3)]
+    running = [asyncio.create_task(w.run()) for w in workers]
+    pool_events = PoolKeys(store.namespace, "openai").events
+    model_events = ModelKeys(store.namespace).events
+    try:
+        advance_time(store, 60_000 - 1)
+        await _sweeps_by_all(workers)
+        assert await _count(store, pool_events, "profile:recovered") == 0
+        assert await _count(store, model_events, "profile:circuit-half-open") == 0
+        advance_time(store, 1)
+        await _sweeps_by_all(workers)
+        recovered = await _stamps(store, pool_events, "profile:recovered")
+        half_open = await _stamps(store, model_events, "profile:circuit-half-open")
+        assert recovered == [start + 60_000] and half_open == [start + 60_000]
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*running)
+
+
+async def _sweeps_by_all(workers: list[Worker]) -> None:
+    """Wait until every worker has finished two more sweeps than it had."""
+    wanted = [w.runs["sweep"] + 2 for w in workers]
+    deadline = time.monotonic() + 10
+    while any(w.runs["sweep"] < n for w, n in zip(workers, wanted, strict=True)):
+        assert time.monotonic() < deadline, [w.runs for w in workers]
+        await asyncio.sleep(0.01)
+
+
+async def _stamps(store: Store, stream: str, event_type: str) -> list[int]:
+    entries = await store.client.xrange(stream)
+    return [int(fields["ts"]) for _id, fields in entries if fields.get("type") == event_type]
 
 
 # -- the process ------------------------------------------------------------------------
