@@ -18,10 +18,7 @@ from tests.sdk_fakes import Answer, FakeApi, openai_rate_limit
 from tests.test_docs import assert_documented, close_everything, keys_left, python_samples
 
 ROOT = Path(__file__).resolve().parents[1]
-# The page lives in docs/ once published; until then, beside the brief it was written for.
 PAGE = ROOT / "docs" / "sdk.md"
-if not PAGE.exists():
-    PAGE = Path("/tmp/briefs/sdk-docs.md")
 
 
 @pytest.fixture

@@ -229,11 +229,6 @@ class ModelKeys:
         """STREAM of model profile transitions (capped)."""
         return f"{self.prefix}:events"
 
-    @property
-    def usage(self) -> str:
-        """HASH id -> when the profile was last picked (ms, Redis time)."""
-        return f"{self.prefix}:usage"
-
     def session(self, session_id: str) -> str:
         """STRING profile id with a TTL: one sticky session."""
         return f"{self.prefix}:session:{session_id}"
