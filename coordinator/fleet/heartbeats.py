@@ -11,27 +11,11 @@ is one Lua function (``worker_beat.lua``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from ..store import Store
+from ..store.keys import WorkerKeys
 
 __all__ = ["Heartbeat", "WorkerKeys", "read_heartbeats"]
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerKeys:
-    """The keys of the workers' heartbeats (hash tag ``{workers}``)."""
-
-    namespace: str
-
-    @property
-    def index(self) -> str:
-        """ZSET worker id -> last beat (ms)."""
-        return f"{self.namespace}:{{workers}}:index"
-
-    def worker(self, worker_id: str) -> str:
-        """HASH of one worker's heartbeat (with a TTL)."""
-        return f"{self.namespace}:{{workers}}:worker:{worker_id}"
 
 
 class Heartbeat:

@@ -60,11 +60,7 @@ local function check_types()
   if CHECKED then return end
   CHECKED = true
   for i = 1, #KEYS do
-    local actual = redis.call('TYPE', KEYS[i])
-    actual = type(actual) == 'table' and actual.ok or actual
-    if actual ~= 'none' and actual ~= KEY_TYPES[i] then
-      error('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. actual .. ', not a ' .. KEY_TYPES[i])
-    end
+    expect_type(KEYS[i], KEY_TYPES[i])
   end
 end
 

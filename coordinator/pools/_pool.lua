@@ -82,11 +82,7 @@ local function check_types(...)
     ALL_CHECKED = true
   end
   for _, i in ipairs(places) do
-    local actual = redis.call('TYPE', KEYS[i])
-    actual = type(actual) == 'table' and actual.ok or actual
-    if actual ~= 'none' and actual ~= KEY_TYPES[i] then
-      error('WRONGTYPE ' .. KEYS[i] .. ' holds a ' .. actual .. ', not a ' .. KEY_TYPES[i])
-    end
+    expect_type(KEYS[i], KEY_TYPES[i])
   end
 end
 

@@ -59,3 +59,14 @@ local function emit_to(stream, etype, subject, data, now)
   redis.call('XADD', stream, 'MAXLEN', '~', EVENTS_MAXLEN, '*',
     'type', etype, 'profile', subject, 'ts', int(now), 'data', cjson.encode(data or {}))
 end
+
+-- Raise an error naming the key when it holds another type than expected (an absent key is
+-- fine): a script checks the keys it will write before its first write, because Redis does
+-- not undo a script's earlier writes when a later command fails.
+local function expect_type(key, expected)
+  local actual = redis.call('TYPE', key)
+  actual = type(actual) == 'table' and actual.ok or actual
+  if actual ~= 'none' and actual ~= expected then
+    error('WRONGTYPE ' .. key .. ' holds a ' .. actual .. ', not a ' .. expected)
+  end
+end

@@ -7,6 +7,7 @@ tag, so each script runs unchanged on Redis Cluster:
   events).
 * ``{models}``: every model profile, its circuit breaker, sticky sessions and events.
 * ``{index}``: the locator of profile ids and the list of pools (plain commands, no scripts).
+* ``{workers}``: the refresh workers' heartbeats and their index (see :class:`WorkerKeys`).
 * ``{oauth}``: OAuth login states, credentials, their expiry index, refresh locks, fences and
   events (see :class:`OAuthKeys`).
 """
@@ -18,7 +19,15 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 
-__all__ = ["IndexKeys", "ModelKeys", "OAuthKeys", "PoolKeys", "validate_id", "validate_name"]
+__all__ = [
+    "IndexKeys",
+    "ModelKeys",
+    "OAuthKeys",
+    "PoolKeys",
+    "WorkerKeys",
+    "validate_id",
+    "validate_name",
+]
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,127}")
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -237,3 +246,19 @@ class ModelKeys:
         """The keys model scripts receive, in the order the scripts expect them (see
         ``models/_model.lua``)."""
         return [self.profiles, self.breakers, self.events, self.ranked, self.meta]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerKeys:
+    """The keys of the workers' heartbeats (hash tag ``{workers}``)."""
+
+    namespace: str
+
+    @property
+    def index(self) -> str:
+        """ZSET worker id -> last beat (ms)."""
+        return f"{self.namespace}:{{workers}}:index"
+
+    def worker(self, worker_id: str) -> str:
+        """HASH of one worker's heartbeat (with a TTL)."""
+        return f"{self.namespace}:{{workers}}:worker:{worker_id}"
