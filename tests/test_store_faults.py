@@ -324,3 +324,34 @@ async def test_a_sentinel_primary_kill_fails_calls_until_the_replica_is_promoted
             print(f"[sentinel primary kill] picks acknowledged {load.picks}, kept {ran}")
         finally:
             await store.close()
+
+
+async def test_a_burst_of_256_concurrent_calls_in_one_process_all_succeed(
+    redis_server: RedisServer, secret_key: str
+) -> None:
+    # More concurrent calls than the pool has connections, on a healthy Redis: callers wait
+    # for a connection (redis-py's pool does not serve them in order) but none fails.
+    store = await connect(redis_server.url, namespace=unique_namespace(), secret_key=secret_key)
+    try:
+        manager = manager_for(store)
+        await add_keys(manager, 4)
+        errors: list[BaseException] = []
+        picks = 0
+        stop = time.monotonic() + 3.0
+
+        async def caller() -> None:
+            nonlocal picks
+            while time.monotonic() < stop:
+                try:
+                    profile = await manager.get_next_profile("openai")
+                    assert profile is not None
+                    await manager.mark_success(profile.id)
+                    picks += 1
+                except StoreUnavailableError as exc:
+                    errors.append(exc)
+
+        await asyncio.gather(*(caller() for _ in range(256)))
+        print(f"\n256 callers for 3 s: {picks} picks and reports, {len(errors)} errors")
+        assert errors == [] and picks > 256
+    finally:
+        await store.close()

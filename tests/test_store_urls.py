@@ -84,8 +84,8 @@ async def test_urls_that_cannot_be_meant_are_config_errors(url: str) -> None:
 async def test_timeouts_come_from_the_url_with_documented_defaults(
     redis_server: RedisServer,
 ) -> None:
-    assert Timeouts() == Timeouts(socket_timeout=2.0, socket_connect_timeout=2.0, pool_timeout=1.0)
-    assert Timeouts().bound_s == 5.0
+    assert Timeouts() == Timeouts(socket_timeout=2.0, socket_connect_timeout=2.0, pool_timeout=5.0)
+    assert Timeouts().bound_s == 9.0
     url = f"{redis_server.url}?socket_timeout=3&socket_connect_timeout=1.5&pool_timeout=0.25"
     store = await connect(url, namespace=unique_namespace())
     try:

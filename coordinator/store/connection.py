@@ -85,7 +85,7 @@ class Timeouts:
     socket_connect_timeout: float = 2.0
     #: Waiting for a free connection when all ``max_connections`` of the pool are busy
     #: (standalone and unix:// only: the Sentinel and Cluster clients fail at once instead).
-    pool_timeout: float = 1.0
+    pool_timeout: float = 5.0
 
     @property
     def bound_s(self) -> float:
@@ -569,6 +569,8 @@ def _standalone_client(target: _Target) -> Any:
     try:
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            # (?max_connections= in the URL wins over this default)
+            max_connections=_DEFAULT_MAX_CONNECTIONS,
             timeout=target.timeouts.pool_timeout,
             maint_notifications_config=_no_maintenance_notifications(),
             **_client_options(target.timeouts),
@@ -581,10 +583,17 @@ def _standalone_client(target: _Target) -> Any:
     return aioredis.Redis.from_pool(pool)  # owns (closes) the pool
 
 
+#: Connections per pool (per node on a Cluster) unless ``?max_connections=`` says otherwise.
+#: redis-py's blocking pool does not hand a freed connection to the longest waiter, so a
+#: process with more concurrent calls than connections can starve some of them: size it for
+#: the concurrency of one process.
+_DEFAULT_MAX_CONNECTIONS = 100
+
+
 def _max_connections(target: _Target) -> int:
     """``?max_connections=`` of a Sentinel or Cluster URL (per node), else redis-py's 100.
     These clients do not queue for a free connection: beyond it a call fails at once."""
-    return int(dict(target.params).get("max_connections", "100"))
+    return int(dict(target.params).get("max_connections", str(_DEFAULT_MAX_CONNECTIONS)))
 
 
 def _cluster_client(target: _Target) -> Any:
