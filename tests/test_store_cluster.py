@@ -125,7 +125,7 @@ async def test_cluster_urls_carry_the_timeouts_and_the_connection_limit(
     url = f"{redis_cluster.url}?max_connections=7&socket_timeout=3&socket_connect_timeout=1.5"
     store = await connect(url, namespace=unique_namespace())
     try:
-        assert store.timeouts.socket_timeout == 3.0 and store.timeouts.bound_s == 5.5
+        assert store.timeouts.socket_timeout == 3.0 and store.timeouts.bound_s == 9.5
         node = store.client.get_node_from_key("{pool:openai}")
         assert node.max_connections == 7
         assert node.connection_kwargs["socket_timeout"] == 3.0
