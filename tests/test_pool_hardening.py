@@ -15,6 +15,7 @@ from coordinator import (
     NoProfileAvailableError,
     Store,
 )
+from coordinator.testing import hold_time
 
 from .helpers import MINUTE_MS, add_keys, manager_for
 
@@ -193,3 +194,67 @@ async def test_a_definition_only_the_client_rejects_is_named_in_the_status(store
     # Adding the profile again repairs it.
     await add_keys(manager, 3)
     assert all(s.healthy for s in await manager.get_status())
+
+
+async def test_an_import_holding_numbers_too_large_for_a_score_reads_them_as_infinite(
+    store: Store,
+) -> None:
+    # A snapshot edited by hand (or written by another tool): scores and counters past what a
+    # sorted set or JSON holds are neither a raw OverflowError nor a TypeError.
+    manager = manager_for(store)
+    await add_keys(manager, 3)
+    snapshot = await manager.export_state()
+    pool = snapshot["pools"]["openai"]
+    pool["ready"] = [["key-0", 10**300], ["key-1", 1e300], ["key-2", -(10**20)]]
+    pool["cooling"] = [["key-0", 10**30]]
+    pool["meta"] = {"seq": 10**30, "gen": -1}
+    assert await manager.import_state(snapshot) == 3
+    again = (await manager.export_state())["pools"]["openai"]
+    assert again["ready"] == [["key-2", "-inf"], ["key-0", "+inf"], ["key-1", "+inf"]]
+    assert again["cooling"] == [["key-0", "+inf"]]
+    # key-0 is benched; key-1, last in the rotation, waits behind key-2 (seq imported as 0:
+    # the pick restarts it), which every pick moves to the end of the places it hands out.
+    picks = [(await manager.get_next_profile("openai")).id for _ in range(3)]  # type: ignore[union-attr]
+    assert picks == ["key-2"] * 3
+    assert (await manager.get_next_profile("openai", exclude=["key-2"])).id == "key-1"  # type: ignore[union-attr]
+    assert (await manager.export_state())["pools"]["openai"]["meta"]["seq"] == 4
+    status = {s.id: s for s in await manager.get_status()}
+    assert status["key-0"].until_cleared and status["key-1"].healthy
+    await manager.close()
+
+
+async def test_a_cooling_entry_of_no_profile_is_no_reason_to_wait(store: Store) -> None:
+    manager = manager_for(store)
+    await add_keys(manager, 1)
+    keys = manager._keys("openai")
+    now = await hold_time(store)
+    await store.client.zadd(keys.cooling, {"ghost": now + MINUTE_MS})
+    await manager.mark_failed("key-0", "HTTP 402", kind="billing")
+    with pytest.raises(NoProfileAvailableError) as info:
+        await manager.acquire("openai")
+    # key-0's own cooldown (5 h) is the soonest recovery, not the ghost's earlier deadline.
+    assert info.value.retry_in_ms == 5 * 60 * MINUTE_MS
+    await manager.close()
+
+
+@pytest.mark.parametrize("place", ["+inf", "-inf", "2.5"])
+async def test_a_place_in_the_rotation_set_by_hand_travels_and_clearing_makes_it_ordinary(
+    store: Store, place: str
+) -> None:
+    manager = manager_for(store)
+    await add_keys(manager, 3)
+    keys = manager._keys("openai")
+    await store.command("ZADD", keys.ready, place, "key-0")
+    snapshot = await manager.export_state()
+    exported = dict(snapshot["pools"]["openai"]["ready"])["key-0"]
+    assert exported == (2.5 if place == "2.5" else place)
+    assert await manager.import_state(snapshot) == 3
+    assert await store.client.zscore(keys.ready, "key-0") == float(place)
+    assert all(s.healthy for s in await manager.get_status())  # a place, not damage
+    assert await manager.clear_cooldown("key-0") is False
+    # An ordinary place at the end: a whole sequence past every other.
+    ready = await store.client.zrange(keys.ready, 0, -1, withscores=True)
+    assert ready[-1][0] == "key-0" and ready[-1][1] == int(ready[-1][1]) > ready[-2][1]
+    picks = [(await manager.get_next_profile("openai")).id for _ in range(3)]  # type: ignore[union-attr]
+    assert picks == ["key-1", "key-2", "key-0"]
+    await manager.close()

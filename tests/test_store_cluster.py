@@ -5,13 +5,16 @@ reach the caller as StoreUnavailableError."""
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 
-from coordinator import AuthProfileManager, StoreUnavailableError, connect
+from coordinator import AuthProfile, AuthProfileManager, StoreUnavailableError, connect
+from coordinator.store.connection import _ClusterConnection
 from coordinator.testing import RedisCluster, free_port
 
 from .conftest import unique_namespace
@@ -86,37 +89,92 @@ async def test_calls_with_every_cluster_node_down_are_store_unavailable(secret_k
             await store.close()
 
 
-async def test_connections_a_cluster_node_closed_fail_once_and_never_run_twice(
-    secret_key: str,
+async def _normal_clients(admin: aioredis.Redis) -> int:
+    return len(await admin.client_list(_type="normal")) - 1  # not the admin itself
+
+
+async def _close_idle_connections(cluster: RedisCluster, how: str) -> None:
+    """Make every node close the connections of its clients (the admin's own aside), by
+    CLIENT KILL or by its idle timeout, and wait until none is left."""
+    admins = [aioredis.Redis(port=node.port, decode_responses=True) for node in cluster.nodes]
+    try:
+        for admin in admins:
+            if how == "CLIENT KILL":
+                await admin.client_kill_filter(_type="normal", skipme=True)
+            else:
+                await admin.config_set("timeout", 1)
+        deadline = time.monotonic() + 10
+        for admin in admins:
+            while await _normal_clients(admin) > 0:
+                assert time.monotonic() < deadline, "a node kept its idle connections"
+                await asyncio.sleep(0.05)
+    finally:
+        for admin in admins:
+            await admin.config_set("timeout", 0)
+            await admin.aclose()
+
+
+@pytest.mark.parametrize("how", ["CLIENT KILL", "idle timeout"])
+async def test_connections_a_cluster_node_closed_are_replaced_unseen(
+    how: str, redis_cluster: RedisCluster, secret_key: str
 ) -> None:
-    """redis-py's cluster nodes hand out idle connections unchecked (unlike its standalone
-    pool): a call on one the server closed fails, as StoreUnavailableError, and is not sent
-    again; redis-py then drops the node's idle connections and the next calls work."""
+    """A connection a node closed while it sat idle is replaced before anything is written on
+    it: a burst of concurrent calls afterwards sees no error, each call is sent once (counted
+    on the wire) and applied once (the rotation sequence counts the picks the server ran)."""
     burst = 16
-    with RedisCluster(3) as cluster:
-        store = await connect(cluster.url, namespace=unique_namespace(), secret_key=secret_key)
-        try:
-            manager = manager_for(store)
-            await add_keys(manager, 2)
-            meta = f"{store.namespace}:{{pool:openai}}:meta"
+    store = await connect(redis_cluster.url, namespace=unique_namespace(), secret_key=secret_key)
+    ports = [node.port for node in redis_cluster.nodes]
+    try:
+        manager = manager_for(store)
+        await add_keys(manager, 2)
+        meta = f"{store.namespace}:{{pool:openai}}:meta"
 
-            async def picks() -> list[object]:
-                calls = (manager.get_next_profile("openai") for _ in range(burst))
-                return list(await asyncio.gather(*calls, return_exceptions=True))
+        async def picks_and_reports() -> list[BaseException]:
+            picked = await asyncio.gather(
+                *(manager.get_next_profile("openai") for _ in range(burst)),
+                return_exceptions=True,
+            )
+            reports = await asyncio.gather(
+                *(manager.mark_success(p.id) for p in picked if isinstance(p, AuthProfile)),
+                return_exceptions=True,
+            )
+            return [r for r in [*picked, *reports] if isinstance(r, BaseException)]
 
-            assert not [r for r in await picks() if isinstance(r, BaseException)]
-            first = int(await store.command("HGET", meta, "seq"))
-            for node in cluster.nodes:
-                async with aioredis.Redis(port=node.port) as admin:
-                    await admin.client_kill_filter(_type="normal", skipme=True)
-            results = await picks()
-            failed = [r for r in results if isinstance(r, BaseException)]
-            assert all(isinstance(r, StoreUnavailableError) for r in failed), failed
-            ran = int(await store.command("HGET", meta, "seq")) - first
-            assert burst - len(failed) <= ran <= burst
-            assert not [r for r in await picks() if isinstance(r, BaseException)]
-        finally:
-            await store.close()
+        assert await picks_and_reports() == []  # a node pool of `burst` open connections
+        await _close_idle_connections(redis_cluster, how)
+        first = int(await store.command("HGET", meta, "seq"))
+        async with Wire(ports) as wire:
+            await wire.sent("start")
+            errors = await picks_and_reports()
+            sent = Counter(await wire.sent("after-burst"))
+        assert errors == [], errors
+        assert int(await store.command("HGET", meta, "seq")) - first == burst  # each ran once
+        # Each call went out once, straight to its node: no second try, no slot-map refresh
+        # (a failed call would have made the client ask CLUSTER SLOTS), no COMMAND GETKEYS.
+        # The only other command is each new connection's handshake (HELLO).
+        assert sent["FCALL"] == 2 * burst, sent
+        assert set(sent) <= {"FCALL", "HELLO"} and sent["HELLO"] <= burst, sent
+        # Once reconnected, an operation is one command on the wire again.
+        async with Wire(ports) as wire:
+            await wire.sent("start")
+            await manager.get_next_profile("openai")
+            assert await wire.sent("after-pick") == ["FCALL"]
+    finally:
+        await store.close()
+
+
+async def test_cluster_nodes_make_connections_that_are_checked_before_use(
+    redis_cluster: RedisCluster,
+) -> None:
+    # (The class is set on redis-py's shared connection settings: a redis-py that stopped
+    # reading them would make the test above fail; this one says why.)
+    store = await connect(redis_cluster.url, namespace=unique_namespace())
+    try:
+        await store.ping()
+        nodes = store.client.get_nodes()
+        assert nodes and all(n.connection_class is _ClusterConnection for n in nodes)
+    finally:
+        await store.close()
 
 
 async def test_cluster_urls_carry_the_timeouts_and_the_connection_limit(

@@ -57,12 +57,24 @@ local function read_number(text)
   return n, true
 end
 
--- A sorted-set score as a number (Redis writes infinities as 'inf' and '-inf'); nil for none.
--- A cooldown ending at +inf is one an operator set to last until cleared (ZADD ... +inf id).
+-- Scores at or beyond 10^15 read as infinite: as a deadline (ms) the year 33658, as a rotation
+-- sequence more than any counter reaches (and more than the priority index's 15 digits hold).
+local FAR = 1e15
+
+-- A sorted-set score as a number (Redis writes infinities as 'inf' and '-inf', an export as
+-- '+inf'); nil for none. Scores at or beyond FAR read as +/-inf, so that a hand-written 1e300
+-- means what +inf means and no reply or text ever carries a number too large for it.
+-- A cooldown ending at +inf is one an operator set to last until cleared (ZADD ... +inf id); a
+-- ready profile at +inf is last in the rotation, at -inf first, until its next pick (see
+-- docs/pools.md).
 local function score_of(text)
-  if text == 'inf' then return math.huge end
+  if text == 'inf' or text == '+inf' then return math.huge end
   if text == '-inf' then return -math.huge end
-  return tonumber(text)
+  local n = tonumber(text)
+  if n == nil or n ~= n then return nil end
+  if n >= FAR then return math.huge end
+  if n <= -FAR then return -math.huge end
+  return n
 end
 
 -- The type each key of a pool call holds, by its place in KEYS (8: a session key).
@@ -124,19 +136,30 @@ local function delete_fields(member, names)
   redis.call('HDEL', K_STATE, unpack(field_names(member, names)))
 end
 
--- The next value of a pool counter: 'seq' (rotation) or 'gen' (generations). A counter edited
--- by hand into something HINCRBY refuses, or deleted while the pool has profiles, is first set
--- past every value it may have handed out (seq: the highest rotation sequence; gen: Redis
--- time in ms, beyond any count of generations), so that a hand edit never stops picks or
--- additions, and a rotation never restarts ahead of the profiles waiting in it.
-local function next_counter(name)
+-- The highest rotation sequence of the ready set (0 if none): a place at +/-inf or beyond FAR,
+-- or below zero, is no sequence the counter handed out.
+local function last_sequence()
+  local last = redis.call('ZREVRANGEBYSCORE', K_READY, '(' .. FAR, 0, 'LIMIT', 0, 1, 'WITHSCORES')
+  return math.floor(tonumber(last[2]) or 0)
+end
+
+-- The next value of a pool counter: 'seq' (rotation) or 'gen' (generations), above `above`
+-- when given (the place a pick moves a profile on from). A counter edited by hand into
+-- something HINCRBY refuses or past FAR, deleted while the pool has profiles, or set back to
+-- `above` or below, is first set past every value it may have handed out (seq: the highest
+-- rotation sequence; gen: Redis time in ms, beyond any count of generations), so that a hand
+-- edit never stops picks or additions, and a rotation never restarts ahead of the profiles
+-- waiting in it (a counter set back would put the picked profile in front, again and again).
+local function next_counter(name, above)
   local reply = redis.pcall('HINCRBY', K_META, name, 1)
-  if type(reply) == 'number' and reply > 1 then return reply end
-  -- The counter was absent (reply 1), or HINCRBY refused its value (an error reply).
+  if type(reply) == 'number' and reply > 1 and reply < FAR and not (above and reply <= above) then
+    return reply
+  end
+  -- The counter was absent (reply 1), HINCRBY refused its value (an error reply), it reached
+  -- FAR (a hand edit: no sequence is that large), or it is behind the sequence it must pass.
   local restart
   if name == 'seq' then
-    local last = redis.call('ZRANGE', K_READY, -1, -1, 'WITHSCORES')
-    restart = tonumber(last[2]) or 0
+    restart = last_sequence()
   elseif reply == 1 and redis.call('HLEN', K_PROFILES) <= 1 then
     restart = 0  -- the first profile of a new pool
   else

@@ -4,7 +4,7 @@
 
 local function dequeue(id, def)
   local seq = redis.call('ZSCORE', K_READY, id)
-  if seq and def then redis.call('ZREM', K_RANKED, rank_member(def, tonumber(seq), id)) end
+  if seq and def then redis.call('ZREM', K_RANKED, rank_member(def, seq, id)) end
   redis.call('ZREM', K_READY, id)
 end
 

@@ -20,10 +20,15 @@ local function load_def(id)
 end
 
 -- The lexicographic rank member: highest priority first, OAuth before API keys, then rotation.
+-- seq is the profile's ready score (a number, or its text); a place a hand edit put outside the
+-- sequences (+/-inf, below zero, a fraction) ranks as its rotation place does: -inf first,
+-- +inf last (written as 0 and 10^15 - 1, so that 15 digits always hold it).
 local function rank_member(def, seq, id)
   local inverse = 1000000000 - math.floor(def.priority)
   local type_rank = (def.type == 'oauth') and '0' or '1'
-  return string.format('%010d', inverse) .. '|' .. type_rank .. '|' .. string.format('%015d', seq) .. '|' .. id
+  local place = math.min(math.max(math.floor(score_of(seq) or 0), 0), FAR - 1)
+  return string.format('%010d', inverse) .. '|' .. type_rank .. '|'
+    .. string.format('%015d', place) .. '|' .. id
 end
 
 -- Put a profile at the end of the rotation (ready + ranked). A broken definition stays out of

@@ -41,8 +41,8 @@ end
 -- Re-rank if it is in the rotation (an old entry computed from the old definition, if any).
 local seq = redis.call('ZSCORE', K_READY, id)
 if seq then
-  if old then redis.call('ZREM', K_RANKED, rank_member(old, tonumber(seq), id)) end
-  redis.call('ZADD', K_RANKED, 0, rank_member(def, tonumber(seq), id))
+  if old then redis.call('ZREM', K_RANKED, rank_member(old, seq, id)) end
+  redis.call('ZADD', K_RANKED, 0, rank_member(def, seq, id))
 end
 emit('profile:added', id, {type = def.type, priority = def.priority, updated = true}, now)
 return {'updated', gen}

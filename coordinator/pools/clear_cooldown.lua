@@ -4,7 +4,8 @@
 -- Returns {'missing'} | {'cleared', was cooling 0|1}
 -- Also repairs state fields edited into an invalid form (they are deleted; the usage figures
 -- that are still readable are kept), gives a profile whose generation was deleted a new one,
--- and puts it back in the rotation keys (ready, ranked) if one of them was deleted.
+-- puts it back in the rotation keys (ready, ranked) if one of them was deleted, and gives it an
+-- ordinary place in the rotation if a hand edit put it at +/-inf or between sequences.
 --!include _pool_admin.lua
 
 local id = ARGV[2]
@@ -17,12 +18,16 @@ local was_cooling = redis.call('ZREM', K_COOLING, id)
 local pair_count = redis.call('ZCARD', K_COOLING)
 drop_model_entries(id)
 local pairs_cleared = pair_count - redis.call('ZCARD', K_COOLING)
--- Back in the rotation, and in the priority index (deleted by hand, say, as a repair).
+-- Back in the rotation, and in the priority index (deleted by hand, say, as a repair). A place
+-- in the rotation that no counter hands out (an operator's ZADD of +inf, -inf, a fraction or
+-- a number below one) becomes an ordinary one, at the end.
 local seq = redis.call('ZSCORE', K_READY, id)
-if not seq then
+local place = score_of(seq)
+if place and place >= 1 and place < math.huge and place == math.floor(place) then
+  if def then redis.call('ZADD', K_RANKED, 0, rank_member(def, seq, id)) end
+else
+  dequeue(id, def)
   enqueue(id, def)
-elseif def then
-  redis.call('ZADD', K_RANKED, 0, rank_member(def, tonumber(seq), id))
 end
 local _values, broken = read_numbers(id, NUMBER_FIELDS)
 if #broken > 0 then delete_fields(id, broken) end

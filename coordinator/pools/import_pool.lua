@@ -27,7 +27,7 @@ end
 for _, entry in ipairs(snap.ready) do
   redis.call('ZADD', K_READY, entry[2], entry[1])
   local def = load_def(entry[1])
-  if def then redis.call('ZADD', K_RANKED, 0, rank_member(def, tonumber(entry[2]), entry[1])) end
+  if def then redis.call('ZADD', K_RANKED, 0, rank_member(def, entry[2], entry[1])) end
 end
 for _, list in ipairs({snap.cooling, snap.model_cooling}) do
   for _, entry in ipairs(list) do redis.call('ZADD', K_COOLING, entry[2], entry[1]) end

@@ -38,7 +38,8 @@ local now = now_ms()
 local pair_scope = (model ~= '' and kind == 'rate_limit')
 local billing = (kind == 'billing')
 local member = pair_scope and (id .. '|' .. model) or id
-local existing = score_of(redis.call('ZSCORE', K_COOLING, member)) or 0
+local cooling_until = score_of(redis.call('ZSCORE', K_COOLING, member))
+local existing = cooling_until or 0
 
 -- The profile's fields, named one by one (building the lists in a loop cost this report a
 -- quarter of its Redis time). A counter or time that is not a non-negative number reads as
@@ -92,7 +93,7 @@ local until_cleared = (until_ms == math.huge)
 -- Writes start here: first make sure the keys written without being read (ready, events) are
 -- not of another type (Redis does not undo earlier writes when a later one fails).
 check_types(4, 5)
-if existing > 0 and existing <= now then
+if cooling_until and existing <= now then  -- (-inf too: an operator's "ended long ago")
   emit('profile:recovered', id, pair_scope and {model = model} or {}, now)
 end
 if pair_scope then

@@ -41,7 +41,14 @@ local rotation_changed = false
 local function usable(id, need_def)
   if excluded[id] then return nil end
   local raw = redis.call('HGET', K_PROFILES, id)
-  if not raw then return nil end
+  if not raw then
+    -- In the rotation, but no profile has this id (an operator's ZADD to the ready set): it
+    -- leaves the rotation, so that no later pick has to skip it.
+    check_types()  -- (a repair, rare: every key is checked before the first write)
+    redis.call('ZREM', K_READY, id)
+    rotation_changed = true
+    return nil
+  end
   -- Cooling but still in the rotation (an operator's ZADD to the cooling set, e.g. +inf to
   -- bench it until cleared): the cooling set is the truth, so it leaves the rotation.
   local cooling_until = score_of(redis.call('ZSCORE', K_COOLING, id))
@@ -140,12 +147,12 @@ if not chosen and strategy == 'priority' then
         check_types()
         redis.call('ZREM', K_RANKED, member)
         dropped = dropped + 1
-      elseif def and rank_member(def, tonumber(seq), id) ~= member then
+      elseif def and rank_member(def, seq, id) ~= member then
         -- Priority or type edited by hand: re-index it and walk again from the top, since
         -- its new place may come earlier. Each stale entry is repaired once.
         check_types()
         redis.call('ZREM', K_RANKED, member)
-        redis.call('ZADD', K_RANKED, 0, rank_member(def, tonumber(seq), id))
+        redis.call('ZADD', K_RANKED, 0, rank_member(def, seq, id))
         restart = true
         break
       elseif def then
@@ -172,14 +179,16 @@ end
 
 if not chosen then
   -- The soonest whole-profile cooldown: the first member without '|' ((profile, model) pairs
-  -- of other models do not help this caller). Bounded: past 64 pairs, the last score read is
-  -- a lower bound of it, which is a safe "try again by" for the caller.
+  -- of other models do not help this caller) that is a profile (not an id an operator's ZADD
+  -- put there). Bounded: past 64 entries, the last score read is a lower bound of it, which is
+  -- a safe "try again by" for the caller.
   local offset, found = 0, false
   while not found and offset < 64 do
     local page = redis.call('ZRANGE', K_COOLING, offset, offset + PAGE - 1, 'WITHSCORES')
     if #page == 0 then break end
     for i = 1, #page, 2 do
-      if not string.find(page[i], '|', 1, true) then
+      if not string.find(page[i], '|', 1, true)
+          and redis.call('HEXISTS', K_PROFILES, page[i]) == 1 then
         consider_until(score_of(page[i + 1]))
         found = true
         break
@@ -201,10 +210,12 @@ check_types(2)
 -- priority picks keep the ranked index in step; after round-robin or random picks its
 -- entries carry an old sequence, which the priority walk notices and repairs (above).
 if reason == 'rotation' then
-  local seq = next_counter('seq')
+  -- (Past the place it leaves: a counter set back by hand would otherwise put it in front.)
+  local place = score_of(chosen_seq)
+  local seq = next_counter('seq', place ~= math.huge and place or nil)
   redis.call('ZADD', K_READY, seq, chosen)
   if strategy == 'priority' then
-    redis.call('ZREM', K_RANKED, rank_member(chosen_def, tonumber(chosen_seq), chosen))
+    redis.call('ZREM', K_RANKED, rank_member(chosen_def, chosen_seq, chosen))
     redis.call('ZADD', K_RANKED, 0, rank_member(chosen_def, seq, chosen))
   end
 end

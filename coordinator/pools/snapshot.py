@@ -24,7 +24,7 @@ import orjson
 from ..errors import ConfigError
 from ..store.keys import validate_id
 
-__all__ = ["FORMAT", "checked_pool", "pool_from_reply", "pool_from_v1", "score"]
+__all__ = ["FAR", "FORMAT", "checked_pool", "pool_from_reply", "pool_from_v1", "score"]
 
 #: The format :meth:`AuthProfileManager.export_state` writes.
 FORMAT = 2
@@ -47,31 +47,46 @@ def pool_from_reply(reply: Sequence[Any]) -> dict[str, Any]:
     cooling: list[list[Any]] = []
     model_cooling: list[list[Any]] = []
     for member, until in _pairs(reply[4]):
-        (model_cooling if "|" in member else cooling).append([member, score(until)])
+        (model_cooling if "|" in member else cooling).append([member, _exact(float(until))])
     # A counter edited into garbage is left out (the next pick or addition repairs it).
     meta = {
         name: int(value)
         for name, value in _pairs(reply[5])
-        if name in ("seq", "gen") and str(value).isdigit()
+        if name in ("seq", "gen") and str(value).isdigit() and int(value) < FAR
     }
     return {
         "profiles": dict(_pairs(reply[1])),
         "state": state,
         "model_state": model_state,
-        "ready": [[k, score(v)] for k, v in _pairs(reply[3])],
+        "ready": [[k, _exact(float(v))] for k, v in _pairs(reply[3])],
         "cooling": cooling,
         "model_cooling": model_cooling,
         "meta": meta,
     }
 
 
-def score(text: str) -> int | str:
+#: Scores at or beyond ±10**15 read as ±inf, as they do in the pool scripts: as a deadline
+#: (ms) the year 33658, as a rotation sequence more than any counter reaches.
+FAR = 10**15
+
+
+def score(text: str | float) -> int | str:
     """A sorted-set score as an int, or ``"+inf"`` / ``"-inf"`` (``ZADD`` reads them back;
-    +inf in the cooling set is a cooldown until cleared)."""
-    value = float(text)
-    if math.isinf(value):
-        return "+inf" if value > 0 else "-inf"
-    return int(value)
+    +inf in the cooling set is a cooldown until cleared, in the ready set the last place of
+    the rotation). A score at or beyond ±10**15 is one of the infinities (never a number too
+    large for JSON)."""
+    value = _exact(float(text))
+    return value if isinstance(value, str) else int(value)
+
+
+def _exact(value: float) -> int | float | str:
+    """A score as a snapshot keeps it: ``"+inf"`` / ``"-inf"`` at or beyond ±10**15, else the
+    number (an int when whole: a place set by hand between two sequences stays between them)."""
+    if value >= FAR:
+        return "+inf"
+    if value <= -FAR:
+        return "-inf"
+    return int(value) if value.is_integer() else value
 
 
 def _text(value: Any) -> str | None:
@@ -145,15 +160,7 @@ def checked_pool(name: str, pool: Any) -> dict[str, Any]:
             for field, value in fields.items():
                 if ":" in field or not isinstance(value, str):
                     raise ConfigError(f"{where}.{part}.{member}", f"malformed field {field!r}")
-    for part in ("ready", "cooling", "model_cooling"):
-        for entry in pool.get(part) or []:
-            if not (
-                isinstance(entry, Sequence)
-                and len(entry) == 2
-                and isinstance(entry[0], str)
-                and (_is_number(entry[1]) or entry[1] in ("+inf", "-inf"))
-            ):
-                raise ConfigError(f"{where}.{part}", f"malformed entry {entry!r}")
+    entries = {part: _entries(where, part, pool.get(part)) for part in _SORTED_SETS}
     meta = pool.get("meta") or {}
     if not isinstance(meta, Mapping) or not all(_is_number(meta.get(k, 0)) for k in ("seq", "gen")):
         raise ConfigError(f"{where}.meta", "seq and gen must be numbers")
@@ -161,12 +168,47 @@ def checked_pool(name: str, pool: Any) -> dict[str, Any]:
         "profiles": dict(pool["profiles"]),
         "state": dict(pool.get("state") or {}),
         "model_state": dict(pool.get("model_state") or {}),
-        "ready": list(pool.get("ready") or []),
-        "cooling": list(pool.get("cooling") or []),
-        "model_cooling": list(pool.get("model_cooling") or []),
-        "meta": {k: int(meta.get(k, 0)) for k in ("seq", "gen")},
+        **entries,
+        # A counter out of range imports as 0: the next pick or addition restarts it past
+        # every value in use, as for a counter edited into garbage.
+        "meta": {k: _counter(meta.get(k, 0)) for k in ("seq", "gen")},
     }
 
 
+_SORTED_SETS = ("ready", "cooling", "model_cooling")
+
+
+def _entries(where: str, part: str, entries: Any) -> list[list[Any]]:
+    """The ``[member, score]`` entries of one sorted set, each score a number or ``"+inf"`` /
+    ``"-inf"`` (see :func:`_exact`), or ``ConfigError`` naming the part."""
+    out: list[list[Any]] = []
+    for entry in entries or []:
+        if not (
+            isinstance(entry, Sequence)
+            and not isinstance(entry, str)
+            and len(entry) == 2
+            and isinstance(entry[0], str)
+            and (_is_number(entry[1]) or entry[1] in ("+inf", "-inf"))
+        ):
+            raise ConfigError(f"{where}.{part}", f"malformed entry {entry!r}")
+        value = entry[1]
+        out.append([entry[0], value if isinstance(value, str) else _exact(_clamped(value))])
+    return out
+
+
+def _clamped(value: float) -> float:
+    """A number as a float, an int too large for one as an infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def _counter(value: float) -> int:
+    return int(value) if 0 <= value < FAR else 0
+
+
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return isinstance(value, int) or math.isfinite(value)

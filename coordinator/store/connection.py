@@ -15,9 +15,9 @@ wait on an unhealthy Redis.
 
 Connections heal without ever running an operation twice: a pooled connection that the server
 closed while it was idle (a restart, an idle ``timeout``, ``CLIENT KILL``) is found at EOF when
-it is taken from the pool, before anything is written, and replaced. Nothing is retried once
-written: a call that fails after sending raises :class:`StoreUnavailableError`, since the
-server may have run it.
+it is taken from the pool (of a standalone or Sentinel client, or of a cluster node), before
+anything is written, and replaced. Nothing is retried once written: a call that fails after
+sending raises :class:`StoreUnavailableError`, since the server may have run it.
 
 Every redis exception is translated here into :class:`StoreUnavailableError` with the cause
 kept; nothing above this module sees a raw redis error. No password or token of the URL
@@ -31,7 +31,8 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
@@ -39,6 +40,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit
 import redis.asyncio as aioredis
 import redis.exceptions as rexc
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
@@ -305,6 +307,9 @@ class Store:
         self._persist_task: asyncio.Task[None] | None = None
         self._persist_interval_s = 0.2
         self._closed = False
+        # Told of every round trip (operation, its arguments, seconds), e.g. by
+        # coordinator.metrics.AppMetrics; empty, so free, unless metrics are attached.
+        self.observers: list[Callable[[str, Sequence[Any], float], None]] = []
 
     def __repr__(self) -> str:
         return (
@@ -331,10 +336,19 @@ class Store:
     @contextlib.asynccontextmanager
     async def guard(self, what: str) -> AsyncIterator[None]:
         """Translate redis errors raised inside the block into :class:`StoreUnavailableError`."""
+        started = time.perf_counter()
         try:
             yield
         except _UNAVAILABLE as exc:
             raise self._unavailable(what, exc) from exc
+        finally:
+            if self.observers:
+                self._observe(what, (), started)
+
+    def _observe(self, operation: str, args: Sequence[Any], started: float) -> None:
+        seconds = time.perf_counter() - started
+        for observer in self.observers:
+            observer(operation, args, seconds)
 
     def function_name(self, name: str) -> str:
         """The name under which operation ``name`` is loaded on the server (its library's and
@@ -347,6 +361,7 @@ class Store:
         FCALL again (the first FCALL ran nothing). Keys may be pre-encoded bytes."""
         function, source = self._functions[name]
         command = ("FCALL", function, len(keys), *keys, self._clock_arg(), *args)
+        started = time.perf_counter()
         try:
             try:
                 result = await self._fcall(command, keys)
@@ -357,6 +372,9 @@ class Store:
                 result = await self._fcall(command, keys)
         except _UNAVAILABLE as exc:
             raise self._unavailable(f"script {name}", exc) from exc
+        finally:
+            if self.observers:
+                self._observe(name, args, started)
         self._schedule_persist()
         return result
 
@@ -599,13 +617,34 @@ def _max_connections(target: _Target) -> int:
 def _cluster_client(target: _Target) -> Any:
     user, password = _credentials(target)
     nodes = [ClusterNode(h, p) for h, p in _hosts(urlsplit(target.url).netloc)]
-    return RedisCluster(
+    client = RedisCluster(
         startup_nodes=nodes,
         username=user,
         password=password,
         max_connections=_max_connections(target),
         **_client_options(target.timeouts),
     )
+    # redis-py makes every node's connections from this one dict (the startup nodes, made
+    # already, are set apart); its constructor takes no connection class.
+    client.connection_kwargs["connection_class"] = _ClusterConnection
+    for node in client.startup_nodes:
+        node.connection_class = _ClusterConnection
+    return client
+
+
+class _ClusterConnection(Connection):
+    """A cluster node's connection, checked before each use as the standalone pool checks its
+    own: redis-py's cluster nodes hand out an idle connection unchecked, and disconnect it
+    first only when it says it should reconnect. One the server closed while it sat idle (a
+    restart, the idle ``timeout``, ``CLIENT KILL``) says so here: it is then closed and opened
+    again before anything is written on it, so the call is sent once, on a live connection."""
+
+    def should_reconnect(self) -> bool:
+        """Whether the connection must be opened again before its next command: marked so by
+        redis-py, or closed by the server (its reader is at EOF: nothing can be pending)."""
+        marked = bool(super().should_reconnect())  # type: ignore[no-untyped-call]
+        reader = self._reader
+        return marked or (reader is not None and reader.at_eof())
 
 
 def _sentinel_client(target: _Target) -> Any:
