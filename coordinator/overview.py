@@ -1,8 +1,9 @@
 """One read of the whole fleet for operators: pools, model profiles, OAuth credentials, workers,
 sticky sessions and recent events.
 
-The command line (``coordinator status``, ``sessions show``, ``events tail``) renders what
-these functions return; they only call the managers' public reads and read the event streams.
+The command line (``coordinator status``, ``sessions show|release``, ``events tail``) renders
+what these functions return; they only call the managers' public methods and read the event
+streams.
 Nothing returned holds a secret: error texts are passed through :func:`redact` once more.
 """
 
@@ -31,6 +32,7 @@ __all__ = [
     "event_streams",
     "fleet_status",
     "recent_events",
+    "release_session",
     "session_bindings",
 ]
 
@@ -135,6 +137,22 @@ async def session_bindings(
             ttl = await store.command("PTTL", key)
             out.append(SessionBinding("model", "models", str(model_bound), int(ttl)))
     return out
+
+
+async def release_session(
+    managers: Managers, session_id: str, provider: str | None = None
+) -> list[str]:
+    """Unpin a session: from its pool keys (in ``provider``'s pool only, when given) and, when
+    no provider is given, from its model profile. Returns what it was pinned in (``pool
+    <provider>``, ``model profiles``), empty when nothing."""
+    validate_session_id(session_id)
+    released: list[str] = []
+    for name in [provider] if provider else await _providers(managers.store):
+        if await managers.pools.release_session(session_id, name):
+            released.append(f"pool {name}")
+    if provider is None and await managers.models.release_session(session_id):
+        released.append("model profiles")
+    return released
 
 
 async def _providers(store: Store) -> list[str]:

@@ -201,6 +201,8 @@ def test_status_shows_the_whole_fleet_without_secrets(cli: Any, target: Target) 
     assert models[fleet.open_breaker]["state"] == "open"
     assert models[fleet.open_breaker]["open_remaining_ms"] > 0
     assert not models[fleet.open_breaker]["available"] and models["claude"]["available"]
+    assert models[fleet.open_breaker]["failures_by_kind"] == {"server": 3}
+    assert models["claude"]["failures_by_kind"] == {}
     assert [c["id"] for c in data["credentials"]] == [fleet.credential]
     assert data["credentials"][0]["expires_at_ms"] > data["now_ms"]
     assert [w["id"] for w in data["workers"]] == [fleet.worker]
@@ -213,6 +215,8 @@ def test_status_shows_the_whole_fleet_without_secrets(cli: Any, target: Target) 
         "cooling",
         fleet.open_breaker,
         "open",
+        "by kind",
+        "server 3",
         fleet.credential,
         fleet.worker,
     ):
@@ -286,14 +290,35 @@ def test_cooldown_and_breaker_commands(cli: Any, target: Target) -> None:
 
     closed = cli(*base, "breaker", "close", fleet.open_breaker)
     assert closed.code == 0 and "was open" in closed.out
-    assert breaker(fleet.open_breaker)["state"] == "closed"
-    assert "disabled" in cli(*base, "breaker", "open", "claude").out
-    assert not breaker("claude")["available"]
-    reset = cli(*base, "breaker", "reset", "claude")
-    assert reset.code == 0 and not breaker("claude")["available"]  # reset keeps it disabled
-    assert cli(*base, "breaker", "close", "claude").code == 0
+    closed_row = breaker(fleet.open_breaker)
+    assert closed_row["state"] == "closed" and closed_row["available"]
+    assert closed_row["failures_by_kind"] == {"server": 3}  # close keeps the counts
+    # A forced open: the profile stays enabled, its breaker is open for the time given.
+    opened = cli(*base, "breaker", "open", "claude", "--for", "120")
+    assert opened.code == 0 and opened.out == "claude: breaker open for 2m00s, then half-open\n"
+    row = breaker("claude")
+    assert (row["state"], row["enabled"], row["available"]) == ("open", True, False)
+    assert 110_000 < row["open_remaining_ms"] <= 120_000
+    assert cli(*base, "breaker", "close", "claude").out == "claude: breaker closed (was open)\n"
     assert breaker("claude")["available"]
-    assert cli(*base, "breaker", "close", "nope").code == 1
+    assert cli(*base, "breaker", "open", "claude").code == 0  # default: the reset timeout
+    assert 50_000 < breaker("claude")["open_remaining_ms"] <= 60_000
+    assert "--for SECONDS" in cli(*base, "breaker", "open", "--help").out
+    # reset also forgets the counts by kind; neither enables a disabled profile.
+    assert cli(*base, "profiles", "disable", "claude").code == 0
+    reset = cli(*base, "breaker", "reset", fleet.open_breaker)
+    assert reset.code == 0 and breaker(fleet.open_breaker)["failures_by_kind"] == {}
+    noted = cli(*base, "breaker", "close", "claude")
+    assert "was open" in noted.out and "the profile is disabled" in noted.out
+    assert not breaker("claude")["available"]
+    for args in (["close", "nope"], ["open", "nope"], ["reset", "nope"]):
+        missing = cli(*base, "breaker", *args)
+        assert (
+            missing.code == 1 and missing.err == "coordinator: error: unknown profile id 'nope'\n"
+        )
+    negative = cli(*base, "breaker", "open", fleet.open_breaker, "--for", "-5")
+    assert negative.code == 1 and negative.err.count("\n") == 1 and "for_s" in negative.err
+    assert cli(*base, "breaker", "open", fleet.open_breaker, "--for", "soon").code == 2
 
 
 def test_sessions_show_and_release(cli: Any, target: Target) -> None:
@@ -303,10 +328,31 @@ def test_sessions_show_and_release(cli: Any, target: Target) -> None:
     assert pinned[0]["profile_id"].startswith("openai-") and pinned[0]["ttl_ms"] > 0
     model = cli(*base, "sessions", "show", fleet.model_session, "--json").json()
     assert [(b["kind"], b["profile_id"]) for b in model] == [("model", "claude")]
-    assert "released" in cli(*base, "sessions", "release", fleet.pinned_session).out
+    # Pin the pool session to a model profile too: a release unpins both and says so.
+    asyncio.run(_pin_model_session(target, fleet.pinned_session))
+    both = cli(*base, "sessions", "show", fleet.pinned_session, "--json").json()
+    assert [b["kind"] for b in both] == ["pool", "model"]
+    released = cli(*base, "sessions", "release", fleet.pinned_session)
+    assert released.out == f"{fleet.pinned_session}: released (pool openai, model profiles)\n"
     assert cli(*base, "sessions", "show", fleet.pinned_session, "--json").json() == []
     assert "not pinned" in cli(*base, "sessions", "show", fleet.pinned_session).out
     assert "was not pinned" in cli(*base, "sessions", "release", fleet.pinned_session).out
+    # --pool keeps the model session; without it, the model session goes too.
+    kept = cli(*base, "sessions", "release", fleet.model_session, "--pool", "openai")
+    assert kept.out == f"{fleet.model_session}: was not pinned\n"
+    assert cli(*base, "sessions", "show", fleet.model_session, "--json").json() != []
+    only_model = cli(*base, "sessions", "release", fleet.model_session).out
+    assert only_model == f"{fleet.model_session}: released (model profiles)\n"
+    assert cli(*base, "sessions", "show", fleet.model_session, "--json").json() == []
+
+
+async def _pin_model_session(target: Target, session_id: str) -> None:
+    store = await connect(target.url, namespace=target.namespace)
+    try:
+        picked = await ModelProfileManager(store).select_profile(session_id=session_id)
+        assert picked is not None
+    finally:
+        await store.close()
 
 
 def test_credentials_list_default_remove(cli: Any, target: Target) -> None:

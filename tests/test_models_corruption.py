@@ -44,6 +44,10 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Operation]] = {
     ),
     "status": (EVERY_KEY, lambda m: m.get_status()),
     "reset_breaker": (EVERY_KEY, lambda m: m.reset_breaker("primary")),
+    "close_breaker": (EVERY_KEY, lambda m: m.close_breaker("primary")),
+    "open_breaker": (EVERY_KEY, lambda m: m.open_breaker("tertiary", for_s=30)),
+    # only the session key: a release touches nothing else
+    "release_session": (("session",), lambda m: m.release_session(SESSION)),
     "disable_profile": (EVERY_KEY, lambda m: m.disable_profile("tertiary")),
     "add_profile": (EVERY_KEY, add_three),
     "remove_profile": (EVERY_KEY, lambda m: m.remove_profile("tertiary")),

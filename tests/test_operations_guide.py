@@ -33,6 +33,10 @@ ANSWERS: dict[str, list[str]] = {
     "Why is this key not being used?": ["openai", "rate_limit", "401 invalid key ****"],
     "Which sessions are pinned to it?": ["user-42 openai-backup", "chat-7 claude"],
     "When does this breaker close?": ["open", "server", "503 overloaded", "gpt-4o:open_until_ms"],
+    "How has this model profile been failing?": [
+        "gpt-4o:failures_server\n3",
+        "gpt-4o:failures_total",
+    ],
     "Which model profile is tried first?": ["gpt-4o\n-100", "gpt-4o:state"],
     "Who holds this refresh lock?": [f"{LOCK_PREFIX}:", f"worker-1 {LOCK_PREFIX}"],
     "When does this token expire, and is it refreshed?": ["google\nactive", "google:ops"],

@@ -9,7 +9,7 @@ import click
 
 from ..errors import ConfigError, ProfileNotFoundError
 from ..models.types import ModelAuth, ModelProfile
-from ..overview import Managers, session_bindings
+from ..overview import Managers, release_session, session_bindings
 from ..pools.types import AuthProfile
 from . import render
 from .context import Settings, json_option, pass_settings, run
@@ -266,39 +266,56 @@ def breaker() -> None:
 
 @breaker.command("open")
 @click.argument("profile_id")
+@click.option(
+    "--for",
+    "for_s",
+    type=float,
+    metavar="SECONDS",
+    help="how long it stays open (default: 60, the default reset timeout)",
+)
 @pass_settings
-def open_breaker(settings: Settings, profile_id: str) -> None:
-    """Take a model profile out of selection now (the same as ``profiles disable``: the
-    library has no forced open; ``breaker close`` or ``profiles enable`` undoes it)."""
-    _set_enabled(settings, profile_id, False)
+def open_breaker(settings: Settings, profile_id: str, for_s: float | None) -> None:
+    """Force a model profile's breaker open now, on every replica. When the time is over it
+    half-opens and a probe call decides, as after any opening; ``breaker close`` closes it
+    before."""
+
+    async def call(m: Managers) -> int:
+        return (await m.models.open_breaker(profile_id, for_s=for_s)).open_remaining_ms
+
+    remaining = run(settings, call)
+    click.echo(f"{profile_id}: breaker open for {render.duration(remaining)}, then half-open")
 
 
-def _reset(settings: Settings, profile_id: str, verb: str, *, enable: bool) -> None:
-    async def call(m: Managers) -> str:
-        previous = await m.models.reset_breaker(profile_id)
-        if enable:
-            await m.models.enable_profile(profile_id)
-        return previous
+def _close(settings: Settings, profile_id: str, *, reset: bool) -> None:
+    async def call(m: Managers) -> tuple[str, bool]:
+        if reset:
+            previous = await m.models.reset_breaker(profile_id)
+        else:
+            previous = await m.models.close_breaker(profile_id)
+        return previous, (await m.models.get_profile(profile_id)).enabled
 
-    previous = run(settings, call)
-    click.echo(f"{profile_id}: breaker {verb} (was {previous})")
+    previous, enabled = run(settings, call)
+    verb = "reset" if reset else "closed"
+    note = "" if enabled else "; the profile is disabled (profiles enable puts it back)"
+    click.echo(f"{profile_id}: breaker {verb} (was {previous}){note}")
 
 
 @breaker.command("close")
 @click.argument("profile_id")
 @pass_settings
 def close(settings: Settings, profile_id: str) -> None:
-    """Close a model profile's breaker, end its cooldown and enable it (undoes ``open``)."""
-    _reset(settings, profile_id, "closed", enable=True)
+    """Close a model profile's breaker and end its cooldown now (undoes ``open``); its
+    failure counts by kind are kept. A disabled profile stays disabled."""
+    _close(settings, profile_id, reset=False)
 
 
 @breaker.command("reset")
 @click.argument("profile_id")
 @pass_settings
 def reset(settings: Settings, profile_id: str) -> None:
-    """Close the breaker and forget its failure window and streak (repairs a corrupt record);
-    a disabled profile stays disabled."""
-    _reset(settings, profile_id, "reset", enable=False)
+    """Close the breaker, end its cooldown and forget its failure window, streak and counts
+    by kind (repairs a corrupt record). A disabled profile stays disabled."""
+    _close(settings, profile_id, reset=True)
 
 
 @click.group()
@@ -328,13 +345,16 @@ def show_session(settings: Settings, session_id: str, pool: str | None, as_json:
 
 @sessions.command("release")
 @click.argument("session_id")
-@click.option("--pool", help="only this pool")
+@click.option("--pool", help="only this pool (the model session is kept)")
 @pass_settings
 def release(settings: Settings, session_id: str, pool: str | None) -> None:
-    """Forget a session's pool bindings (its next call picks a key again)."""
+    """Unpin a session from its pool keys and its model profile (its next call picks again)."""
 
-    async def call(m: Managers) -> bool:
-        return await m.pools.release_session(session_id, pool)
+    async def call(m: Managers) -> list[str]:
+        return await release_session(m, session_id, pool)
 
     released = run(settings, call)
-    click.echo(f"{session_id}: {'released' if released else 'was not pinned'}")
+    if released:
+        click.echo(f"{session_id}: released ({', '.join(released)})")
+    else:
+        click.echo(f"{session_id}: was not pinned")

@@ -13,7 +13,7 @@ import click
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
-from ..models.types import ModelProfileStatus
+from ..models.types import BROKEN_COUNT_FIELDS, ModelProfileStatus
 from ..oauth.types import OAuthCredential
 from ..overview import FleetStatus
 from ..pools.types import ProfileStatus
@@ -108,6 +108,21 @@ def pools_table(rows: Sequence[ProfileStatus]) -> Table:
     )
 
 
+def breaker_cell(row: ModelProfileStatus) -> str | None:
+    """The breaker state, or what is broken (a broken failure count stops nothing: the state
+    is still shown)."""
+    if row.broken_field is None:
+        return row.state
+    if row.broken_field in BROKEN_COUNT_FIELDS:
+        return f"{row.state}, broken {row.broken_field}"
+    return f"broken ({row.broken_field})"
+
+
+def by_kind(counts: dict[str, int]) -> str | None:
+    """Failure counts by kind as ``server 3, timeout 1`` (``None`` for none)."""
+    return ", ".join(f"{kind} {n}" for kind, n in counts.items()) or None
+
+
 def models_table(rows: Sequence[ModelProfileStatus]) -> Table:
     """The model profiles and their breakers."""
     return table(
@@ -122,6 +137,7 @@ def models_table(rows: Sequence[ModelProfileStatus]) -> Table:
             "streak",
             "window",
             "failures",
+            "by kind",
             "enabled",
             "last error",
         ],
@@ -129,13 +145,14 @@ def models_table(rows: Sequence[ModelProfileStatus]) -> Table:
             [
                 r.id,
                 r.provider,
-                f"broken ({r.broken_field})" if r.broken_field else r.state,
+                breaker_cell(r),
                 duration(r.open_remaining_ms) if r.open_remaining_ms else None,
                 duration(r.cooldown_remaining_ms) if r.cooldown_remaining_ms else None,
                 r.probes_in_flight,
                 r.consecutive_failures,
                 f"{r.window_failures}/{r.window_calls}",
-                f"{r.failures_total} {r.last_error_kind or ''}".strip(),
+                r.failures_total,
+                by_kind(r.failures_by_kind),
                 r.enabled,
                 _short(r.last_error),
             ]

@@ -25,6 +25,10 @@
 --   the open period doubles each time, up to max_open_ms), half_open_ms, probe_successes,
 --   cooldown_until_ms (Retry-After, rate-limit reset, billing), failures_total,
 --   last_failure_ms, last_error, last_error_kind
+--   failures_<kind> (one per failure kind of KINDS: failures of that kind since the last
+--     reset, HINCRBY on each reported failure): read by the status only, never by a
+--     selection or a success report; a broken one is named by the status and skipped by the
+--     count, and stops nothing else
 -- A value edited into garbage makes the breaker unreadable (that profile only): selection skips
 -- the profile, reports say 'corrupt', the status names the field ('breaker.<name>'), and
 -- model_reset repairs it. Successes are not counted one by one (a success in a steady closed
@@ -112,6 +116,36 @@ local function count(text)
   return n
 end
 
+-- The failure kinds counted one by one, '<id>:failures_<kind>' (FailureKind but 'caller').
+local KINDS = {'rate_limit', 'billing', 'auth', 'server', 'timeout', 'unknown'}
+local IS_KIND = {}
+for i = 1, #KINDS do IS_KIND[KINDS[i]] = true end
+
+-- Whether a failure count's text is sound: digits only (what HINCRBY accepts), at most 15.
+local function is_count(text)
+  return string.find(text, '^%d+$') ~= nil and #text <= 15
+end
+
+-- A profile's failure counts by kind, read with one HMGET (status only): returns (kind -> n
+-- for the kinds seen, nil or the first broken field 'breaker.failures_<kind>').
+local function failure_counts(id)
+  local names = {}
+  for i, kind in ipairs(KINDS) do names[i] = id .. ':failures_' .. kind end
+  local values = redis.call('HMGET', K_BREAKERS, unpack(names))
+  local counts, bad = {}, nil
+  for i, kind in ipairs(KINDS) do
+    local text = values[i]
+    if text then
+      if is_count(text) then
+        counts[kind] = tonumber(text)
+      elseif not bad then
+        bad = 'breaker.failures_' .. kind
+      end
+    end
+  end
+  return counts, bad
+end
+
 -- A breaker from its fields' texts (name -> text, absent ones nil): returns (breaker, nil) or
 -- (nil, 'breaker.<name>') naming the first broken field.
 local function parse_breaker(t)
@@ -182,12 +216,26 @@ local function save_breaker(id, b)
   if #gone > 0 then redis.call('HDEL', K_BREAKERS, unpack(gone)) end
 end
 
--- Delete every field of a profile's breaker.
-local function delete_breaker(id)
+-- Delete every field of a profile's breaker (with_counts: its failure counts by kind too).
+local function delete_breaker(id, with_counts)
   check_types()
   local names = {}
   for i, name in ipairs(FIELDS) do names[i] = id .. ':' .. name end
+  if with_counts then
+    for _, kind in ipairs(KINDS) do names[#names + 1] = id .. ':failures_' .. kind end
+  end
   redis.call('HDEL', K_BREAKERS, unpack(names))
+end
+
+-- Count one failure of a kind. A count edited into something else than digits is left as it is
+-- (the status names it; model_reset repairs it): a report never fails for a statistic.
+local function count_failure(id, kind)
+  if not IS_KIND[kind] then return end
+  local name = id .. ':failures_' .. kind
+  local text = redis.call('HGET', K_BREAKERS, name)
+  if text and not is_count(text) then return end
+  check_types()
+  redis.call('HINCRBY', K_BREAKERS, name, 1)
 end
 
 -- Drop expired probe permits; returns (count left, soonest expiry or nil, whether any
@@ -234,10 +282,16 @@ local function counting_streak(b, now)
   return streak
 end
 
-local function open_breaker(id, b, now, reason, kind)
-  local reopens = 0
-  if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
-  local period = math.floor(math.min(conf().max_open_ms, conf().reset_timeout_ms * (2 ^ reopens)))
+-- Open a breaker now: for period ms when given (an operator's forced open: reopens is kept
+-- as it is), else for reset_timeout_ms doubled by each re-open without closing, up to
+-- max_open_ms.
+local function open_breaker(id, b, now, reason, kind, period)
+  local reopens = b.reopens or 0
+  if period == nil then
+    reopens = 0
+    if b.state == 'half_open' then reopens = math.min((b.reopens or 0) + 1, 40) end
+    period = math.floor(math.min(conf().max_open_ms, conf().reset_timeout_ms * (2 ^ reopens)))
+  end
   b.state = 'open'
   b.epoch = b.epoch + 1
   b.opened_ms = now
@@ -350,4 +404,22 @@ local function resolve_model(def, model)
     if not string.find(name, '*', 1, true) then return name end
   end
   return ''
+end
+
+-- One profile's status row, on Redis time (a due open -> half-open transition applied first):
+-- {id, definition JSON ('' if unreadable), breaker JSON ('' if corrupt), broken field of the
+-- definition or breaker ('' if sound), failure counts by kind JSON, broken count field ('' if
+-- none)}. The breaker JSON holds the fields above, streak a list of ms, permits an object.
+local function status_row(id, now)
+  local _, raw_def, bad = load_def(id)
+  local b, bbad = load_breaker(id)
+  local breaker = ''
+  if b then
+    if b.state ~= 'closed' and refresh(id, b, now) then save_breaker(id, b) end
+    breaker = cjson.encode(b)
+  end
+  local counts, cbad = failure_counts(id)
+  local counts_json = '{}'
+  if next(counts) ~= nil then counts_json = cjson.encode(counts) end
+  return {id, raw_def or '', breaker, bad or bbad or '', counts_json, cbad or ''}
 end

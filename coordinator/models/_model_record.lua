@@ -58,6 +58,7 @@ local function record(id, b, now, outcome, kind, message, epoch, token, retry_ms
       epoch = b.epoch}
     if cooldown_set then data.cooldown_until_ms = b.cooldown_until_ms end
     emit('profile:failure', id, data, now)
+    count_failure(id, kind)
   end
   if cooldown_set then
     emit('profile:cooldown', id, {kind = kind, outcome = outcome,

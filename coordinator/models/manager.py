@@ -51,12 +51,13 @@ from ..store.connection import Store
 from ..store.keys import ModelKeys, validate_id, validate_session_id
 from ..store.parsed import ParsedDefinitions
 from ..store.secrets import Secret, redact
-from ..validation import retry_after_ms
+from ..validation import number, retry_after_ms
 from .classify import Classification, classify, classify_exception
 from .config import ModelConfig
 from .defaults import default_model_profiles
 from .replies import report_result, status_row
 from .types import (
+    BROKEN_COUNT_FIELDS,
     ModelAttempt,
     ModelCall,
     ModelProfile,
@@ -90,6 +91,8 @@ _DIRECT_AUTH = frozenset({"api_key", "env", "none"})
 # The auth kinds whose key this replica itself holds (a value it decrypts, or a variable of
 # its environment): whether it can use it is known without I/O, before the call.
 _LOCAL_KEY = frozenset({"api_key", "env"})
+# The longest forced opening of a breaker (ten years: beyond that, disable the profile).
+_MAX_FORCED_OPEN_S = 10 * 365 * 86400
 
 
 class _Unusable(Exception):
@@ -141,16 +144,17 @@ def _budget_ms(wait_s: float) -> float:
     return float(wait_s) * 1000.0
 
 
-def _describe(error: BaseException | str | None, known: Sequence[str] = ()) -> str:
+def _error_text(error: BaseException | str | None) -> str:
+    """The text of a reported error, not yet redacted (``""`` for none)."""
     if error is None:
         return ""
     if isinstance(error, str):
-        return redact(error, known)
+        return error
     try:
         text = str(error)
     except Exception:
         text = ""
-    return redact(f"{type(error).__name__}: {text}" if text else type(error).__name__, known)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 class ModelProfileManager(EventSource):
@@ -270,6 +274,7 @@ class ModelProfileManager(EventSource):
                     "model profile %r skipped: corrupt stored value %r (see get_status)",
                     profile_id,
                     field_name,
+                    extra={"profile": profile_id},
                 )
 
     def _excluded_here(self) -> list[str]:
@@ -293,7 +298,12 @@ class ModelProfileManager(EventSource):
         except _Unusable as problem:
             if profile.id not in self._warned_unusable:
                 self._warned_unusable.add(profile.id)
-                log.warning("model profile %r skipped on this replica: %s", profile.id, problem)
+                log.warning(
+                    "model profile %r skipped on this replica: %s",
+                    profile.id,
+                    problem,
+                    extra={"profile": profile.id},
+                )
             return False
         return True
 
@@ -572,24 +582,36 @@ class ModelProfileManager(EventSource):
     async def _message(
         self, target: ModelSelection | str, error: BaseException | str | None
     ) -> str:
-        """The stored and emitted text of a reported error: token-shaped text redacted, and the
-        profile's own key too (an ``api_key`` or ``env`` key this replica holds: of the
+        """The stored and emitted text of a reported error (see :meth:`_redacted`), for the
         selection's profile; for an id, of the definition this replica last parsed, else of
-        the stored one, read for this)."""
+        the stored one, read for this."""
         if error is None:
             return ""
         profile = (
             target.profile if isinstance(target, ModelSelection) else await self._known(target)
         )
-        known: list[str] = []
-        if profile is not None and profile.auth.kind in _LOCAL_KEY:
+        return self._redacted(profile, error)
+
+    def _redacted(
+        self, profile: ModelProfile | None, error: BaseException | str, used: Secret | None = None
+    ) -> str:
+        """An error's text with token-shaped text redacted, and every key of the profile this
+        replica can read that the text may echo, whatever its shape: the secret the call
+        used, the profile's own ``api_key`` or ``env`` key, and for a pool-backed profile the
+        keys of that pool, found by the pool's own rule (``AuthProfileManager.keys_in``)."""
+        text = _error_text(error)
+        known = [used.reveal()] if used is not None else []
+        kind = profile.auth.kind if profile is not None else None
+        if profile is not None and kind in _LOCAL_KEY and used is None:
             try:
-                secret = self._direct_secret(profile)
+                own = self._direct_secret(profile)
             except _Unusable:
-                secret = None  # not held here: nothing of it can be in the error
-            if secret is not None:
-                known.append(secret.reveal())
-        return _describe(error, known)
+                own = None  # not held here: nothing of it can be in the error
+            if own is not None:
+                known.append(own.reveal())
+        elif profile is not None and kind == "pool" and self.auth_manager is not None:
+            known += self.auth_manager.keys_in(text, str(profile.auth.value))
+        return redact(text, known)
 
     async def _known(self, profile_id: str) -> ModelProfile | None:
         """The definition of ``profile_id`` this replica last parsed, else the stored one
@@ -645,13 +667,59 @@ class ModelProfileManager(EventSource):
         return selection
 
     async def reset_breaker(self, profile_id: str) -> str:
-        """Close a profile's breaker and end its cooldown now (an operator's decision; also
-        repairs a corrupt breaker record). Returns the previous state."""
+        """Close a profile's breaker and end its cooldown now (an operator's decision), and
+        forget its failure counts by kind; also repairs a corrupt breaker record. Returns the
+        previous state. Unknown id: ``ProfileNotFoundError``."""
+        return await self._close(profile_id, "reset")
+
+    async def close_breaker(self, profile_id: str) -> str:
+        """Close a profile's breaker and end its cooldown now, keeping its failure counts by
+        kind (what undoes :meth:`open_breaker`; also repairs a corrupt breaker record).
+        Returns the previous state. Unknown id: ``ProfileNotFoundError``."""
+        return await self._close(profile_id, "close")
+
+    async def _close(self, profile_id: str, mode: Literal["close", "reset"]) -> str:
         validate_id(profile_id, "profile_id")
-        reply = await self._run("model_reset", [profile_id])
+        reply = await self._run("model_reset", [profile_id, mode])
         if reply[0] == "missing":
             raise ProfileNotFoundError(profile_id)
         return str(reply[0])
+
+    async def open_breaker(
+        self, profile_id: str, *, for_s: float | None = None
+    ) -> ModelProfileStatus:
+        """Force a profile's breaker open now, for ``for_s`` seconds (default: the breaker's
+        ``reset_timeout_ms``), one round trip. Selections skip the profile from now on, on
+        every replica; its epoch moves on, so late reports of earlier selections do not count;
+        ``profile:circuit-opened`` is emitted with ``reason="forced"``. When the time is over
+        the breaker half-opens and probes as after any opening (:meth:`close_breaker` closes
+        it before). Returns the profile's status after the change. Unknown id:
+        ``ProfileNotFoundError``; a corrupt breaker record: ``CorruptStateError`` (repair it
+        with :meth:`reset_breaker`)."""
+        validate_id(profile_id, "profile_id")
+        period: int | str = ""
+        if for_s is not None:
+            seconds = number("for_s", for_s, low=0, high=_MAX_FORCED_OPEN_S, strict=True)
+            period = max(1, math.ceil(seconds * 1000))
+        reply = await self._run("model_open", [profile_id, period])
+        if reply[0] == "missing":
+            raise ProfileNotFoundError(profile_id)
+        if reply[0] == "corrupt":
+            raise CorruptStateError(
+                self.keys.breakers,
+                f"{profile_id}:{str(reply[1]).removeprefix('breaker.')}",
+                f"model profile {profile_id!r} ({reply[1]}); reset_breaker repairs it",
+            )
+        decay = self.config.breaker.failure_decay_ms
+        row = reply[3]
+        return self._checked(status_row(int(reply[2]), decay, row), str(row[1]))
+
+    async def release_session(self, session_id: str) -> bool:
+        """Forget a sticky model session (one round trip): its next selection picks a profile
+        again. Returns whether the session was bound to one."""
+        validate_session_id(session_id)
+        reply = await self._run("model_session_release", [], self.keys.session(session_id))
+        return bool(reply)
 
     # -- execute -------------------------------------------------------------------------
 
@@ -896,7 +964,7 @@ class ModelProfileManager(EventSource):
         except StoreUnavailableError as exc:
             log.warning(
                 "the answer of %s is returned, but its report was lost: %s",
-                selection.profile_id, exc,
+                selection.profile_id, exc, extra={"profile": selection.profile_id},
             )  # fmt: skip
 
     async def _fail_over(
@@ -911,8 +979,11 @@ class ModelProfileManager(EventSource):
         kind = outcome.verdict.kind
         assert kind is not None
         error = outcome.error
-        known = [secret.reveal()] if error is not None and secret is not None else []
-        message = _describe(error, known) if error is not None else outcome.verdict.reason
+        message = (
+            self._redacted(selection.profile, error, secret)
+            if error is not None
+            else outcome.verdict.reason
+        )
         run.attempts.append(ModelAttempt(selection.profile_id, kind, message, selection.model))
         last = len(run.attempts) >= run.limit
         report_as: Outcome = "failure"
@@ -934,8 +1005,12 @@ class ModelProfileManager(EventSource):
             raise AllProfilesUnavailableError(run.attempts, None, limit_reached=True)
         if nxt is not None:
             log.info(
-                "failover from %s (%s) to %s", selection.profile_id, kind.value, nxt.profile_id
-            )
+                "failover from %s (%s) to %s", selection.profile_id, kind.value, nxt.profile_id,
+                extra={
+                    "event": "profile:failover", "profile": selection.profile_id,
+                    "kind": kind.value, "model": selection.model,
+                },
+            )  # fmt: skip
         return _Step(done=False, selection=nxt, retry_in=retry_in)
 
     async def _report_unusable(
@@ -971,7 +1046,8 @@ class ModelProfileManager(EventSource):
     def _checked(self, status: ModelProfileStatus, raw: str) -> ModelProfileStatus:
         """The status row, with ``broken_field`` set when the definition is one the script
         accepts but this package cannot use (selection skips it too)."""
-        if status.broken_field is not None or not raw:
+        broken = status.broken_field
+        if (broken is not None and broken not in BROKEN_COUNT_FIELDS) or not raw:
             return status
         try:
             self._parsed.get(status.id, raw)

@@ -4,7 +4,8 @@
 -- failure_decay_ms) and none in its window. Any other record is kept as it is (an open or
 -- half-open breaker, a billing or Retry-After cooldown, a failure streak, failures in the
 -- window): removing and re-adding a profile is no way around any of them. A corrupt breaker
--- is kept too (the status of a re-added profile shows it; model_reset repairs it).
+-- is kept too (the status of a re-added profile shows it; model_reset repairs it). The failure
+-- counts by kind go and stay with the rest of the breaker.
 -- KEYS[1..5]  the {models} keys (see _model.lua; profiles, breakers, events and ranked
 --   are touched)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration (failure_decay_ms is read)
@@ -23,7 +24,7 @@ if b then
     if refresh(id, b, now) then save_breaker(id, b) end
   elseif (b.cooldown_until_ms or 0) <= now and next(counting_streak(b, now)) == nil
       and not string.find(b.window, '1', 1, true) then
-    delete_breaker(id)
+    delete_breaker(id, true)
   end
   -- Removal ends the epoch, and the epoch field outlives the rest: a selection made before
   -- the removal never counts after the profile is added again (epochs never repeat).

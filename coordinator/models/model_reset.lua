@@ -1,11 +1,13 @@
 -- model_reset.lua: an operator closes a profile's breaker and ends its cooldown now.
 -- KEYS[1..5]  the {models} keys (see _model.lua)
 -- ARGV[1] clock offset ms   ARGV[2] breaker configuration   ARGV[3] profile id
+-- ARGV[4] 'close': keep the failure counts by kind; else (a reset) they are deleted too
 -- Returns {'missing'} | {previous state ('corrupt' if the record was broken)}
--- A corrupt breaker is replaced by a fresh closed one (the repair for a hand edit).
+-- A corrupt breaker is replaced by a fresh closed one (the repair for a hand edit; a reset
+-- repairs a broken failure count too). failures_total and the last error are kept.
 --!include _model.lua
 
-local id = ARGV[MARG]
+local id, keep_counts = ARGV[MARG], ARGV[MARG + 1] == 'close'
 local now = now_ms()
 if redis.call('HEXISTS', K_PROFILES, id) == 0 then return {'missing'} end
 check_types()  -- (before the first write: see _model.lua)
@@ -23,9 +25,11 @@ if b then
   fresh.last_error = b.last_error
   fresh.last_error_kind = b.last_error_kind
 end
-delete_breaker(id)  -- (every field, a broken one too)
+delete_breaker(id, not keep_counts)  -- (every field, a broken one too)
 save_breaker(id, fresh)
 if previous ~= 'closed' then
-  emit('profile:circuit-closed', id, {epoch = fresh.epoch, reason = 'reset'}, now)
+  local reason = 'reset'
+  if keep_counts then reason = 'forced' end
+  emit('profile:circuit-closed', id, {epoch = fresh.epoch, reason = reason}, now)
 end
 return {previous}

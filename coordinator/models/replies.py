@@ -11,6 +11,7 @@ from typing import Any, cast
 
 import orjson
 
+from ..failures import FailureKind
 from .types import BreakerState, ModelProfileStatus, ReportResult
 
 __all__ = ["report_result", "status_row"]
@@ -44,10 +45,21 @@ def _num(value: Any) -> int:
     return 0
 
 
+def _counts(raw: str) -> dict[str, int]:
+    """The failure counts by kind of a status row (the script checked them), in the order of
+    :class:`FailureKind`."""
+    data = _as_dict(raw) or {}
+    return {k.value: _num(data[k.value]) for k in FailureKind if _num(data.get(k.value)) > 0}
+
+
 def status_row(now: int, decay_ms: int, row: Sequence[Any]) -> ModelProfileStatus:
-    """One profile's status from a ``model_status`` row (id, definition JSON, breaker JSON,
-    broken field), on Redis time ``now``; values of the wrong type read as absent."""
-    pid, raw_def, raw_breaker, broken = (str(x) for x in row)
+    """One profile's status from a row of ``status_row`` in ``_model.lua`` (id, definition
+    JSON, breaker JSON, broken field, failure counts by kind JSON, broken count field), on
+    Redis time ``now``; values of the wrong type read as absent. A broken count is named in
+    ``broken_field`` only when nothing else is broken (it does not stop selection)."""
+    pid, raw_def, raw_breaker, broken, raw_counts, broken_count = (
+        str(x) for x in (*row, "", "")[:6]
+    )
     definition = _as_dict(raw_def) or {}
     breaker = _as_dict(raw_breaker) or {}
     state = breaker.get("state", "closed") if not broken.startswith("breaker") else None
@@ -87,5 +99,6 @@ def status_row(now: int, decay_ms: int, row: Sequence[Any]) -> ModelProfileStatu
         failures_total=_num(breaker.get("failures_total")),
         last_error=last_error if isinstance(last_error, str) else None,
         last_error_kind=last_kind if isinstance(last_kind, str) else None,
-        broken_field=broken or None,
+        broken_field=broken or broken_count or None,
+        failures_by_kind=_counts(raw_counts),
     )

@@ -32,6 +32,10 @@ AuthKind = Literal["api_key", "env", "oauth", "pool", "none"]
 BreakerState = Literal["closed", "open", "half_open"]
 SelectionReason = Literal["primary", "failover", "testing"]
 PRIORITY_LIMIT = 1_000_000_000
+#: The ``broken_field`` names of the failure counts by kind (``<id>:failures_<kind>``).
+BROKEN_COUNT_FIELDS = frozenset(
+    f"breaker.failures_{kind.value}" for kind in FailureKind if kind is not FailureKind.CALLER
+)
 _ENV_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -405,7 +409,11 @@ class ModelCall:
 
 @dataclass(frozen=True, slots=True)
 class ModelProfileStatus:
-    """A model profile and its breaker, on Redis time. ``broken_field`` names a corrupt value."""
+    """A model profile and its breaker, on Redis time. ``broken_field`` names a corrupt value.
+
+    ``failures_by_kind``: the reported failures of each kind (``rate_limit``, ``billing``,
+    ``auth``, ``server``, ``timeout``, ``unknown``) since the breaker was last reset, kinds
+    never seen left out; ``failures_total`` counts every failure, resets included."""
 
     id: str
     provider: str | None
@@ -424,13 +432,15 @@ class ModelProfileStatus:
     last_error: str | None
     last_error_kind: str | None
     broken_field: str | None = None
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
-        """Whether a selection could choose it now (closed or probing, not cooling down)."""
+        """Whether a selection could choose it now (closed or probing, not cooling down). A
+        broken failure count does not stop selection, which never reads it."""
         return (
             bool(self.enabled)
-            and self.broken_field is None
+            and (self.broken_field is None or self.broken_field in BROKEN_COUNT_FIELDS)
             and self.state in ("closed", "half_open")
             and self.cooldown_remaining_ms == 0
         )

@@ -317,7 +317,12 @@ class AuthProfileManager(EventSource):
                 # priority walk); one edited by hand into something the client cannot read is
                 # skipped here, and the pick made again without it, so that it never stops the
                 # others being picked.
-                log.warning("profile %s: skipped a corrupt definition (%s)", reply[1], exc)
+                log.warning(
+                    "profile %s: skipped a corrupt definition (%s)",
+                    reply[1],
+                    exc,
+                    extra={"pool": provider, "profile": reply[1]},
+                )
                 excluded.append(reply[1])
         else:
             raise CorruptStateError(provider, "definitions", "too many corrupt profiles in a row")
@@ -384,18 +389,28 @@ class AuthProfileManager(EventSource):
         if reply[0] == "ignored":
             return CooldownResult("ignored")
         if reply[5]:
-            log.warning("profile %s: replaced a corrupt state field (%s)", profile_id, reply[5])
+            log.warning(
+                "profile %s: replaced a corrupt state field (%s)",
+                profile_id,
+                reply[5],
+                extra={"pool": _provider, "profile": profile_id},
+            )
         until, duration = int(reply[1]), int(reply[2])
         if until < 0:  # benched until cleared
             return CooldownResult("cooling", None, None, int(reply[3]), reply[4])
         return CooldownResult("cooling", until, duration, int(reply[3]), reply[4])
 
     def _keys_in(self, text: str, profile_id: str) -> list[str]:
-        """The API keys of the reported profile's pool that this replica can read (of the
-        profiles it has parsed: it picked them or read them) and that ``text`` contains: an
-        error text may echo a key of any shape, which the token patterns of ``redact`` miss."""
+        """The API keys of the reported profile's pool that ``text`` contains (see
+        :meth:`keys_in`)."""
         provider = self._pool_of.get(profile_id)
-        if not text or provider is None:
+        return [] if provider is None else self.keys_in(text, provider)
+
+    def keys_in(self, text: str, provider: str) -> list[str]:
+        """The API keys of ``provider``'s pool that this replica can read (of the profiles it
+        has parsed: it picked them or read them) and that ``text`` contains: an error text may
+        echo a key of any shape, which the token patterns of ``redact`` miss. No I/O."""
+        if not text:
             return []
         found = []
         for pid, pool in list(self._pool_of.items()):
@@ -413,7 +428,12 @@ class AuthProfileManager(EventSource):
         if reply is None or _is_missing(reply):
             return False
         if reply[1]:
-            log.warning("profile %s: replaced a corrupt state field (%s)", profile_id, reply[1])
+            log.warning(
+                "profile %s: replaced a corrupt state field (%s)",
+                profile_id,
+                reply[1],
+                extra={"pool": _provider, "profile": profile_id},
+            )
         return True
 
     async def clear_cooldown(self, profile_id: str) -> bool:
@@ -437,7 +457,7 @@ class AuthProfileManager(EventSource):
             try:
                 out.extend(await self._pool_status(name))
             except CorruptStateError as exc:
-                log.warning("pool %s left out of the status: %s", name, exc)
+                log.warning("pool %s left out of the status: %s", name, exc, extra={"pool": name})
         return out
 
     async def _pool_status(self, name: str) -> list[ProfileStatus]:
