@@ -184,13 +184,26 @@ class EventHub:
                 # outage rather than at every attempt.
                 failures += 1
                 if failures == 1:
-                    log.warning("event reader: %s; retrying until the store answers", exc)
+                    log.warning(
+                        "event reader: %s; retrying until the store answers",
+                        exc,
+                        extra={"operation": "events"},
+                    )
                 else:
-                    log.debug("event reader: attempt %d failed: %s", failures, exc)
+                    log.debug(
+                        "event reader: attempt %d failed: %s",
+                        failures,
+                        exc,
+                        extra={"operation": "events"},
+                    )
                 await self._sleep(min(self._poll_interval_s * 2**failures, _MAX_RETRY_PAUSE_S))
                 continue
             if failures:
-                log.warning("event reader: the store answers again (after %d attempts)", failures)
+                log.warning(
+                    "event reader: the store answers again (after %d attempts)",
+                    failures,
+                    extra={"operation": "events"},
+                )
                 failures = 0
             # A blocking read that came back empty has already waited; anything else that
             # found nothing (polling, no pool yet) pauses before reading again.
@@ -250,7 +263,11 @@ class EventHub:
                 if inspect.isawaitable(result):
                     await result
             except Exception:
-                log.exception("event callback for %s failed", event.type)
+                log.exception(
+                    "event callback for %s failed",
+                    event.type,
+                    extra={"event": event.type, "profile": event.profile_id},
+                )
         for types, queue in self._queues:
             if types is None or event.type in types:
                 if queue.full():

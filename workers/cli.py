@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import fields
 
+from coordinator import logs
 from coordinator.errors import CoordinatorError
 from coordinator.store import connect
 
@@ -20,6 +21,8 @@ from .worker import Worker
 __all__ = ["main", "parser"]
 
 ENV_CONFIG = "COORDINATOR_CONFIG"
+ENV_LOG_LEVEL = f"{ENV_PREFIX}LOG_LEVEL"
+ENV_LOG_FORMAT = f"{ENV_PREFIX}LOG_FORMAT"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -35,12 +38,22 @@ def parser() -> argparse.ArgumentParser:
         "--config",
         help=f"TOML file with [oauth.providers.<name>] tables (default: ${ENV_CONFIG})",
     )
-    p.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get(ENV_LOG_LEVEL, "INFO"),
+        help=f"logging level (default: ${ENV_LOG_LEVEL}, else INFO)",
+    )
+    p.add_argument(
+        "--log-format",
+        default=os.environ.get(ENV_LOG_FORMAT, "text"),
+        help=f"text, or json: one JSON object per line (default: ${ENV_LOG_FORMAT}, else text)",
+    )
     defaults = WorkerSettings()
+    kinds = {"int": int, "float": float, "str": str}
     for f in fields(WorkerSettings):
         flag = "--" + f.name.replace("_", "-")
         env = f"{ENV_PREFIX}{f.name.upper()}"
-        kind = int if f.type == "int" else float
+        kind = kinds[str(f.type)]
         p.add_argument(flag, type=kind, help=f"default {getattr(defaults, f.name)} (${env})")
     return p
 
@@ -49,13 +62,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a worker until SIGTERM or SIGINT; 0 after a clean stop, 1 on a configuration or
     connection error (one line on stderr)."""
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    # APScheduler logs every job run at INFO (the sweep runs every second): its warnings only.
-    if logging.getLogger().level > logging.DEBUG:
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
     try:
+        logs.configure(json=logs.log_format(args.log_format), level=args.log_level)
+        # APScheduler logs every job run at INFO (the sweep runs every second): its warnings
+        # only, unless at DEBUG.
+        if logging.getLogger().level > logging.DEBUG:
+            logging.getLogger("apscheduler").setLevel(logging.WARNING)
         return asyncio.run(_run(args))
     except CoordinatorError as exc:
         print(f"coordinator worker: error: {exc}", file=sys.stderr)

@@ -106,7 +106,10 @@ class _Run:
                 if is_transient(exc) and await self._backoff(attempt, expires_at_ms):
                     self.outcome.retries += 1
                     attempt += 1
-                    log.info("refresh of %s failed (%s); trying again", credential_id, exc)
+                    log.info(
+                        "refresh of %s failed (%s); trying again", credential_id, exc,
+                        extra={"credential": credential_id},
+                    )  # fmt: skip
                     continue
                 self._failed(credential_id, exc)
                 return
@@ -146,7 +149,9 @@ class _Run:
     def _failed(self, credential_id: str, exc: CoordinatorError) -> None:
         self.outcome.failed += 1
         self.outcome.errors.append(f"{credential_id}: {type(exc).__name__}")
-        log.warning("refresh of %s failed: %s", credential_id, exc)
+        log.warning(
+            "refresh of %s failed: %s", credential_id, exc, extra={"credential": credential_id}
+        )
 
 
 async def sweep(pools: AuthProfileManager, models: ModelProfileManager) -> None:

@@ -40,6 +40,12 @@ class WorkerSettings:
     * ``retry_base_s`` / ``retry_max_s``: a refresh that failed on a network error, a timeout,
       HTTP 429 or 5xx is tried again after ``retry_base_s * 2**n`` (at most ``retry_max_s``),
       times a random factor from 0.5 to 1, as long as the token has not expired by then.
+    * ``metrics_port``: serve Prometheus metrics on ``http://<metrics_host>:<port>/metrics``
+      (0, the default: no metrics server).
+    * ``metrics_host``: the address the metrics server listens on (``0.0.0.0``: every
+      interface, e.g. in a container).
+    * ``metrics_timeout_s``: the longest a scrape waits for its read of the fleet from Redis
+      (then it reports ``coordinator_up 0``).
     """
 
     refresh_interval_s: float = 15.0
@@ -56,20 +62,17 @@ class WorkerSettings:
     max_batch: int = 100
     retry_base_s: float = 0.5
     retry_max_s: float = 30.0
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "int":
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ConfigError(f.name, "must be an integer >= 1")
-                continue
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not ok or not math.isfinite(value) or value < 0 or value > 86_400:
-                raise ConfigError(f.name, "must be a number of seconds from 0 to 86400")
+            _check(f.name, f.type, getattr(self, f.name))
         if not 0 < self.refresh_lead_fraction < 1:
             raise ConfigError("refresh_lead_fraction", "must be above 0 and below 1")
-        for name in ("refresh_interval_s", "sweep_interval_s", "heartbeat_interval_s"):
+        intervals = ("refresh_interval_s", "sweep_interval_s", "heartbeat_interval_s")
+        for name in (*intervals, "metrics_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(name, "must be more than 0")
         if self.refresh_timeout_s >= self.lock_ttl_s:
@@ -93,15 +96,35 @@ class WorkerSettings:
         values: dict[str, Any] = {}
         for name, f in known.items():
             value = given.get(name)
-            if value is None and f"{ENV_PREFIX}{name.upper()}" in environ:
-                value = _number(
-                    f"{ENV_PREFIX}{name.upper()}",
-                    environ[f"{ENV_PREFIX}{name.upper()}"],
-                    f.type == "int",
-                )
+            env = f"{ENV_PREFIX}{name.upper()}"
+            if value is None and env in environ:
+                text = environ[env]
+                value = text if f.type == "str" else _number(env, text, f.type == "int")
             if value is not None:
                 values[name] = value
         return cls(**values)
+
+
+# Integer settings that may be 0, with their bounds (the others are counts >= 1).
+_INT_RANGES = {"metrics_port": (0, 65_535)}
+_SECONDS = "must be a number of seconds from 0 to 86400"
+
+
+def _check(name: str, kind: object, value: object) -> None:
+    """One setting's type and range: a count >= 1 (or a port), a host name, or seconds."""
+    if kind == "str":
+        if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+            raise ConfigError(name, "must be a host name or address, without spaces")
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(name, "must be an integer >= 1" if kind == "int" else _SECONDS)
+    if kind == "int":
+        low, high = _INT_RANGES.get(name, (1, None))
+        if not isinstance(value, int) or value < low or (high is not None and value > high):
+            bounds = f"from {low} to {high}" if high is not None else f">= {low}"
+            raise ConfigError(name, f"must be an integer {bounds}")
+    elif not math.isfinite(value) or not 0 <= value <= 86_400:
+        raise ConfigError(name, _SECONDS)
 
 
 def _number(field: str, text: str, integer: bool) -> int | float:

@@ -4,6 +4,7 @@ and the heartbeat, until SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -17,6 +18,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 import coordinator
 from coordinator.fleet import Heartbeat
+from coordinator.metrics import FleetMetrics
 from coordinator.models import ModelProfileManager
 from coordinator.oauth import OAuthConfig, OAuthManager, OAuthProvider
 from coordinator.pools import AuthProfileManager
@@ -35,7 +37,8 @@ class Worker:
     """The refresh worker. ``await worker.run()`` runs until :meth:`stop` (or a signal, when
     started with ``handle_signals=True``), then exits cleanly: no new work, in-flight refreshes
     given ``shutdown_grace_s`` to finish (then cancelled: their locks are released), heartbeat
-    removed."""
+    removed. With ``settings.metrics_port`` set, it serves Prometheus metrics there
+    (:attr:`metrics`, a :class:`~coordinator.metrics.FleetMetrics`) while it runs."""
 
     def __init__(
         self,
@@ -56,6 +59,15 @@ class Worker:
         self.pools = AuthProfileManager(store)
         self.models = ModelProfileManager(store)
         self.heartbeat = Heartbeat(store, self.id, self.settings.heartbeat_ttl_s)
+        self.metrics: FleetMetrics | None = None
+        if self.settings.metrics_port:
+            self.metrics = FleetMetrics(
+                store,
+                pools=self.pools,
+                models=self.models,
+                oauth=self.oauth,
+                timeout_s=self.settings.metrics_timeout_s,
+            )
         self.runs = dict.fromkeys(JOBS, 0)
         self.last_ms = dict.fromkeys(JOBS, 0)
         self._stopped = asyncio.Event()
@@ -72,9 +84,10 @@ class Worker:
         if handle_signals:
             self._install_signal_handlers()
         self.started_ms = await self.store.time_ms()
+        await self._start_metrics()
         await self._beat("running")
         scheduler.start()
-        log.info("worker %s started", self.id)
+        log.info("worker %s started", self.id, extra=self._context)
         try:
             await self._stopped.wait()
         finally:
@@ -84,7 +97,22 @@ class Worker:
             await self._drain()
             scheduler.shutdown(wait=False)
             await self.close()
-            log.info("worker %s stopped", self.id)
+            log.info("worker %s stopped", self.id, extra=self._context)
+
+    @property
+    def _context(self) -> dict[str, str]:
+        return {"worker": self.id}
+
+    async def _start_metrics(self) -> None:
+        """Count events from now on and serve ``/metrics`` (when a metrics port is set)."""
+        if self.metrics is None:
+            return
+        try:
+            await self.metrics.start()
+            self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
+        except BaseException:
+            await self.metrics.close()
+            raise
 
     def stop(self) -> None:
         """Ask the worker to stop: no new job runs start; :meth:`run` returns once drained."""
@@ -95,7 +123,11 @@ class Worker:
         try:
             await self.heartbeat.remove()
         except coordinator.CoordinatorError as exc:
-            log.warning("could not remove the heartbeat of %s: %s", self.id, exc)
+            log.warning(
+                "could not remove the heartbeat of %s: %s", self.id, exc, extra=self._context
+            )
+        if self.metrics is not None:
+            await self.metrics.close()
         await self.oauth.close()
         await self.pools.close()
         await self.models.close()
@@ -128,14 +160,17 @@ class Worker:
             self.runs[job] += 1
             self.last_ms[job] = await self.store.time_ms()
         except coordinator.CoordinatorError as exc:
-            log.warning("%s job failed: %s", job, exc)
+            log.warning("%s job failed: %s", job, exc, extra={**self._context, "job": job})
         finally:
             self._running.discard(task)
 
     async def _job_body(self, job: str) -> None:
         if job == "refresh":
             outcome = await refresh_due(self.oauth, self.settings, stopping=self._stopped)
-            log.log(logging.INFO if outcome.eventful else logging.DEBUG, "refresh: %s", outcome)
+            if self.metrics is not None:
+                self.metrics.count_refresh_run(dataclasses.asdict(outcome))
+            level = logging.INFO if outcome.eventful else logging.DEBUG
+            log.log(level, "refresh: %s", outcome, extra={**self._context, "job": job})
         else:
             await sweep(self.pools, self.models)
 
@@ -156,7 +191,7 @@ class Worker:
         try:
             await self.heartbeat.beat(fields)
         except coordinator.CoordinatorError as exc:
-            log.warning("heartbeat of %s failed: %s", self.id, exc)
+            log.warning("heartbeat of %s failed: %s", self.id, exc, extra=self._context)
 
     async def _drain(self) -> None:
         """Let running jobs finish within the grace period, then cancel what is left."""
@@ -170,8 +205,9 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
         if pending:
             log.warning(
-                "abandoned %d job run(s) after %.1f s", len(pending), self.settings.shutdown_grace_s
-            )
+                "abandoned %d job run(s) after %.1f s", len(pending),
+                self.settings.shutdown_grace_s, extra=self._context,
+            )  # fmt: skip
 
     def _install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
@@ -181,9 +217,9 @@ class Worker:
     def _on_signal(self, sig: signal.Signals) -> None:
         self._signals += 1
         if self._signals > 1:  # a second signal: exit at once
-            log.warning("second %s: exiting now", sig.name)
+            log.warning("second %s: exiting now", sig.name, extra=self._context)
             os._exit(128 + sig.value)
-        log.info("%s: stopping (a second signal exits at once)", sig.name)
+        log.info("%s: stopping (a second signal exits at once)", sig.name, extra=self._context)
         self.stop()
 
 

@@ -884,6 +884,7 @@ class OAuthManager(EventSource):
                 cid,
                 exc,
                 left_ms // 1000,
+                extra={"credential": cid},
             )
             return self._read(cid, got, waited=True)
 
@@ -905,7 +906,11 @@ class OAuthManager(EventSource):
             refresh = self._open(cid, "refresh_token", str(got["refresh"])).reveal()
             await self._before_send(cid)
             if not await self._hold(cid, owner, got):
-                log.warning("refresh of %s abandoned before sending: the lock was lost", cid)
+                log.warning(
+                    "refresh of %s abandoned before sending: the lock was lost",
+                    cid,
+                    extra={"credential": cid},
+                )
                 return None
             try:
                 async with self._renewing(cid, owner, got):
@@ -956,10 +961,19 @@ class OAuthManager(EventSource):
                 await asyncio.sleep(self.config.lock_ttl_s / 3)
                 try:
                     if not await self._hold(cid, owner, got):
-                        log.warning("lost the refresh lock of %s while its request ran", cid)
+                        log.warning(
+                            "lost the refresh lock of %s while its request ran",
+                            cid,
+                            extra={"credential": cid},
+                        )
                         return
                 except CoordinatorError as exc:
-                    log.warning("could not renew the refresh lock of %s: %s", cid, exc)
+                    log.warning(
+                        "could not renew the refresh lock of %s: %s",
+                        cid,
+                        exc,
+                        extra={"credential": cid},
+                    )
 
         task = asyncio.get_running_loop().create_task(renew())
         try:
@@ -984,7 +998,12 @@ class OAuthManager(EventSource):
     def _committed(cid: str, reply: Any, tokens: _http.TokenSet) -> AccessToken | None:
         """The token a commit stored, ``None`` when a newer one was stored first."""
         if int(reply[0]) == 1:
-            log.info("refreshed credential %s (version %s)", cid, reply[1])
+            log.info(
+                "refreshed credential %s (version %s)",
+                cid,
+                reply[1],
+                extra={"credential": cid, "event": "token:refreshed"},
+            )
             expires = int(reply[2])
             return AccessToken(
                 token=tokens.access_token,

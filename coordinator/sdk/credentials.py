@@ -133,7 +133,12 @@ class PoolCredentials:
             try:
                 secret.reveal()
             except (MissingSecretError, DecryptionError) as exc:
-                log.warning("key %s skipped on this replica: %s", key.id, type(exc).__name__)
+                log.warning(
+                    "key %s skipped on this replica: %s",
+                    key.id,
+                    type(exc).__name__,
+                    extra={"profile": key.id},
+                )
                 skipped.append(key.id)
                 continue
             return _PoolLease(self.manager, key, model, secret)

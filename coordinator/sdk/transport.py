@@ -192,7 +192,8 @@ class _Attempts:
             await lease.release()
             return _Outcome.FINAL
         await lease.failed(verdict, f"HTTP {status} ({verdict.reason})")
-        log.info("%s failed (%s, HTTP %d); trying another", lease.id, verdict.kind, status)
+        log.info("%s failed (%s, HTTP %d); trying another", lease.id, verdict.kind, status,
+                 extra={"profile": lease.id, "kind": str(verdict.kind)})  # fmt: skip
         self.last, self.error = response, None
         return _Outcome.RETRY
 
@@ -205,7 +206,8 @@ class _Attempts:
             return False
         await lease.failed(verdict, _describe(error))
         log.info("%s failed (%s, %s); trying another", lease.id, verdict.kind,
-                 type(error).__name__)  # fmt: skip
+                 type(error).__name__,
+                 extra={"profile": lease.id, "kind": str(verdict.kind)})  # fmt: skip
         self.last, self.error = None, error
         return True
 
@@ -232,7 +234,7 @@ class _Attempts:
                 # The answer has reached the application already; a report that could not be
                 # made (Redis away) must not turn it into an error.
                 log.warning("%s: the outcome could not be reported (%s)", lease.id,
-                            type(exc).__name__)  # fmt: skip
+                            type(exc).__name__, extra={"profile": lease.id})  # fmt: skip
 
         return finish
 
