@@ -51,6 +51,7 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(PY) scripts/gen_sync.py --check  # coordinator/sync/_generated.py is up to date
 
 fmt: venv
 	$(VENV)/bin/ruff format .

@@ -5,8 +5,9 @@ Start with :func:`connect` and :class:`AuthProfileManager`.
 
 The package is grouped by domain: ``store/`` (connections, Lua function loading, keys,
 secrets), ``pools/`` (credential pools), ``models/`` (model profiles, circuit breakers,
-failover), ``oauth/`` (sign-in and token refresh) and ``cli/`` (the operators' command line).
-Every public name is importable from here.
+failover), ``oauth/`` (sign-in and token refresh), ``sync/`` (the same managers for
+synchronous code) and ``cli/`` (the operators' command line). Every public name is importable
+from here.
 """
 
 from __future__ import annotations
@@ -84,6 +85,14 @@ from .singletons import (
 )
 from .store import Store, connect
 from .store.secrets import Secret, SecretBox, generate_key
+from .sync import (
+    SyncAuthProfileManager,
+    SyncModelProfileManager,
+    SyncOAuthManager,
+    SyncStore,
+    SyncSubscription,
+)
+from .sync import connect as connect_sync
 
 __version__ = "0.1.0"
 
@@ -146,8 +155,14 @@ __all__ = [
     "Store",
     "StoreUnavailableError",
     "Strategy",
+    "SyncAuthProfileManager",
+    "SyncModelProfileManager",
+    "SyncOAuthManager",
+    "SyncStore",
+    "SyncSubscription",
     "__version__",
     "connect",
+    "connect_sync",
     "generate_key",
     "get_auth_profile_manager",
     "get_model_profile_manager",

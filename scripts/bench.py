@@ -216,11 +216,54 @@ def _pybreaker_worker(spec: dict[str, Any]) -> int:
     return 0
 
 
+def _timed_sync(seconds: float, call: Callable[[], Any]) -> dict[str, Any]:
+    """Call ``call`` in a loop in this thread for ``seconds``: as :func:`_timed`, blocking."""
+    samples: list[float] = []
+    failed: dict[str, int] = {}
+    start = time.perf_counter()
+    deadline = start + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter_ns()
+        try:
+            call()
+        except Exception as exc:
+            failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
+            continue
+        samples.append(_micros_since(t0))
+    return {"samples": samples, "failed": failed, "elapsed": time.perf_counter() - start}
+
+
+def _sync_worker(spec: dict[str, Any]) -> int:
+    """The same ``execute(no-op)`` through the synchronous manager (``coordinator.sync``),
+    called from one thread per process, as a Flask or Celery worker process calls it."""
+    from coordinator import SyncModelProfileManager, connect_sync
+
+    store = connect_sync(spec["url"], namespace=spec["namespace"], secret_key=spec["key"])
+    try:
+        manager = SyncModelProfileManager(store)
+
+        def noop(call: object = None) -> None:
+            """The guarded call."""
+
+        def guarded() -> None:
+            manager.execute(noop)
+
+        _timed_sync(WARMUP_S, guarded)
+        _send({"ready": True, "baseline": _timed_sync(0.1, noop)["samples"]})
+        while _go():
+            _send(_timed_sync(spec["seconds"], guarded))
+        return 0
+    finally:
+        store.close()
+
+
 def worker_main(spec_text: str) -> int:
     """Entry point of a worker subprocess (``--worker SPEC``)."""
     spec = json.loads(spec_text)
     if spec["kind"] == "pybreaker":
         return _pybreaker_worker(spec)
+    if spec["kind"] == "sync":
+        return _sync_worker(spec)
     return asyncio.run(_async_worker(spec))
 
 
@@ -231,8 +274,9 @@ def worker_main(spec_text: str) -> int:
 
 @dataclass(frozen=True)
 class Group:
-    """Who is measured: a tree's ``coordinator`` (``kind`` None: the workload's own), or
-    pybreaker (``kind`` "pybreaker"), under a column label, in a namespace of its own."""
+    """Who is measured: a tree's ``coordinator`` (``kind`` None: the workload's own), its
+    synchronous managers (``kind`` "sync") or pybreaker (``kind`` "pybreaker"), under a
+    column label, in a namespace."""
 
     label: str
     path: Path
@@ -429,7 +473,8 @@ def run_workload(work: Workload, groups: list[Group], run: Run) -> None:
 
 
 def workloads() -> list[Workload]:
-    """Every workload, in order; pybreaker joins the fleet of one caller per process."""
+    """Every workload, in order; the sync managers and pybreaker join the fleet of one caller
+    per process."""
     rows = [Workload(f"1 process × {_tasks(n)}", "execute", tasks=n) for n in CONCURRENCY]
     fleet = FLEET_PROCESSES
     rows.append(Workload(f"{fleet} processes × 1 task", "execute", fleet, with_pybreaker=True))
@@ -443,13 +488,15 @@ def _tasks(n: int) -> str:
 
 
 def measure(trees: list[Group], run: Run) -> list[Workload]:
-    """Run every workload on every tree, and pybreaker where it joins."""
+    """Run every workload on every tree, and the sync managers (of this tree, on its model
+    profiles) and pybreaker where they join."""
     for tree in trees:
         setup_models(tree, run)
+    sync = Group("sync", trees[0].path, trees[0].namespace, "sync")
     pybreaker = Group("pybreaker", trees[0].path, f"{trees[0].namespace}pb", "pybreaker")
     work = workloads()
     for w in work:
-        groups = [*trees, pybreaker] if w.with_pybreaker else trees
+        groups = [*trees, sync, pybreaker] if w.with_pybreaker else trees
         _progress(f"{w.kind}, {w.name}: {', '.join(g.label for g in groups)}")
         run_workload(w, groups, run)
     return work
@@ -576,6 +623,19 @@ def _pybreaker_rows(table: Table, ours: Phase, theirs: Phase) -> None:
     table.row("Redis CPU µs per decision (user+sys)", pair, cpu_per_decision)
 
 
+def _sync_rows(table: Table, sync: Phase, theirs: Phase, ours: Phase) -> None:
+    """The synchronous managers beside pybreaker (both blocking, one thread per process), and
+    the async column for reference."""
+    title = f"sync execute(no-op), {FLEET_PROCESSES} processes × 1 thread"
+    table.section(title, ["sync", "pybreaker", "async"])
+    trio = [sync, theirs, ours]
+    table.row("decisions per second", trio, per_second, 0)
+    table.row("p50 added latency µs", trio, added(0.50))
+    table.row("p99 added latency µs", trio, added(0.99))
+    table.row("Redis commands per decision", trio, commands_per_decision, 2)
+    table.row("Redis CPU µs per decision (user+sys)", trio, cpu_per_decision)
+
+
 def verdict(work: list[Workload], labels: list[str]) -> str:
     """The issue's rule: new keeps at least 90 % of old's fleet throughput. Each round of new
     is compared with old's round right beside it; the median of those ratios is the verdict,
@@ -600,6 +660,7 @@ def report(work: list[Workload], labels: list[str]) -> str:
     _pick_rows(table, work, labels)
     fleet = work[len(CONCURRENCY)].results
     _pybreaker_rows(table, fleet[labels[0]], fleet["pybreaker"])
+    _sync_rows(table, fleet["sync"], fleet["pybreaker"], fleet[labels[0]])
     text = table.text()
     failures = [
         f"  {w.kind}, {w.name}, {label}: "

@@ -5,13 +5,15 @@
 profiles, each with its own base URL). ``http`` is the HTTP package the SDK expects:
 ``httpx`` (the default; the ``openai`` SDK takes it) or ``httpx2`` (newer SDKs, such as
 ``anthropic`` 1.x and later, only take an ``httpx2`` client). Other keyword arguments go to
-the client (``timeout=``...).
+the client (``timeout=``...). The ``_sync`` clients also take a sync manager
+(``coordinator.sync``), and then need no ``run``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Coroutine, Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -26,6 +28,10 @@ from .transport import (
     SyncCoordinatorTransport,
 )
 
+if TYPE_CHECKING:
+    from ..sync import SyncAuthProfileManager, SyncModelProfileManager
+    from .credentials import Lease
+
 __all__ = [
     "anthropic_http_client",
     "anthropic_http_client_sync",
@@ -35,6 +41,7 @@ __all__ = [
 ]
 
 Manager = AuthProfileManager | ModelProfileManager
+T = TypeVar("T")
 
 
 def credentials_of(manager: Manager, provider: str) -> CredentialSource:
@@ -59,17 +66,58 @@ def _async_client(
     return http.AsyncClient(transport=transport, **options)
 
 
+class _SyncManagerCredentials:
+    """The credentials of a sync manager: of the async manager it drives now (a new one in a
+    forked child)."""
+
+    def __init__(self, manager: SyncAuthProfileManager | SyncModelProfileManager, provider: str):
+        self._manager = manager
+        self._provider = provider
+
+    def __repr__(self) -> str:
+        return f"_SyncManagerCredentials({self._manager!r})"
+
+    async def lease(self, model: str | None, session_id: str | None, tried: Sequence[str]) -> Lease:
+        """A lease of the async manager's credential source."""
+        source = credentials_of(self._manager.manager, self._provider)
+        return await source.lease(model, session_id, tried)
+
+
+def _sync_source(
+    manager: Manager | SyncAuthProfileManager | SyncModelProfileManager,
+    provider: str,
+    run: Runner | None,
+) -> tuple[CredentialSource, Runner]:
+    """Where a sync client's credentials come from, and how their coroutines are run."""
+    from ..sync import SyncManager
+
+    if isinstance(manager, SyncManager):
+        if run is not None:
+            raise ConfigError("run", "not with a sync manager: it runs on its store's loop")
+        sync = manager
+
+        def run_on_store(coro: Coroutine[Any, Any, T], /) -> T:
+            sync.manager  # noqa: B018  (in a forked child: made again before the call)
+            return sync.store.run(coro)
+
+        return _SyncManagerCredentials(sync, provider), run_on_store
+    if run is None:
+        raise ConfigError("run", "required with an async manager (e.g. BackgroundLoop.run)")
+    return credentials_of(manager, provider), run
+
+
 def _sync_client(
-    manager: Manager,
+    manager: Manager | SyncAuthProfileManager | SyncModelProfileManager,
     provider: str,
     api: ApiStyle,
-    run: Runner,
+    run: Runner | None,
     options: dict[str, Any],
     http: ModuleType,
 ) -> Any:
+    source, runner = _sync_source(manager, provider, run)
     transport = SyncCoordinatorTransport(
-        credentials_of(manager, provider),
-        run=run,
+        source,
+        run=runner,
         api=api,
         api_base=options.pop("api_base", None),
         max_attempts=options.pop("max_attempts", 3),
@@ -90,15 +138,16 @@ def openai_http_client(
 
 
 def openai_http_client_sync(
-    manager: Manager,
+    manager: Manager | SyncAuthProfileManager | SyncModelProfileManager,
     *,
-    run: Runner,
+    run: Runner | None = None,
     provider: str = "openai",
     http: ModuleType = httpx,
     **options: Any,
 ) -> Any:
-    """A ``Client`` for ``openai.OpenAI(http_client=..., max_retries=0)``; ``run`` runs the
-    managers' coroutines on their loop (``BackgroundLoop.run``)."""
+    """A ``Client`` for ``openai.OpenAI(http_client=..., max_retries=0)``. ``manager``: a sync
+    manager, or an async one with ``run``, which runs its coroutines on the loop it lives on
+    (``BackgroundLoop.run``)."""
     return _sync_client(manager, provider, OPENAI, run, dict(options), http)
 
 
@@ -111,13 +160,14 @@ def anthropic_http_client(
 
 
 def anthropic_http_client_sync(
-    manager: Manager,
+    manager: Manager | SyncAuthProfileManager | SyncModelProfileManager,
     *,
-    run: Runner,
+    run: Runner | None = None,
     provider: str = "anthropic",
     http: ModuleType = httpx,
     **options: Any,
 ) -> Any:
-    """A ``Client`` for ``anthropic.Anthropic(http_client=..., max_retries=0)``; ``run`` runs
-    the managers' coroutines on their loop (``BackgroundLoop.run``)."""
+    """A ``Client`` for ``anthropic.Anthropic(http_client=..., max_retries=0)``. ``manager``: a
+    sync manager, or an async one with ``run``, which runs its coroutines on the loop it lives
+    on (``BackgroundLoop.run``)."""
     return _sync_client(manager, provider, ANTHROPIC, run, dict(options), http)
