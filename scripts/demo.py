@@ -1,265 +1,194 @@
-"""Demonstration: four replicas share credential pools through one store.
+"""`make demo`: the whole product in well under a minute, with no server to install.
 
-Simulated providers answer 429 with Retry-After, 402 billing errors and 5xx on a schedule of
-virtual time; the replicas pick keys, report what happened, and every replica sees every
-cooldown and recovery. Time is virtual (the store's clock offset moves in 15 s steps), so the
-fifteen simulated minutes take a few seconds.
+Four app replicas share credential pools, model profiles with circuit breakers, and Google
+OAuth sign-ins; two refresh workers (the real ``workers.Worker``) keep the tokens fresh. Every
+provider is a local fake on 127.0.0.1 (real HTTP), scripted to answer 429 with Retry-After,
+402 and 5xx at set moments of virtual time: keys rotate and cool down, requests fail over
+across providers inside ``ModelProfileManager.execute()``, breakers open, probe and close,
+and each token is refreshed exactly once. Time is virtual (every store's clock is held still
+and moved ten seconds per step), so ten minutes pass in seconds.
 
-Runs on the embedded backend (``memory://``) unless ``COORDINATOR_REDIS_URL`` is set, in which
-case the four replicas each open their own connection to that Redis, in a fresh namespace.
+On a terminal the run is a live view (``--plain`` for the log); otherwise it prints a plain
+log. Either way it ends with a summary computed from what happened, and exits with 1 if
+anything unexpected happened (a failed request, a warning, a cooling key handed out, a call
+a provider refused, an OAuth alarm), else 0. It runs on the embedded
+backend (``memory://``) unless ``COORDINATOR_REDIS_URL`` is set: then every replica and
+worker opens its own connection to that Redis, in a fresh namespace, deleted at the end
+unless ``--keep``.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import logging
 import os
+import secrets
 import sys
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coordinator import (
-    AuthConfig,
-    AuthProfile,
-    AuthProfileManager,
-    Event,
-    NoProfileAvailableError,
-    Secret,
-    Store,
-    connect,
-    generate_key,
+from rich.console import Console
+
+from coordinator.store.secrets import redact
+from scripts.demo_fleet import Fleet
+from scripts.demo_journal import Journal, Line
+from scripts.demo_scenario import (
+    CHAT_PER_TICK,
+    DURATION_S,
+    GEMINI_PER_TICK,
+    INCIDENTS,
+    KEYS,
+    PROFILES,
+    TICK_S,
+    TOKEN_LIFETIME_S,
+    USERS,
+    WORKER_LEAD_S,
+    clock,
+    duration,
 )
-from coordinator.models.classify import classify_response
+from scripts.demo_summary import compute, render
+from scripts.demo_view import LiveView, PlainView, Snapshot
 
-TICK_S = 15
-DURATION_S = 15 * 60
-REPLICAS = 4
-
-
-@dataclass
-class Outage:
-    """A window of virtual time in which a key (or a whole provider) answers with an error."""
-
-    start_s: int
-    end_s: int
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: dict[str, object] = field(default_factory=dict)
+DELIVERY_S = 0.05  # real time the event readers get after each step
 
 
-# What each simulated key does, by virtual time (seconds since the demo started).
-SCHEDULE: dict[str, list[Outage]] = {
-    "openai-team-a": [Outage(60, 200, 429, {"retry-after": "90"}, {"error": {"type": "requests"}})],
-    "openai-team-b": [
-        Outage(300, 10_000, 402, {}, {"error": {"code": "insufficient_quota", "message": "quota"}})
-    ],
-    "openai-team-c": [],
-    "anthropic-main": [Outage(120, 330, 529, {}, {"error": {"type": "overloaded_error"}})],
-    "anthropic-backup": [Outage(480, 560, 500, {}, {"error": {"type": "api_error"}})],
-}
+class Warnings(logging.Handler):
+    """Collects every warning any library logs during the run: the summary counts them as
+    unexpected, and the journal shows them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[Line] = []
+        self.journal: Journal | None = None
+        self.now: Callable[[], float] = lambda: 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the record as a journal line."""
+        text = redact(f"{record.name}: {record.getMessage()}")
+        line = Line(self.now(), "warning", text, "bold red")
+        self.lines.append(line)
+        if self.journal is not None:
+            self.journal.note(line)
 
 
-def simulated_call(profile_id: str, t_s: int) -> tuple[int, dict[str, str], dict[str, object]]:
-    """The simulated provider's answer for this key at this virtual time."""
-    for outage in SCHEDULE[profile_id]:
-        if outage.start_s <= t_s < outage.end_s:
-            return outage.status, outage.headers, outage.body
-    return 200, {}, {"choices": [{"message": {"content": "ok"}}]}
-
-
-@dataclass
-class Tally:
-    """What happened, per profile and per replica."""
-
-    calls: Counter[str] = field(default_factory=Counter)
-    outcomes: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    by_replica: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
-    refused: Counter[str] = field(default_factory=Counter)
-
-
-async def one_call(
-    replica: int, manager: AuthProfileManager, provider: str, t_s: int, tally: Tally, session: str
-) -> None:
-    """Pick a key, 'call' the provider with it and report the outcome."""
-    try:
-        profile = await manager.acquire(provider, session_id=session)
-    except NoProfileAvailableError:
-        tally.refused[provider] += 1
-        return
-    tally.calls[profile.id] += 1
-    tally.by_replica[replica][profile.id] += 1
-    status, headers, body = simulated_call(profile.id, t_s)
-    verdict = classify_response(status, headers, body, now=time.time())
-    if verdict.ok:
-        tally.outcomes[profile.id]["ok"] += 1
-        await manager.mark_success(profile.id)
-        return
-    assert verdict.kind is not None
-    tally.outcomes[profile.id][str(status)] += 1
-    await manager.mark_failed(
-        profile.id, f"HTTP {status}", kind=verdict.kind, retry_after_s=verdict.retry_after_s
+def intro(fleet: Fleet) -> list[str]:
+    """What is about to happen."""
+    chain = " → ".join(f"{p.id} {p.priority}" for p in PROFILES)
+    pools = " · ".join(
+        f"{provider}: {', '.join(k.id for k in KEYS if k.provider == provider)}"
+        for provider in dict.fromkeys(k.provider for k in KEYS)
     )
+    lines = [
+        f"coordinator demo: {len(fleet.replicas)} app replicas and 2 refresh workers share "
+        f"{fleet.shown_url} (namespace {fleet.namespace})",
+        f"  model profiles  {chain} (priority order: the failover path); every provider "
+        "(openai, anthropic, xai, google) is a fake on 127.0.0.1",
+        f"  pools           {pools} · google: the OAuth sign-ins of {' and '.join(USERS)}",
+        f"  traffic         every {TICK_S} virtual s, each replica sends {CHAT_PER_TICK} chat "
+        f"requests (any model, best profile first) and {GEMINI_PER_TICK} for gemini-1.5-flash",
+        f"  OAuth           access tokens live {duration(TOKEN_LIFETIME_S)}; the workers "
+        f"refresh each {duration(WORKER_LEAD_S)} before it expires",
+        f"  script          {DURATION_S // 60} virtual minutes:",
+    ]
+    for i in INCIDENTS:
+        end = clock(i.end_s) if i.end_s is not None else "the end"
+        lines.append(f"    {clock(i.start_s)} to {end}: {i.title}")
+    return [*lines, ""]
 
 
-def clock(ms: int) -> str:
-    """Virtual time as +mm:ss."""
-    seconds = max(0, ms // 1000)
-    return f"+{seconds // 60:02d}:{seconds % 60:02d}"
+async def run_steps(fleet: Fleet, journal: Journal, view: LiveView | PlainView) -> None:
+    """Every step: move virtual time on, let the workers catch up, send one round of
+    requests, then show what happened (the journal one step late, so that each step's
+    events have all arrived)."""
+    for step in range(DURATION_S // TICK_S):
+        t_s = step * TICK_S
+        fleet.clock.advance_to(t_s)
+        journal.script(t_s)
+        await fleet.workers_caught_up()
+        await fleet.traffic()
+        await asyncio.sleep(DELIVERY_S)
+        snap = await Snapshot.read(fleet) if view.wants_snapshot(t_s) else None
+        view.show(journal.flush(before_s=t_s + TICK_S - view.lag_s), snap)
 
 
-class Timeline:
-    """What the observer replica saw: transitions written by any replica, printed grouped per
-    virtual second and profile (replicas whose calls failed together each report it, each
-    possibly extending the deadline by the few ms between them, which reads as one line), and
-    the cooldown windows and picks that the closing check compares."""
-
-    def __init__(self, start_ms: int) -> None:
-        self.start_ms = start_ms
-        self.seen: list[Event] = []
-        self.windows: list[tuple[str, int, int]] = []
-        self.picks: list[tuple[str, int]] = []
-
-    def watch(self, observer: AuthProfileManager, replicas: list[AuthProfileManager]) -> None:
-        """Listen on the observer for transitions, and on every replica for its own picks."""
-
-        def show(event: Event) -> None:
-            if event.type in ("profile:failed", "profile:cooldown", "profile:recovered"):
-                self.seen.append(event)
-
-        def record_window(event: Event) -> None:
-            self.windows.append((event.profile_id, event.ts_ms, int(event.data["until_ms"])))
-
-        observer.on("*", show)
-        observer.on("profile:cooldown", record_window)
-        for manager in replicas:  # a pick is a local event, with its Redis time
-            manager.on("profile:selected", lambda e: self.picks.append((e.profile_id, e.ts_ms)))
-
-    def print_until(self, before_ms: int | None = None) -> None:
-        """Print what happened before ``before_ms`` (Redis time; everything if None). A tick
-        is printed one tick late, so that its events that reached the observer late still
-        join their line."""
-        groups: dict[tuple[str, str, str], list[Event]] = {}
-        later: list[Event] = []
-        for event in self.seen:
-            if before_ms is not None and event.ts_ms >= before_ms:
-                later.append(event)
-            else:
-                group = (clock(event.ts_ms - self.start_ms), event.profile_id, event.type)
-                groups.setdefault(group, []).append(event)
-        self.seen[:] = later
-        for (when, profile_id, kind), events in groups.items():
-            if kind == "profile:recovered":
-                print(f"[{when}] {profile_id:<17} recovered: back in rotation")
-            elif kind == "profile:cooldown":
-                reports = len(groups.get((when, profile_id, "profile:failed"), events))
-                longest = max(int(e.data["duration_ms"]) for e in events) // 1000
-                print(
-                    f"[{when}] {profile_id:<17} cooling down {longest:>6} s  "
-                    f"({events[0].data['kind']}, from {reports} failed call"
-                    f"{'s' if reports > 1 else ''})"
-                )
-
-    def cooling_picks(self) -> list[tuple[str, int]]:
-        """Picks of a key inside one of its cooldown windows (there must be none)."""
-        return [
-            (pid, ts)
-            for pid, ts in self.picks
-            if any(pid == wid and start < ts < until for wid, start, until in self.windows)
-        ]
+async def settle(fleet: Fleet, timeout_s: float = 5.0) -> None:
+    """Give every replica's event readers time to receive the last transitions: until every
+    replica has received as many as the others, twice in a row."""
+    last: set[int] = set()
+    for _ in range(int(timeout_s / DELIVERY_S)):
+        await asyncio.sleep(DELIVERY_S)
+        counts = {len(r.seen) for r in fleet.replicas}
+        if len(counts) == 1 and counts == last:
+            return
+        last = counts
 
 
-async def open_replicas(namespace: str) -> tuple[list[Store], list[AuthProfileManager]]:
-    """Four replicas: one shared embedded store, or each its own connection to Redis."""
+async def main(argv: list[str] | None = None) -> int:
+    """Run the demonstration; 0 when nothing unexpected happened, else 1."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--plain", action="store_true", help="the plain log, even on a terminal")
+    parser.add_argument("--keep", action="store_true", help="keep the run's keys in Redis")
+    args = parser.parse_args(argv)
+    console = Console()
+    live = console.is_terminal and not args.plain
     url = os.environ.get("COORDINATOR_REDIS_URL") or "memory://"
-    key = os.environ.get("COORDINATOR_SECRET_KEY") or generate_key()
-    config = AuthConfig(strategy="round-robin", event_poll_interval_s=0.02)
-    if url.startswith("memory://"):
-        stores = [await connect(url, namespace=namespace, secret_key=key)] * REPLICAS
-    else:
-        stores = [await connect(url, namespace=namespace, secret_key=key) for _ in range(REPLICAS)]
-    return stores, [AuthProfileManager(s, config) for s in stores]
-
-
-async def add_keys(manager: AuthProfileManager) -> None:
-    """The simulated keys, encrypted in the store."""
-    for pid in SCHEDULE:
-        provider = pid.split("-")[0]
-        secret = Secret(f"sk-demo-{pid}-0123456789abcdef")
-        await manager.add_profile(AuthProfile(id=pid, provider=provider, api_key=secret))
-
-
-async def run_ticks(
-    stores: list[Store], replicas: list[AuthProfileManager], timeline: Timeline, tally: Tally
-) -> None:
-    """Every virtual tick, each replica makes three calls; then virtual time moves on."""
-    for t_s in range(0, DURATION_S, TICK_S):
-        calls = []
-        for i, manager in enumerate(replicas):
-            calls.append(one_call(i, manager, "openai", t_s, tally, f"chat-{i}"))
-            calls.append(one_call(i, manager, "openai", t_s, tally, f"batch-{i}-{t_s}"))
-            calls.append(one_call(i, manager, "anthropic", t_s, tally, f"chat-{i}"))
-        await asyncio.gather(*calls)
-        await asyncio.sleep(0.03)  # let the event reader deliver this tick's transitions
-        timeline.print_until(before_ms=timeline.start_ms + t_s * 1000)
-        for s in set(stores):
-            s.time_offset_ms += TICK_S * 1000
-    for manager in replicas:
-        await manager.get_status()  # any recoveries due now are announced
-    await asyncio.sleep(0.2)
-    timeline.print_until()
-
-
-async def print_summary(manager: AuthProfileManager, timeline: Timeline, tally: Tally) -> None:
-    """The closing check (no cooling key handed out), then calls and state per key."""
-    print(
-        f"\nchecked {len(timeline.picks)} picks against {len(timeline.windows)} cooldown "
-        f"deadlines: {len(timeline.cooling_picks())} handed out a cooling key"
-    )
-    print("\nsummary")
-    print(f"{'profile':<18}{'calls':>6}{'ok':>6}{'429':>5}{'402':>5}{'5xx':>5}  now")
-    for status in await manager.get_status():
-        o = tally.outcomes[status.id]
-        five = sum(v for k, v in o.items() if k.startswith("5"))
-        state = (
-            f"cooling {status.cooldown_remaining_ms // 1000} s ({status.cooldown_kind})"
-            if status.in_cooldown
-            else "healthy"
-        )
-        print(
-            f"{status.id:<18}{tally.calls[status.id]:>6}{o['ok']:>6}{o['429']:>5}"
-            f"{o['402']:>5}{five:>5}  {state}"
-        )
-    for provider, count in tally.refused.items():
-        print(f"calls refused because every {provider} key was cooling: {count}")
-    print("\npicks per replica:")
-    for i in range(REPLICAS):
-        counts = ", ".join(f"{k}={v}" for k, v in sorted(tally.by_replica[i].items()))
-        print(f"  replica {i}: {counts}")
-
-
-async def main() -> None:
-    """Run the demonstration and print a timeline and a summary."""
-    namespace = f"demo{os.getpid()}"
-    stores, replicas = await open_replicas(namespace)
-    print(f"coordinator demo: {REPLICAS} replicas on {stores[0].url} (namespace {namespace})")
-    print("simulated keys: openai-team-a/b/c, anthropic-main/backup; 15 virtual minutes\n")
-    await add_keys(replicas[0])
-    timeline = Timeline(await stores[0].time_ms())
-    timeline.watch(replicas[0], replicas)  # replica 0 observes what every replica writes
-    await replicas[0].events.wait_started()
-    tally = Tally()
+    fleet = Fleet(url, f"demo-{secrets.token_hex(3)}")
+    warnings = Warnings()
+    logging.getLogger().addHandler(warnings)
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)  # its "job skipped" chatter
+    started = time.monotonic()
+    clean = False
     try:
-        await run_ticks(stores, replicas, timeline, tally)
-        await print_summary(replicas[-1], timeline, tally)
+        await fleet.open()
+        print("\n".join(intro(fleet)), flush=True)
+        clean = await _run(fleet, warnings, live, console, started)
     finally:
-        for manager in replicas:
-            await manager.close()
-        for s in set(stores):
-            await s.close()
+        removed = await fleet.close(keep=args.keep)
+    if args.keep and not url.startswith("memory://"):
+        print(
+            f"\nthe run's state stays in Redis, its times ten virtual minutes ahead: "
+            f"coordinator --namespace {fleet.namespace} status"
+        )
+    elif removed:
+        print(f"\n(deleted the run's {removed} keys from Redis; --keep keeps them)")
+    return 0 if clean else 1
+
+
+async def _run(
+    fleet: Fleet, warnings: Warnings, live: bool, console: Console, started: float
+) -> bool:
+    """Provision, run every step, print the summary; returns whether all went as expected."""
+    journal = Journal(fleet.clock.at, {})
+    warnings.journal, warnings.now = journal, fleet.clock.now_s
+    picks: list[tuple[str, int, str | None]] = []
+    fleet.listen(journal.add, picks)
+    await fleet.readers_started()
+    for credential_id, start, finish in await fleet.provision():
+        journal.logins[credential_id] = (start, finish)
+    await fleet.start_workers()
+    view: LiveView | PlainView = (
+        LiveView(fleet, console, journal.tail, picks) if live else PlainView(fleet)
+    )
+    with view:
+        await run_steps(fleet, journal, view)
+        await settle(fleet)
+        view.show(journal.flush(), await Snapshot.read(fleet) if live else None)
+    results = compute(fleet, journal.events, picks)
+    summary = render(fleet, results, time.monotonic() - started, warnings.lines)
+    print("\n" + "\n".join(summary), flush=True)
+    refused = sum(api.refused for api in fleet.fakes.apis.values())
+    return not (
+        warnings.lines or refused or results.failed or results.cooling_picks or results.alarms
+    )
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    try:
+        sys.exit(asyncio.run(main()))
+    except BrokenPipeError:  # e.g. `| head`: the reader left; stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
