@@ -367,8 +367,17 @@ async def test_oauth_page(oauth_run: PageRun) -> None:
     assert set(found["oauth"].providers) == {"google", "github", "corp", "custom"}
 
 
-# (sdk.md, once published, is run by tests/test_sdk_docs.py with its fake providers.)
-PAGES_WITH_A_TEST = {"README.md", "pools.md", "models.md", "oauth.md", "operations.md", "sdk.md"}
+# (sdk.md, once published, is run by tests/test_sdk_docs.py with its fake providers; sync.md
+# by tests/test_sync_docs.py.)
+PAGES_WITH_A_TEST = {
+    "README.md",
+    "pools.md",
+    "models.md",
+    "oauth.md",
+    "operations.md",
+    "sdk.md",
+    "sync.md",
+}
 
 
 async def test_other_pages() -> None:
