@@ -534,3 +534,16 @@ async def test_credentials_refresh_and_revoke_with_the_providers_file(
     finally:
         await store.close()
         await fake.stop()
+
+
+def test_times_render_past_future_and_expired() -> None:
+    """Times in tables: a past moment reads "… ago", one ahead of Redis's clock (written under a
+    held test clock) "just now", a passed expiry "expired", never a negative duration."""
+    from coordinator.cli import render
+
+    assert render.ago(65_000) == "1m05s ago"
+    assert render.ago(-600_000) == "just now"
+    assert render.expires_in(3_600_000) == "1h00m"
+    assert render.expires_in(-5) == "expired"
+    assert render.duration(-1) == "0.0s"
+    assert render.duration(None) == "-"

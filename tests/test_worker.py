@@ -313,7 +313,9 @@ def test_compose_file_parses_and_runs_commands_the_package_has() -> None:
             assert importlib.util.find_spec(command[2]) is not None, command
         else:
             assert (ROOT / command[1].removeprefix("/tmp/src/")).is_file(), command
-    # The worker's own command line accepts no arguments beyond its settings.
+    # The worker's command line accepts the compose file's arguments, and no others.
+    args = parser().parse_args(services["worker"]["command"][3:])
+    assert (args.metrics_port, args.metrics_host) == (9464, "0.0.0.0")
     assert parser().parse_args([]).url is None
 
 

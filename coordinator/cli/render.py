@@ -47,12 +47,10 @@ def _plain(data: Any) -> Any:
 
 
 def duration(ms: int | None) -> str:
-    """``ms`` as ``2h03m``, ``4m05s``, ``12.3s`` (``-`` for none, ``until cleared`` for -1)."""
+    """``ms`` as ``2h03m``, ``4m05s``, ``12.3s`` (``-`` for none; below 0 counts as 0)."""
     if ms is None:
         return "-"
-    if ms < 0:
-        return "until cleared"
-    seconds = ms / 1000
+    seconds = max(ms, 0) / 1000
     if seconds < 60:
         return f"{seconds:.1f}s"
     minutes, sec = divmod(int(seconds), 60)
@@ -60,6 +58,17 @@ def duration(ms: int | None) -> str:
         return f"{minutes}m{sec:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
+
+
+def ago(ms: int) -> str:
+    """How long ago something happened, ``ms`` before now: ``4m05s ago``. A time ahead of
+    Redis's clock (written under a test's held clock) reads ``just now``."""
+    return f"{duration(ms)} ago" if ms > 0 else "just now"
+
+
+def expires_in(ms: int) -> str:
+    """The time left before an expiry ``ms`` from now, or ``expired``."""
+    return duration(ms) if ms > 0 else "expired"
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
@@ -95,7 +104,7 @@ def pools_table(rows: Sequence[ProfileStatus]) -> Table:
                 r.provider,
                 r.id,
                 pool_state(r),
-                duration(-1 if r.until_cleared else r.cooldown_remaining_ms)
+                ("until cleared" if r.until_cleared else duration(r.cooldown_remaining_ms))
                 if r.in_cooldown
                 else None,
                 r.failures,
@@ -181,8 +190,8 @@ def credentials_table(rows: Sequence[OAuthCredential], now_ms: int) -> Table:
                 c.provider,
                 c.status,
                 "yes" if c.is_default else "",
-                duration(c.expires_at_ms - now_ms) if c.expires_at_ms is not None else None,
-                f"{duration(now_ms - c.refreshed_ms)} ago" if c.refreshed_ms else None,
+                expires_in(c.expires_at_ms - now_ms) if c.expires_at_ms is not None else None,
+                ago(now_ms - c.refreshed_ms) if c.refreshed_ms else None,
                 c.email or c.subject,
                 _short(c.last_error),
             ]
@@ -197,7 +206,7 @@ def workers_table(beats: Sequence[dict[str, str]], now_ms: int | None = None) ->
     def age(beat: dict[str, str]) -> str | None:
         if now_ms is None or not beat.get("beat_ms", "").isdigit():
             return None
-        return f"{duration(now_ms - int(beat['beat_ms']))} ago"
+        return ago(now_ms - int(beat["beat_ms"]))
 
     return table(
         "Workers" if beats else "Workers: none running",
