@@ -13,7 +13,7 @@ import click
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
-from ..models.types import BROKEN_COUNT_FIELDS, ModelProfileStatus
+from ..models.types import NON_BLOCKING_FIELDS, ModelProfileStatus
 from ..oauth.types import OAuthCredential
 from ..overview import FleetStatus
 from ..pools.types import ProfileStatus
@@ -118,11 +118,11 @@ def pools_table(rows: Sequence[ProfileStatus]) -> Table:
 
 
 def breaker_cell(row: ModelProfileStatus) -> str | None:
-    """The breaker state, or what is broken (a broken failure count stops nothing: the state
-    is still shown)."""
+    """The breaker state, or what is broken (a value that does not stop selection, such as a
+    broken failure count, is shown beside the state)."""
     if row.broken_field is None:
         return row.state
-    if row.broken_field in BROKEN_COUNT_FIELDS:
+    if row.broken_field in NON_BLOCKING_FIELDS:
         return f"{row.state}, broken {row.broken_field}"
     return f"broken ({row.broken_field})"
 

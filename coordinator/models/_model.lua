@@ -411,7 +411,18 @@ end
 -- definition or breaker ('' if sound), failure counts by kind JSON, broken count field ('' if
 -- none)}. The breaker JSON holds the fields above, streak a list of ms, permits an object.
 local function status_row(id, now)
-  local _, raw_def, bad = load_def(id)
+  local def, raw_def, bad = load_def(id)
+  if def and def.enabled then
+    -- The ranked index edited by hand: the profile is selected out of its priority order
+    -- ('ranked'), or never ('ranked.missing'). Named unless something else is broken;
+    -- model_set_enabled repairs it.
+    local score = redis.call('ZSCORE', K_RANKED, id)
+    if not score then
+      bad = 'ranked.missing'
+    elseif tonumber(score) ~= -def.priority then
+      bad = 'ranked'
+    end
+  end
   local b, bbad = load_breaker(id)
   local breaker = ''
   if b then
@@ -421,5 +432,6 @@ local function status_row(id, now)
   local counts, cbad = failure_counts(id)
   local counts_json = '{}'
   if next(counts) ~= nil then counts_json = cjson.encode(counts) end
+  if bad and string.sub(bad, 1, 6) == 'ranked' and bbad then bad = bbad end
   return {id, raw_def or '', breaker, bad or bbad or '', counts_json, cbad or ''}
 end

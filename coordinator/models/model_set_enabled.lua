@@ -10,8 +10,13 @@ local now = now_ms()
 local def, raw, bad = load_def(id)
 if bad == 'missing' then return {'missing'} end
 if not def then return {'corrupt', bad} end
-if def.enabled == enable then return {'unchanged'} end
 check_types()  -- (before the first write: see _model.lua)
+if def.enabled == enable then
+  -- Enabling an enabled profile ranks it again: it repairs an index entry edited or removed
+  -- by hand (and changes nothing otherwise).
+  if enable then redis.call('ZADD', K_RANKED, -def.priority, id) end
+  return {'unchanged'}
+end
 -- Rewrite only the flag, so the rest of the stored definition is kept byte for byte (cjson
 -- would rewrite numbers of the metadata with 14 digits).
 local old = enable and '"enabled":false' or '"enabled":true'

@@ -36,6 +36,10 @@ PRIORITY_LIMIT = 1_000_000_000
 BROKEN_COUNT_FIELDS = frozenset(
     f"breaker.failures_{kind.value}" for kind in FailureKind if kind is not FailureKind.CALLER
 )
+#: The ``broken_field`` names that do not stop selection (the breaker state is still shown):
+#: the failure counts by kind, which selection never reads, and ``ranked``, an index entry
+#: whose score was edited by hand (the profile is selected, out of its priority order).
+NON_BLOCKING_FIELDS = BROKEN_COUNT_FIELDS | {"ranked"}
 _ENV_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -437,10 +441,11 @@ class ModelProfileStatus:
     @property
     def available(self) -> bool:
         """Whether a selection could choose it now (closed or probing, not cooling down). A
-        broken failure count does not stop selection, which never reads it."""
+        broken value of ``NON_BLOCKING_FIELDS`` does not stop it (``ranked.missing``, an index
+        entry removed by hand, does)."""
         return (
             bool(self.enabled)
-            and (self.broken_field is None or self.broken_field in BROKEN_COUNT_FIELDS)
+            and (self.broken_field is None or self.broken_field in NON_BLOCKING_FIELDS)
             and self.state in ("closed", "half_open")
             and self.cooldown_remaining_ms == 0
         )
