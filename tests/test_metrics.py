@@ -174,8 +174,11 @@ def test_each_event_moves_its_counter_with_bounded_labels() -> None:
         event("profile:circuit-opened", "m1", "models", reason="probe-failed"),
         event("profile:circuit-half-open", "m1", "models"),
         event("profile:circuit-closed", "m1", "models"),
-        event("profile:circuit-opened", "m1", "models", reason="forced"),
-        event("profile:circuit-closed", "m1", "models", reason="reset"),
+        event("profile:circuit-opened", "m1", "models", reason="forced", **{"from": "closed"}),
+        event("profile:circuit-closed", "m1", "models", reason="reset", **{"from": "open"}),
+        # (events of an earlier version carry no "from")
+        event("profile:circuit-opened", "m2", "models", reason="forced"),
+        event("profile:circuit-closed", "m2", "models", reason="reset"),
         event("token:refreshed", "google:a", "oauth", provider="google"),
         event("credential:needs-reauth", "google:b", "oauth", provider="google", reason="x"),
         event("token:expired", "google:b", "oauth", provider="google"),
@@ -194,18 +197,19 @@ def test_each_event_moves_its_counter_with_bounded_labels() -> None:
     failovers = "coordinator_model_failovers_total"
     assert s.value(failovers, from_profile="m1", to_profile="m2") == 1
     t = "coordinator_model_breaker_transitions_total"
-    assert s.value(t, profile="m1", from_state="closed", to_state="open") == 1
+    assert s.value(t, profile="m1", from_state="closed", to_state="open") == 2
     assert s.value(t, profile="m1", from_state="open", to_state="half_open") == 2
     assert s.value(t, profile="m1", from_state="half_open", to_state="open") == 1
     assert s.value(t, profile="m1", from_state="half_open", to_state="closed") == 1
-    assert s.value(t, profile="m1", from_state="unknown", to_state="open") == 1
-    assert s.value(t, profile="m1", from_state="unknown", to_state="closed") == 1
+    assert s.value(t, profile="m1", from_state="open", to_state="closed") == 1
+    assert s.value(t, profile="m2", from_state="unknown", to_state="open") == 1
+    assert s.value(t, profile="m2", from_state="unknown", to_state="closed") == 1
     refreshes = "coordinator_oauth_refreshes_total"
     assert s.value(refreshes, provider="google", credential="google:a", outcome="refreshed") == 1
     assert s.value(refreshes, credential="google:b", outcome="needs_reauth") == 1
     assert s.value("coordinator_oauth_token_expirations_total", credential="google:b") == 1
     assert s.value("coordinator_events_total", type="other") == 1
-    assert s.value("coordinator_events_total", type="profile:circuit-opened") == 3
+    assert s.value("coordinator_events_total", type="profile:circuit-opened") == 4
     for text in ("sk-abc", "boom", "typed-by-a-user", "made-up kind", "something:new"):
         assert text not in s.text
 

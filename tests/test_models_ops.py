@@ -72,7 +72,14 @@ async def test_a_forced_open_takes_the_profile_out_until_its_time_then_probes(
     )
     assert not status.available and status.enabled
     assert _opened(await events(store)) == [
-        {"reason": "forced", "epoch": 1, "open_ms": 30_000, "until_ms": now + 30_000, "reopens": 0}
+        {
+            "reason": "forced",
+            "epoch": 1,
+            "open_ms": 30_000,
+            "until_ms": now + 30_000,
+            "reopens": 0,
+            "from": "closed",
+        }
     ]
     chosen = await manager.select_profile()
     assert chosen is not None and (chosen.profile_id, chosen.reason) == ("secondary", "failover")
@@ -149,7 +156,7 @@ async def test_close_breaker_undoes_a_forced_open_and_keeps_the_counts(store: St
     assert status.failures_by_kind == {"server": 1} and status.epoch == 2
     assert (status.failures_total, status.last_error) == (1, "500 from test")
     closed = [d for t, p, d in await events(store) if t == "profile:circuit-closed"]
-    assert closed == [{"epoch": 2, "reason": "forced"}]
+    assert closed == [{"epoch": 2, "reason": "forced", "from": "open"}]
     assert await manager.close_breaker("primary") == "closed"
     with pytest.raises(ProfileNotFoundError):
         await manager.close_breaker("nope")

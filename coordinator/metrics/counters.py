@@ -45,13 +45,20 @@ EVENT_TYPES = frozenset(
     }
 )
 _KINDS = frozenset(k.value for k in FailureKind)
-# The state a breaker left, by the reason its opening gives (an operator's forced opening may
-# leave any state: "unknown").
+# The state a breaker left, by the reason its opening gives, for events without ``from``.
 _OPENED_FROM = {
     "consecutive-failures": "closed",
     "failure-rate": "closed",
     "probe-failed": "half_open",
 }
+_BREAKER_STATES = frozenset({"closed", "open", "half_open", "corrupt"})
+
+
+def _left(data: dict[str, object], default: str) -> str:
+    """The state a breaker left: the event's ``from`` (an operator's opening or closing may
+    leave any state); events written before it carried one: ``default``."""
+    value = data.get("from")
+    return value if isinstance(value, str) and value in _BREAKER_STATES else default
 
 
 def _kind(value: object) -> str:
@@ -145,14 +152,14 @@ class EventCounters:
         elif event.type == "profile:failover":
             self.failovers.labels(profile, str(data.get("to", ""))).inc()
         elif event.type == "profile:circuit-opened":
-            left = _OPENED_FROM.get(str(data.get("reason", "")), "unknown")
+            left = _left(data, _OPENED_FROM.get(str(data.get("reason")), "unknown"))
             self.breaker_transitions.labels(profile, left, "open").inc()
         elif event.type == "profile:circuit-half-open":
             self.breaker_transitions.labels(profile, "open", "half_open").inc()
         elif event.type == "profile:circuit-closed":
-            # Closed by probes (no reason), or by an operator (reason reset / forced), who may
-            # close an open or a half-open breaker.
-            left = "unknown" if data.get("reason") else "half_open"
+            # Closed by probes (from half-open), or by an operator (reason reset / forced),
+            # who may close an open or a half-open breaker (or repair a corrupt one).
+            left = _left(data, "unknown" if data.get("reason") else "half_open")
             self.breaker_transitions.labels(profile, left, "closed").inc()
 
     def _oauth(self, event: Event) -> None:

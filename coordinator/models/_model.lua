@@ -286,6 +286,7 @@ end
 -- as it is), else for reset_timeout_ms doubled by each re-open without closing, up to
 -- max_open_ms.
 local function open_breaker(id, b, now, reason, kind, period)
+  local from = b.state
   local reopens = b.reopens or 0
   if period == nil then
     reopens = 0
@@ -304,7 +305,7 @@ local function open_breaker(id, b, now, reason, kind, period)
   b.window = ''
   emit('profile:circuit-opened', id, {
     reason = reason, kind = kind, epoch = b.epoch, open_ms = period,
-    until_ms = now + period, reopens = reopens
+    until_ms = now + period, reopens = reopens, from = from
   }, now)
 end
 

@@ -30,6 +30,6 @@ save_breaker(id, fresh)
 if previous ~= 'closed' then
   local reason = 'reset'
   if keep_counts then reason = 'forced' end
-  emit('profile:circuit-closed', id, {epoch = fresh.epoch, reason = reason}, now)
+  emit('profile:circuit-closed', id, {epoch = fresh.epoch, reason = reason, from = previous}, now)
 end
 return {previous}
