@@ -421,9 +421,13 @@ async def test_selection_reads_hand_written_breaker_fields_at_once(store: Store)
         0,
     )
     assert await chosen_after(state="open", open_until_ms=future, epoch=4) == ("secondary", 0)
-    # A broken value anywhere in the breaker skips the profile, and a report says which.
+    # A broken value that a selection reads skips the profile: of a closed breaker, its state,
+    # epoch or cooldown; of another, any field.
     assert await chosen_after(state="closed", epoch="2x") == ("secondary", 0)
-    assert await chosen_after(state="closed", epoch=1, window="1x") == ("secondary", 0)
+    assert await chosen_after(epoch=1, cooldown_until_ms="later") == ("secondary", 0)
+    assert await chosen_after(state="open", open_until_ms=past, window="1x") == ("secondary", 0)
+    # Another field of a closed breaker decides nothing there: a report says it is broken.
+    assert await chosen_after(state="closed", epoch=1, window="1x") == ("primary", 1)
     result = await manager.record_success("primary")
     assert (result.status, result.broken_field) == ("corrupt", "breaker.window")
 

@@ -260,14 +260,14 @@ async def test_corrupt_values_skip_only_the_broken_profile(
     # Reports against a corrupt breaker do not raise, and say so.
     result = await manager.record_failure("primary", "server")
     assert (result.status, result.broken_field) == ("corrupt", "breaker.epoch")
-    # More shapes of garbage, one field at a time.
+    # More shapes of garbage, one field at a time, in the fields selections read: every field
+    # of an open or half-open breaker, the state, epoch and cooldown of a closed one.
     for garbage, field_name in (
         ({"state": "melted"}, "state"),
         ({"state": "open"}, "open_until_ms"),
+        ({"state": "open", "open_until_ms": 1, "window": "10x"}, "window"),
         ({"state": "closed", "epoch": -1}, "epoch"),
         ({"state": "closed", "epoch": 1.5}, "epoch"),
-        ({"state": "closed", "window": "10x"}, "window"),
-        ({"state": "closed", "streak": "many"}, "streak"),
         ({"state": "half_open", "permits": "p1=soon"}, "permits"),
         ({"state": "half_open", "permits": "p1"}, "permits"),
         ({"cooldown_until_ms": "1e999"}, "cooldown_until_ms"),
@@ -277,6 +277,26 @@ async def test_corrupt_values_skip_only_the_broken_profile(
         assert sel is not None and sel.profile_id == "tertiary", garbage
         status = {s.id: s for s in await manager.get_status()}
         assert status["primary"].broken_field == f"breaker.{field_name}", garbage
+        assert status["primary"].blocked and not status["primary"].available, garbage
+    # Selections read nothing else of a closed breaker: garbage elsewhere is named by the
+    # status and by reports, and the profile is still selected.
+    for garbage, field_name in (
+        ({"state": "closed", "window": "10x"}, "window"),
+        ({"streak": "many"}, "streak"),
+        ({"epoch": 4, "last_error_kind": "x", "failures_total": "lots"}, "failures_total"),
+    ):
+        await set_breaker(store, "primary", **garbage)
+        sel = await manager.select_profile()
+        assert sel is not None and sel.profile_id == "primary", garbage
+        row = {s.id: s for s in await manager.get_status()}["primary"]
+        assert (row.broken_field, row.state, row.epoch) == (
+            f"breaker.{field_name}",
+            "closed",
+            sel.epoch,
+        ), garbage
+        assert not row.blocked and row.available, garbage
+        result = await manager.record_success(sel)
+        assert (result.status, result.broken_field) == ("corrupt", f"breaker.{field_name}")
     # The operator's repair.
     assert await manager.reset_breaker("primary") == "corrupt"
     sel = await manager.select_profile()

@@ -97,7 +97,9 @@ async def test_redis_going_away_is_store_unavailable(secret_key: str) -> None:
         await store.close()
 
 
-async def test_hot_operations_are_one_round_trip_each(store: coordinator.Store) -> None:
+async def test_hot_operations_are_one_round_trip_each(
+    store: coordinator.Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     manager = manager_for(store)
     await add_keys(manager, 3)
     await manager.get_next_profile("openai")  # warm: scripts loaded, locator cached
@@ -105,12 +107,19 @@ async def test_hot_operations_are_one_round_trip_each(store: coordinator.Store) 
     await manager.clear_cooldown("key-2")
     sent: list[str] = []
     original = store.client.execute_command
+    original_packed = store._send_packed
 
     async def counting(*args: object, **kwargs: object) -> object:
         sent.append(str(args[0]))
         return await original(*args, **kwargs)
 
+    async def counting_packed(command: tuple[object, ...]) -> object:
+        sent.append(str(command[0]))
+        return await original_packed(command)
+
     store.client.execute_command = counting
+    # (a standalone or Sentinel store sends FCALL on a pooled connection, packed by hiredis)
+    monkeypatch.setattr(store, "_send_packed", counting_packed)
     try:
         operations = {
             "get_next_profile": lambda: manager.get_next_profile(

@@ -13,7 +13,7 @@ import click
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 
-from ..models.types import NON_BLOCKING_FIELDS, ModelProfileStatus
+from ..models.types import ModelProfileStatus
 from ..oauth.types import OAuthCredential
 from ..overview import FleetStatus
 from ..pools.types import ProfileStatus
@@ -122,7 +122,7 @@ def breaker_cell(row: ModelProfileStatus) -> str | None:
     broken failure count, is shown beside the state)."""
     if row.broken_field is None:
         return row.state
-    if row.broken_field in NON_BLOCKING_FIELDS:
+    if not row.blocked:
         return f"{row.state}, broken {row.broken_field}"
     return f"broken ({row.broken_field})"
 

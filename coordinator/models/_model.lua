@@ -29,10 +29,12 @@
 --     reset, HINCRBY on each reported failure): read by the status only, never by a
 --     selection or a success report; a broken one is named by the status and skipped by the
 --     count, and stops nothing else
--- A value edited into garbage makes the breaker unreadable (that profile only): selection skips
--- the profile, reports say 'corrupt', the status names the field ('breaker.<name>'), and
--- model_reset repairs it. Successes are not counted one by one (a success in a steady closed
--- state writes nothing). Recording outcomes is in _model_record.lua (only model_report needs it).
+-- A value edited into garbage makes the breaker unreadable (that profile only): reports say
+-- 'corrupt', the status names the field ('breaker.<name>'), and model_reset repairs it.
+-- Selection skips the profile when the broken field is one it reads: state, epoch and
+-- cooldown_until_ms of a closed breaker (see closed_breaker), any field of one that is not.
+-- Successes are not counted one by one (a success in a steady closed state writes nothing).
+-- Recording outcomes is in _model_record.lua (only model_report needs it).
 
 local K_PROFILES, K_BREAKERS, K_EVENTS, K_RANKED, K_META
 local CONF  -- the breaker configuration of this call, once conf() decoded it
@@ -356,10 +358,28 @@ local function selectable_at(b, now)
   return math.max(at, b.cooldown_until_ms or 0)
 end
 
+-- A closed breaker (the frequent case) admits a call by three fields, read with one HMGET:
+-- returns (epoch, cooldown_until_ms or 0) when its state is closed and those three are sound,
+-- else nil (the whole breaker must be read). Its other fields do not decide a selection.
+local function closed_breaker(id)
+  local f = redis.call('HMGET', K_BREAKERS, id .. ':state', id .. ':epoch',
+    id .. ':cooldown_until_ms')
+  if f[1] and f[1] ~= 'closed' then return nil end
+  local epoch = f[2] and count(f[2]) or (not f[2] and 0) or nil
+  local cooldown = f[3] and count(f[3]) or (not f[3] and 0) or nil
+  if epoch == nil or cooldown == nil then return nil end
+  return epoch, cooldown
+end
+
 -- Whether a profile's breaker admits a call now (sticky_only: only a closed breaker does, no
 -- probe). Returns (epoch, probe token: '' for an ordinary call) when it does, else
 -- (nil, soonest recovery ms or nil, broken field or nil). Persists what it changed.
 local function admit(id, now, sticky_only)
+  local epoch, cooldown = closed_breaker(id)
+  if epoch then
+    if cooldown > now then return nil, cooldown, nil end
+    return epoch, '', nil
+  end
   local b, bad = load_breaker(id)
   if not b then return nil, nil, bad end
   local changed = b.state ~= 'closed' and refresh(id, b, now)
@@ -410,7 +430,9 @@ end
 -- One profile's status row, on Redis time (a due open -> half-open transition applied first):
 -- {id, definition JSON ('' if unreadable), breaker JSON ('' if corrupt), broken field of the
 -- definition or breaker ('' if sound), failure counts by kind JSON, broken count field ('' if
--- none)}. The breaker JSON holds the fields above, streak a list of ms, permits an object.
+-- none)}. The breaker JSON holds the fields above, streak a list of ms, permits an object; of
+-- a corrupt breaker that selections still take (see closed_breaker), only state, epoch and
+-- cooldown_until_ms.
 local function status_row(id, now)
   local def, raw_def, bad = load_def(id)
   if def and def.enabled then
@@ -429,6 +451,11 @@ local function status_row(id, now)
   if b then
     if b.state ~= 'closed' and refresh(id, b, now) then save_breaker(id, b) end
     breaker = cjson.encode(b)
+  else
+    local epoch, cooldown = closed_breaker(id)
+    if epoch then  -- (a broken field that no selection reads: what selections see)
+      breaker = cjson.encode({state = 'closed', epoch = epoch, cooldown_until_ms = cooldown})
+    end
   end
   local counts, cbad = failure_counts(id)
   local counts_json = '{}'

@@ -57,7 +57,6 @@ from .config import ModelConfig
 from .defaults import default_model_profiles
 from .replies import report_result, status_row
 from .types import (
-    NON_BLOCKING_FIELDS,
     ModelAttempt,
     ModelCall,
     ModelProfile,
@@ -1046,8 +1045,7 @@ class ModelProfileManager(EventSource):
     def _checked(self, status: ModelProfileStatus, raw: str) -> ModelProfileStatus:
         """The status row, with ``broken_field`` set when the definition is one the script
         accepts but this package cannot use (selection skips it too)."""
-        broken = status.broken_field
-        if (broken is not None and broken not in NON_BLOCKING_FIELDS) or not raw:
+        if status.blocked or not raw:
             return status
         try:
             self._parsed.get(status.id, raw)

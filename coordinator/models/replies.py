@@ -62,7 +62,9 @@ def status_row(now: int, decay_ms: int, row: Sequence[Any]) -> ModelProfileStatu
     )
     definition = _as_dict(raw_def) or {}
     breaker = _as_dict(raw_breaker) or {}
-    state = breaker.get("state", "closed") if not broken.startswith("breaker") else None
+    # (a corrupt breaker has no state, unless selections still take it: see status_row in
+    # _model.lua)
+    state = breaker.get("state", "closed") if breaker or not broken.startswith("breaker") else None
     if state not in ("closed", "open", "half_open"):
         state = None
     streak = breaker.get("streak")

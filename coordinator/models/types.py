@@ -439,13 +439,24 @@ class ModelProfileStatus:
     failures_by_kind: dict[str, int] = field(default_factory=dict)
 
     @property
+    def blocked(self) -> bool:
+        """Whether a broken value keeps selections from choosing it: a broken definition,
+        ``ranked.missing`` (an index entry removed by hand), or a breaker field that
+        selections read (every field of an open or half-open breaker; of a closed one only
+        ``state``, ``epoch`` and ``cooldown_until_ms``). ``NON_BLOCKING_FIELDS`` never do."""
+        broken = self.broken_field
+        if broken is None or broken in NON_BLOCKING_FIELDS:
+            return False
+        # (the state of a corrupt breaker is known only when selections still take it)
+        return not (broken.startswith("breaker.") and self.state == "closed")
+
+    @property
     def available(self) -> bool:
-        """Whether a selection could choose it now (closed or probing, not cooling down). A
-        broken value of ``NON_BLOCKING_FIELDS`` does not stop it (``ranked.missing``, an index
-        entry removed by hand, does)."""
+        """Whether a selection could choose it now (closed or probing, not cooling down, not
+        :attr:`blocked`)."""
         return (
             bool(self.enabled)
-            and (self.broken_field is None or self.broken_field in NON_BLOCKING_FIELDS)
+            and not self.blocked
             and self.state in ("closed", "half_open")
             and self.cooldown_remaining_ms == 0
         )
